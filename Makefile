@@ -1,0 +1,33 @@
+# Two entry points: `make demo` (train a model, report accuracy, show predictions) and
+# `make test` (the whole test suite). Both create .venv and install on first use.
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU build of PyTorch when the machine's pip can find it (it is a tenth of the CUDA build's size)
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/mnist-cnn train --model fast --out runs/demo --show 3
+
+test: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/throughput.py
+	$(BIN)/python benchmarks/time_to_99.py
+
+clean:
+	rm -rf $(VENV) runs build src/*.egg-info

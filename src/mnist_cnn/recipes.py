@@ -1,0 +1,64 @@
+"""A recipe: a network's name and everything needed to train it. CLI flags override fields."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import MnistCnnError
+
+
+@dataclass(frozen=True)
+class Recipe:
+    model: str
+    epochs: float = 15  # fractions train on the first part of the last epoch
+    batch_size: int = 100
+    optimizer: str = "adam"  # adam | adamw | sgd
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # sgd only
+    schedule: str = "constant"  # constant | onecycle | cosine
+    warmup: float = 0.25  # onecycle: fraction of steps spent rising
+    label_smoothing: float = 0.0
+    dropout: float = 0.0  # probability of dropping (the lecture's keep_prob 0.7 is dropout 0.3)
+    augment: str = "none"  # an augmentation preset: none | light | standard | elastic
+    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    seed: int = 0
+    eval_batch_size: int = 1000
+    model_args: dict[str, Any] = field(default_factory=dict)
+
+    def replace(self, **changes: Any) -> Recipe:
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise MnistCnnError(f"unknown recipe fields: {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Recipe:
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in d.items() if k in known}
+        if "betas" in values:
+            values["betas"] = tuple(values["betas"])
+        return cls(**values)
+
+    def validate(self) -> Recipe:
+        checks = [
+            (self.epochs > 0, "epochs must be positive"),
+            (self.batch_size > 0, "batch size must be positive"),
+            (self.lr > 0, "learning rate must be positive"),
+            (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
+            (self.optimizer in ("adam", "adamw", "sgd"), f"unknown optimizer {self.optimizer!r}"),
+            (self.schedule in ("constant", "onecycle", "cosine"),
+             f"unknown schedule {self.schedule!r}"),
+            (self.precision in ("fp32", "bf16"), f"unknown precision {self.precision!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise MnistCnnError(f"recipe for {self.model}: {message}")
+        return self

@@ -1,0 +1,149 @@
+"""The `mnist-cnn` command, in-process (and once as a real process for the exit status)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mnist_cnn.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+EPOCH_LINE = re.compile(r"Epoch: \d{4} cost = \d+\.\d{9}")
+
+
+def run_main(argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, mnist_data_dir):
+    """A few dozen steps of the simple network on the real MNIST, through the command."""
+    out = tmp_path_factory.mktemp("cli") / "run"
+    code, printed, errors = run_main(
+        ["train", "--model", "simple", "--epochs", "0.02", "--out", str(out), "--no-progress",
+         "--data-dir", str(mnist_data_dir), "--device", "cpu", "--threads", "1"])
+    return code, printed, errors, out
+
+
+def test_summary_prints_the_lecture_shapes(capsys):
+    assert main(["summary", "--model", "simple"]) == 0
+    printed = capsys.readouterr().out
+    assert "(?, 14, 14, 32)" in printed
+    assert "(?, 7, 7, 64)" in printed
+    assert "(?, 3136)" in printed
+    assert "50,090" in printed
+
+
+def test_models_lists_both_networks(capsys):
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    by_name = {line.split()[0]: line for line in lines}
+    assert "50,090 parameters" in by_name["simple"]
+    assert "1,379,333 parameters" in by_name["deep"]
+
+
+def test_data_info_prints_counts_and_checksums(capsys, mnist_data_dir):
+    assert main(["data", "info", "--data-dir", str(mnist_data_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"^train\s+55000 images", printed, re.M)
+    assert re.search(r"^val\s+5000 images", printed, re.M)
+    assert re.search(r"^test\s+10000 images", printed, re.M)
+    assert "[980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]" in printed
+    assert printed.count("(verified)") == 4
+    assert str(mnist_data_dir) in printed
+
+
+def test_data_info_on_an_empty_folder_is_a_one_line_error(capsys, tmp_path):
+    assert main(["data", "info", "--data-dir", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("mnist-cnn: error: ")
+    assert str(tmp_path) in captured.err
+    assert captured.err.count("\n") == 1
+
+
+def test_train_prints_the_lecture_log(trained):
+    code, printed, errors, out = trained
+    assert code == 0, errors
+    epoch_lines = [line for line in printed.splitlines() if line.startswith("Epoch: ")]
+    assert len(epoch_lines) == 1
+    assert EPOCH_LINE.match(epoch_lines[0])
+    assert epoch_lines[0].startswith("Epoch: 0001 cost = ")
+    assert "Learning started." in printed
+    assert "Learning Finished!" in printed
+    assert re.search(r"^Accuracy: 0\.\d{4} on the 10000 test images$", printed, re.M)
+
+
+def test_train_writes_the_run_folder(trained):
+    code, _, _, out = trained
+    assert code == 0
+    assert (out / "last.safetensors").is_file()
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+    metrics = json.loads((out / "test_metrics.json").read_text())
+    assert metrics["count"] == 10_000
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+
+
+def test_evaluate_prints_the_confusion_matrix(trained, mnist_data_dir, capsys):
+    out = trained[3]
+    checkpoint = out / "last.safetensors"
+    code = main(["evaluate", str(checkpoint), "--data-dir", str(mnist_data_dir),
+                 "--batch-size", "500", "--device", "cpu", "--threads", "1"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert f"{checkpoint}: simple after epoch 1" in captured.out
+    assert "in batches of 500" in captured.out
+    assert "confusion matrix (rows: true, columns: predicted):" in captured.out
+    accuracy = json.loads((out / "test_metrics.json").read_text())["accuracy"]
+    assert f"Accuracy: {accuracy:.4f} (10000 images" in captured.out
+
+
+def test_evaluate_shows_chosen_digits(trained, mnist_data_dir, capsys):
+    code = main(["evaluate", str(trained[3] / "last.safetensors"), "--data-dir",
+                 str(mnist_data_dir), "--show", "2", "--seed", "4", "--device", "cpu",
+                 "--threads", "1"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    shown = re.findall(r"^test image #(\d+): label (\d), prediction (\d)", printed, re.M)
+    assert len(shown) == 2
+    art = printed.split("test image #")[1].splitlines()[1:29]
+    assert {len(line) for line in art} == {56}
+
+
+def test_train_with_an_invalid_flag_value_is_a_one_line_error(capsys):
+    assert main(["train", "--model", "simple", "--dropout", "1.5"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("mnist-cnn: error: recipe for simple: dropout must be in [0, 1)")
+
+
+def test_bad_checkpoint_path_in_process(capsys, tmp_path):
+    missing = tmp_path / "nope.safetensors"
+    assert main(["evaluate", str(missing), "--device", "cpu"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err == f"mnist-cnn: error: {missing}: no such checkpoint file\n"
+
+
+def test_bad_checkpoint_exit_status_of_the_installed_command(tmp_path):
+    bad = tmp_path / "model.safetensors"
+    bad.write_bytes(b"definitely not a checkpoint")
+    command = Path(sys.executable).parent / "mnist-cnn"
+    if not command.exists():
+        command = REPO / ".venv" / "bin" / "mnist-cnn"
+    result = subprocess.run([str(command), "evaluate", str(bad), "--device", "cpu"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith("mnist-cnn: error: ")
+    assert "not a readable checkpoint" in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,204 @@
+"""The registry, the lecture's two networks, their initialisation and the custom layers."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mnist_cnn.errors import MnistCnnError
+from mnist_cnn.models import (
+    MODELS,
+    Dropout,
+    as_input,
+    build_model,
+    conv_block,
+    lecture_notation,
+    model_entry,
+    recipe_for,
+    summary,
+)
+from mnist_cnn.recipes import Recipe
+
+SHAPE = re.compile(r"\(\?, [\d, ]+\)")
+
+
+def shapes_in(text: str) -> list[str]:
+    return SHAPE.findall(text)
+
+
+def images(n: int = 4, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8,
+                         generator=torch.Generator().manual_seed(seed))
+
+
+def test_registry_holds_the_lecture_networks():
+    assert {"simple", "deep"} <= set(MODELS)
+    assert model_entry("simple").name == "simple"
+    assert recipe_for("simple") == Recipe(model="simple")
+    deep = recipe_for("deep")
+    assert deep.model == "deep" and deep.dropout == pytest.approx(0.3)
+    # the lecture's settings
+    assert (deep.epochs, deep.batch_size, deep.lr, deep.optimizer) == (15, 100, 1e-3, "adam")
+
+
+def test_unknown_model_is_an_error_listing_the_known_ones():
+    with pytest.raises(MnistCnnError, match="unknown model 'resnet'") as e:
+        build_model("resnet")
+    assert "simple" in str(e.value) and "deep" in str(e.value)
+    with pytest.raises(MnistCnnError):
+        recipe_for("resnet")
+
+
+def test_lecture_notation():
+    assert lecture_notation((32, 14, 14)) == "(?, 14, 14, 32)"
+    assert lecture_notation((3136,)) == "(?, 3136)"
+
+
+def test_simple_summary_shapes_and_parameters():
+    text = summary(build_model("simple"))
+    assert shapes_in(text) == [
+        "(?, 28, 28, 32)",  # conv
+        "(?, 14, 14, 32)",  # pool
+        "(?, 14, 14, 32)",  # relu
+        "(?, 14, 14, 64)",
+        "(?, 7, 7, 64)",
+        "(?, 7, 7, 64)",
+        "(?, 3136)",
+        "(?, 10)",
+    ]
+    assert "total parameters: 50,090 (trainable 50,090)" in text
+
+
+def test_simple_parameter_counts_per_layer():
+    model = build_model("simple")
+    counts = [sum(p.numel() for p in m.parameters())
+              for m in model if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert counts == [288, 18_432, 31_370]
+    assert sum(p.numel() for p in model.parameters()) == 50_090
+
+
+def test_deep_summary_shapes_and_parameters():
+    text = summary(build_model("deep"))
+    shapes = shapes_in(text)
+    for expected in ("(?, 28, 28, 32)", "(?, 7, 7, 128)", "(?, 4, 4, 128)", "(?, 2048)",
+                     "(?, 625)"):
+        assert expected in shapes
+    assert shapes.index("(?, 4, 4, 128)") < shapes.index("(?, 2048)") < shapes.index("(?, 625)")
+    assert shapes[-1] == "(?, 10)"
+    total = 288 + 18_432 + 73_728 + (2048 * 625 + 625) + (625 * 10 + 10)
+    assert f"total parameters: {total:,}" in text
+
+
+@pytest.mark.parametrize("name", ["simple", "deep"])
+def test_forward_gives_ten_logits_per_image(name):
+    model = build_model(name).eval()
+    out = model(as_input(images(3)))
+    assert out.shape == (3, 10)
+    assert out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+
+
+def test_as_input_scales_bytes_and_passes_floats():
+    x = torch.tensor([0, 51, 255], dtype=torch.uint8)
+    assert torch.allclose(as_input(x), torch.tensor([0.0, 0.2, 1.0]))
+    f = torch.tensor([0.5, 2.0], dtype=torch.float64)
+    assert as_input(f).dtype == torch.float32
+    assert as_input(f).tolist() == [0.5, 2.0]
+
+
+def test_lecture_initialisation_statistics():
+    model = build_model("deep").requires_grad_(False)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    dense = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert len(convs) == 3 and len(dense) == 2
+    for conv in convs:
+        assert conv.bias is None
+    big = convs[-1].weight  # 73,728 weights: a tight estimate
+    assert float(big.std()) == pytest.approx(0.01, rel=0.03)
+    assert abs(float(big.mean())) < 5e-4
+    for conv in convs:
+        assert float(conv.weight.std()) == pytest.approx(0.01, rel=0.15)
+    hidden = dense[0]
+    assert hidden.out_features == 625
+    assert float(hidden.bias.std()) == pytest.approx(1.0, abs=0.1)
+    assert abs(float(hidden.bias.mean())) < 0.15
+    for layer in dense:  # Glorot uniform
+        bound = math.sqrt(6 / (layer.in_features + layer.out_features))
+        assert float(layer.weight.abs().max()) <= bound
+        assert float(layer.weight.std()) == pytest.approx(bound / math.sqrt(3), rel=0.05)
+
+
+def test_same_recipe_gives_identical_initial_weights():
+    a, b = build_model("deep").state_dict(), build_model("deep").state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    other = build_model(recipe_for("deep").replace(seed=1)).state_dict()
+    assert not torch.equal(a["0.weight"], other["0.weight"])
+
+
+def test_build_model_applies_the_recipes_dropout():
+    model = build_model(recipe_for("deep").replace(dropout=0.5))
+    rates = {m.p for m in model.modules() if isinstance(m, Dropout)}
+    assert rates == {0.5}
+
+
+def test_dropout_is_the_identity_in_eval_mode():
+    layer = Dropout(0.3).eval()
+    x = torch.rand(100, 100)
+    assert torch.equal(layer(x), x)
+    assert torch.equal(Dropout(0.0).train()(x), x)
+
+
+def test_dropout_in_training_drops_p_and_preserves_the_mean():
+    torch.manual_seed(0)
+    p = 0.3
+    layer = Dropout(p).train()
+    x = torch.ones(1000, 1000)
+    y = layer(x)
+    zero_fraction = float((y == 0).float().mean())
+    assert zero_fraction == pytest.approx(p, abs=0.005)
+    assert torch.allclose(y[y != 0], torch.tensor(1 / (1 - p)))
+    assert float(y.mean()) == pytest.approx(1.0, abs=0.01)
+    assert torch.equal(x, torch.ones(1000, 1000))  # the input is left alone
+
+
+@pytest.mark.parametrize("size", [28, 14, 7])
+def test_conv_block_pool_then_relu_equals_relu_then_pool(size):
+    torch.manual_seed(size)
+    block = nn.Sequential(*conv_block(3, 8))
+    nn.init.normal_(block[0].weight)
+    x = torch.randn(5, 3, size, size)
+    expected = F.max_pool2d(F.relu(block[0](x)), 2, 2, ceil_mode=True)
+    got = block(x)
+    assert got.shape == (5, 8, math.ceil(size / 2), math.ceil(size / 2))
+    assert torch.equal(got, expected)
+    assert (got == 0).any() and (got > 0).any()  # both branches of the ReLU were exercised
+
+
+def test_conv_block_adds_dropout_only_when_asked():
+    assert not any(isinstance(m, Dropout) for m in conv_block(1, 4))
+    assert isinstance(conv_block(1, 4, 0.2)[-1], Dropout)
+
+
+def test_deep_is_deterministic_in_eval_mode_and_random_in_training():
+    model = build_model("deep")
+    x = as_input(images(8))
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))
+        model.train()
+        assert not torch.equal(model(x), model(x))
+
+
+def test_summary_leaves_the_training_mode_alone():
+    model = build_model("deep").train()
+    summary(model)
+    assert model.training
+    model.eval()
+    summary(model)
+    assert not model.training

@@ -1,0 +1,233 @@
+"""The training loop on a tiny synthetic dataset: reproducibility, files, resuming, schedules."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from itertools import pairwise
+
+import pytest
+import torch
+
+from mnist_cnn.checkpoint import load_checkpoint, read_checkpoint
+from mnist_cnn.errors import MnistCnnError
+from mnist_cnn.models import build_model, recipe_for
+from mnist_cnn.training import lr_factor, train
+
+TIMING = {"train_seconds", "images_per_second"}
+
+
+def quiet(_line: str) -> None:
+    pass
+
+
+def numbers(history):
+    """A history without its timings, which differ from run to run."""
+    return [{k: v for k, v in record.items() if k not in TIMING} for record in history]
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def run(recipe, data, runtime, out=None, resume=False, log=quiet):
+    model = build_model(recipe)
+    return train(model, data, recipe, runtime, out, resume=resume, progress=False, log=log)
+
+
+def count_training_steps(model: torch.nn.Module) -> list[int]:
+    calls = []
+    model.register_forward_pre_hook(lambda m, _inp: calls.append(1) if m.training else None)
+    return calls
+
+
+SIMPLE = recipe_for("simple").replace(epochs=1, batch_size=100)  # 6 steps per epoch
+DEEP = recipe_for("deep").replace(epochs=2, batch_size=100)  # with dropout: RNG state matters
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(tiny_dataset, runtime, tmp_path_factory):
+    out = tmp_path_factory.mktemp("one-epoch")
+    return out, run(SIMPLE, tiny_dataset, runtime, out)
+
+
+def test_same_seed_gives_identical_runs(tiny_dataset, runtime, one_epoch_run):
+    _, first = one_epoch_run
+    second = run(SIMPLE, tiny_dataset, runtime)
+    assert numbers(second.history) == numbers(first.history)
+    assert same_weights(second.model, first.model)
+    assert not same_weights(second.model, build_model(SIMPLE))  # it did train
+
+
+def test_different_seeds_give_different_runs(tiny_dataset, runtime, one_epoch_run):
+    _, first = one_epoch_run
+    other = run(SIMPLE.replace(seed=1), tiny_dataset, runtime)
+    assert other.history[0]["cost"] != first.history[0]["cost"]
+    assert not same_weights(other.model, first.model)
+
+
+def test_history_records_each_epoch(one_epoch_run):
+    _, result = one_epoch_run
+    (record,) = result.history
+    assert record["epoch"] == 1
+    assert 0 < record["cost"] < 10
+    assert 0 <= record["val_accuracy"] <= 1
+    assert record["lr"] == pytest.approx(SIMPLE.lr)
+    assert record["images_per_second"] > 0
+
+
+def test_training_learns_the_synthetic_digits(tiny_dataset, runtime):
+    result = run(SIMPLE.replace(epochs=3), tiny_dataset, runtime)
+    costs = [r["cost"] for r in result.history]
+    assert costs[-1] < costs[0]
+    assert result.history[-1]["val_accuracy"] > 0.5  # chance is 0.1
+
+
+def test_checkpoint_and_metrics_are_written_after_every_epoch(tiny_dataset, runtime, tmp_path):
+    seen = []
+
+    def log(line: str) -> None:
+        if line.startswith("Epoch: "):  # logged before the epoch's files are written
+            metrics = tmp_path / "metrics.jsonl"
+            seen.append(len(metrics.read_text().splitlines()) if metrics.exists() else 0)
+
+    result = run(SIMPLE.replace(epochs=3), tiny_dataset, runtime, tmp_path, log=log)
+    assert seen == [0, 1, 2]
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2, 3]
+    assert lines == result.history
+    assert result.checkpoint == tmp_path / "last.safetensors"
+    model, meta = load_checkpoint(result.checkpoint, expect_model="simple")
+    assert meta["epoch"] == 3
+    assert meta["history"] == result.history
+    assert meta["dataset"] == "mnist"
+    assert same_weights(model, result.model)
+    tensors, _ = read_checkpoint(result.checkpoint)
+    assert "rng.torch" in tensors and any(k.startswith("optim.") for k in tensors)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.safetensors", "metrics.jsonl"]
+
+
+def test_resumed_run_equals_an_uninterrupted_one(tiny_dataset, runtime, tmp_path):
+    straight = run(DEEP, tiny_dataset, runtime, tmp_path / "straight")
+    first_half = run(DEEP.replace(epochs=1), tiny_dataset, runtime, tmp_path / "resumed")
+    assert len(first_half.history) == 1
+    torch.manual_seed(12345)  # whatever the process did in between must not matter
+    resumed = run(DEEP, tiny_dataset, runtime, tmp_path / "resumed", resume=True)
+    assert numbers(resumed.history) == numbers(straight.history)
+    assert same_weights(resumed.model, straight.model)
+    assert not same_weights(first_half.model, straight.model)
+    saved = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in saved] == [1, 2]
+
+
+def test_resuming_a_fractional_run_does_not_skip_steps(tiny_dataset, runtime, tmp_path):
+    """Training 1.5 epochs and then resuming up to 2 must not lose the unfinished half epoch."""
+    recipe = SIMPLE.replace(epochs=2)
+    partial = run(recipe.replace(epochs=1.5), tiny_dataset, runtime, tmp_path)
+    assert [r["epoch"] for r in partial.history] == [1, 2]  # epoch 2 is only half done
+    model = build_model(recipe)
+    calls = count_training_steps(model)
+    try:
+        train(model, tiny_dataset, recipe, runtime, tmp_path, resume=True, progress=False,
+              log=quiet)
+    except MnistCnnError:
+        return  # refusing to resume is acceptable; silently stopping short is not
+    assert len(calls) == 3  # the second half of epoch 2
+
+
+def test_resume_with_a_changed_recipe_is_refused(tiny_dataset, runtime, one_epoch_run, tmp_path):
+    out, _ = one_epoch_run
+    shutil.copytree(out, tmp_path, dirs_exist_ok=True)
+    with pytest.raises(MnistCnnError, match=r"cannot resume: the recipe differs in lr") as e:
+        run(SIMPLE.replace(epochs=2, lr=0.01), tiny_dataset, runtime, tmp_path, resume=True)
+    assert "0.001 -> 0.01" in str(e.value)
+
+
+def test_resume_on_other_data_is_refused(tiny_dataset, runtime, one_epoch_run, tmp_path):
+    out, _ = one_epoch_run
+    shutil.copytree(out, tmp_path, dirs_exist_ok=True)
+    other = dataclasses.replace(tiny_dataset, checksums={"x": "y"})
+    with pytest.raises(MnistCnnError, match="cannot resume: trained on 'mnist'"):
+        run(SIMPLE.replace(epochs=2), other, runtime, tmp_path, resume=True)
+
+
+def test_resume_may_train_longer(tiny_dataset, runtime, one_epoch_run, tmp_path):
+    out, _ = one_epoch_run
+    shutil.copytree(out, tmp_path, dirs_exist_ok=True)
+    lines = []
+    result = run(SIMPLE.replace(epochs=2), tiny_dataset, runtime, tmp_path, resume=True,
+                 log=lines.append)
+    assert [r["epoch"] for r in result.history] == [1, 2]
+    assert any(line.startswith("resuming") and "after epoch 1" in line for line in lines)
+    assert sum(line.startswith("Epoch: ") for line in lines) == 1
+
+
+def test_resume_without_a_checkpoint_is_an_error(tiny_dataset, runtime, tmp_path):
+    with pytest.raises(MnistCnnError, match="no last.safetensors"):
+        run(SIMPLE, tiny_dataset, runtime, tmp_path, resume=True)
+    with pytest.raises(MnistCnnError, match="no last.safetensors"):
+        run(SIMPLE, tiny_dataset, runtime, None, resume=True)
+
+
+@pytest.mark.parametrize(("epochs", "steps", "records"), [(0.5, 3, 1), (1.5, 9, 2), (0.02, 1, 1)])
+def test_fractional_epochs_run_the_right_number_of_steps(tiny_dataset, runtime, epochs, steps,
+                                                         records):
+    recipe = SIMPLE.replace(epochs=epochs)
+    model = build_model(recipe)
+    calls = count_training_steps(model)
+    result = train(model, tiny_dataset, recipe, runtime, progress=False, log=quiet)
+    assert len(calls) == steps
+    assert [r["epoch"] for r in result.history] == list(range(1, records + 1))
+
+
+def test_batch_larger_than_the_training_set_is_an_error(tiny_dataset, runtime):
+    with pytest.raises(MnistCnnError, match="batch size 601 exceeds the 600 training images"):
+        run(SIMPLE.replace(batch_size=601), tiny_dataset, runtime)
+
+
+def test_invalid_recipe_is_refused_before_training(tiny_dataset, runtime):
+    with pytest.raises(MnistCnnError, match="dropout must be in"):
+        run(SIMPLE.replace(dropout=1.0), tiny_dataset, runtime)
+    with pytest.raises(MnistCnnError, match="unknown schedule 'linear'"):
+        run(SIMPLE.replace(schedule="linear"), tiny_dataset, runtime)
+
+
+def test_the_schedule_sets_the_optimizers_learning_rate(tiny_dataset, runtime):
+    recipe = SIMPLE.replace(schedule="cosine", lr=0.002)
+    result = run(recipe, tiny_dataset, runtime)
+    assert result.history[-1]["lr"] == pytest.approx(0.002 * lr_factor(recipe, 5, 6))
+
+
+# --------------------------------------------------------------------------------------------
+# learning-rate schedules
+
+
+def factors(schedule: str, total: int = 100, **changes) -> list[float]:
+    recipe = SIMPLE.replace(schedule=schedule, **changes)
+    return [lr_factor(recipe, step, total) for step in range(total)]
+
+
+def test_constant_schedule():
+    assert factors("constant") == [1.0] * 100
+
+
+def test_cosine_schedule():
+    f = factors("cosine")
+    assert f[0] == pytest.approx(1.0)
+    assert f[50] == pytest.approx(0.5)
+    assert f[99] == pytest.approx(0.0, abs=1e-3)
+    assert all(a > b for a, b in pairwise(f))
+
+
+def test_onecycle_schedule():
+    f = factors("onecycle", warmup=0.25)
+    assert f[0] == pytest.approx(0.04)  # lr / 25
+    assert f[25] == pytest.approx(1.0)
+    assert max(f) == f[25]
+    assert all(a < b for a, b in pairwise(f[:26]))
+    assert all(a > b for a, b in pairwise(f[25:]))
+    assert f[99] == pytest.approx(1 / 75, rel=1e-6)
+    assert min(f) >= 1e-3
+    assert lr_factor(SIMPLE.replace(schedule="onecycle"), 100, 100) == pytest.approx(1e-3)
