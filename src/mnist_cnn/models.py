@@ -119,8 +119,8 @@ def conv_block(c_in: int, c_out: int, dropout: float = 0.0) -> list[nn.Module]:
           "the lecture's simple CNN: 2 conv blocks (32, 64), dense 10 (~98.9%)")
 def simple_cnn(dropout: float = 0.0) -> nn.Module:
     model = nn.Sequential(
-        *conv_block(1, 32),   # (?, 14, 14, 32)
-        *conv_block(32, 64),  # (?, 7, 7, 64)
+        *conv_block(1, 32, dropout),   # (?, 14, 14, 32)
+        *conv_block(32, 64, dropout),  # (?, 7, 7, 64)
         nn.Flatten(),         # (?, 3136)
         nn.Linear(3136, 10),
     )

@@ -53,6 +53,8 @@ class Recipe:
             (self.batch_size > 0, "batch size must be positive"),
             (self.lr > 0, "learning rate must be positive"),
             (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
+            (0 < self.warmup < 1, "warmup must be in (0, 1)"),
+            (0 <= self.label_smoothing < 1, "label smoothing must be in [0, 1)"),
             (self.optimizer in ("adam", "adamw", "sgd"), f"unknown optimizer {self.optimizer!r}"),
             (self.schedule in ("constant", "onecycle", "cosine"),
              f"unknown schedule {self.schedule!r}"),

@@ -22,7 +22,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .checkpoint import load_optimizer_state, load_weights, read_checkpoint, save_checkpoint
+from .checkpoint import (
+    load_optimizer_state,
+    load_weights,
+    read_checkpoint,
+    recipe_of,
+    save_checkpoint,
+)
 from .data import Dataset
 from .device import Runtime
 from .errors import MnistCnnError
@@ -103,19 +109,24 @@ def train(model: nn.Module, data: Dataset, recipe: Recipe, runtime: Runtime,
     num_epochs = math.ceil(total_steps / steps_per_epoch)
 
     torch.manual_seed(recipe.seed)  # dropout's randomness
-    start_epoch, history = 0, []
+    done, history = 0, []  # steps done so far, one record per epoch
     if resume:
-        start_epoch, history = resume_from(out, model, optimizer, recipe, data, log)
+        done, history = resume_from(out, model, optimizer, recipe, data, log)
     augment = make_augmenter(recipe, runtime)
 
     result = TrainResult(model, history)
-    for epoch in range(start_epoch, num_epochs):
-        steps = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
+    for epoch in range(done // steps_per_epoch, num_epochs):
+        # a resumed run may start inside an epoch that an earlier, shorter run left partial
+        first = max(0, done - epoch * steps_per_epoch)
+        last = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
+        if first >= last:
+            continue
+        steps = last - first
         perm = epoch_permutation(recipe.seed, epoch, len(labels), runtime.device)
         model.train()
         loss_sum = torch.zeros((), device=runtime.device)
         started = time.perf_counter()
-        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{num_epochs}", leave=False,
+        bar = tqdm(range(first, last), desc=f"epoch {epoch + 1}/{num_epochs}", leave=False,
                    disable=not progress or not sys.stderr.isatty(), unit="batch")
         for i in bar:
             step = epoch * steps_per_epoch + i
@@ -124,7 +135,7 @@ def train(model: nn.Module, data: Dataset, recipe: Recipe, runtime: Runtime,
             idx = perm[i * recipe.batch_size:(i + 1) * recipe.batch_size]
             x = runtime.to_batch(as_input(images[idx]))
             if augment is not None:
-                x = augment(x, epoch)
+                x = augment(x, step)
             with runtime.autocast():
                 loss = F.cross_entropy(model(x), labels[idx],
                                        label_smoothing=recipe.label_smoothing)
@@ -137,7 +148,10 @@ def train(model: nn.Module, data: Dataset, recipe: Recipe, runtime: Runtime,
         seconds = time.perf_counter() - started
         cost = float(loss_sum) / steps
         val = evaluate(model, data.val, recipe.eval_batch_size, runtime)
-        record = {"epoch": epoch + 1, "cost": cost, "val_accuracy": val.accuracy,
+        done = epoch * steps_per_epoch + last
+        if history and history[-1]["epoch"] == epoch + 1:
+            history.pop()  # the partial epoch's record gives way to the completed one
+        record = {"epoch": epoch + 1, "step": done, "cost": cost, "val_accuracy": val.accuracy,
                   "val_loss": val.loss, "lr": optimizer.param_groups[0]["lr"],
                   "train_seconds": seconds, "images_per_second": steps * recipe.batch_size / seconds}
         history.append(record)
@@ -156,12 +170,10 @@ def make_augmenter(recipe: Recipe, runtime: Runtime):
 
     config = preset(recipe.augment)
     generator = torch.Generator(runtime.device)
-    state = {"epoch": None}
 
-    def augment(x: torch.Tensor, epoch: int) -> torch.Tensor:
-        if state["epoch"] != epoch:  # reseed per epoch, so resuming augments identically
-            generator.manual_seed(recipe.seed * 1_000_003 + epoch + 7)
-            state["epoch"] = epoch
+    def augment(x: torch.Tensor, step: int) -> torch.Tensor:
+        # seeded per step, so that a resumed run augments exactly as an uninterrupted one
+        generator.manual_seed(recipe.seed * 1_000_003 + step)
         return augment_batch(x, config, generator)
 
     return augment
@@ -172,6 +184,7 @@ def write_epoch(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, r
     path = out / CHECKPOINT_NAME
     meta = {"recipe": recipe.to_dict(), "dataset": data.name, "checksums": data.checksums,
             "classes": list(data.classes), "epoch": history[-1]["epoch"],
+            "step": history[-1]["step"],
             "metrics": history[-1], "history": history}
     save_checkpoint(path, model, meta, optimizer, torch.get_rng_state())
     # the log is rewritten whole (it is small) so that it always matches the checkpoint
@@ -187,10 +200,10 @@ def resume_from(out: Path | None, model: nn.Module, optimizer: torch.optim.Optim
         raise MnistCnnError(f"--resume: no {CHECKPOINT_NAME} in {out} to resume from")
     path = out / CHECKPOINT_NAME
     tensors, meta = read_checkpoint(path)
-    check_resumable(Recipe.from_dict(meta["recipe"]), recipe, data, meta, str(path))
+    check_resumable(recipe_of(meta, str(path)), recipe, data, meta, str(path))
     load_weights(model, tensors, str(path))
     load_optimizer_state(optimizer, tensors, meta, str(path))
     if "rng.torch" in tensors:
         torch.set_rng_state(tensors["rng.torch"])
-    log(f"resuming {path} after epoch {meta['epoch']}")
-    return int(meta["epoch"]), list(meta.get("history", []))
+    log(f"resuming {path} after epoch {meta['epoch']} (step {meta['step']})")
+    return int(meta["step"]), list(meta.get("history", []))

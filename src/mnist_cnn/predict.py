@@ -1,0 +1,138 @@
+"""Photos of digits -> predictions, with one network or an ensemble of several.
+
+Every image is preprocessed into the MNIST convention (imaging.py), the good ones are stacked into
+one batch for the networks, and a file that cannot be read becomes a `Failure` in its place rather
+than stopping the others.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from .data import dataset_info
+from .device import Runtime
+from .ensemble import ensemble_proba, load_members
+from .errors import MnistCnnError
+from .files import write_atomically
+from .imaging import ImageError, collect_images, load_and_preprocess, to_tensor
+
+CHECKPOINT_SUFFIX = ".safetensors"
+
+
+@dataclass
+class Prediction:
+    file: str
+    digit: str  # the class name (for MNIST the digit itself)
+    index: int  # the class index
+    probability: float
+    top_k: list[dict]  # [{"class": name, "probability": p}, ...], most likely first
+    inverted: bool  # True when the photo was dark ink on light paper
+
+
+@dataclass
+class Failure:
+    file: str
+    error: str  # why, without the file name
+
+
+def split_arguments(arguments: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Positional arguments -> (checkpoints, images or folders), told apart by the suffix."""
+    checkpoints = [a for a in arguments if a.lower().endswith(CHECKPOINT_SUFFIX)]
+    images = [a for a in arguments if not a.lower().endswith(CHECKPOINT_SUFFIX)]
+    if not checkpoints:
+        raise MnistCnnError(f"no checkpoint given: name at least one {CHECKPOINT_SUFFIX} file "
+                            "before the images")
+    if not images:
+        raise MnistCnnError("no images given: name image files or folders after the checkpoints")
+    return checkpoints, images
+
+
+def load_models(checkpoints: Sequence[str | os.PathLike], device: torch.device | str = "cpu"
+                ) -> tuple[list[nn.Module], tuple[str, ...]]:
+    """The networks (one, or an ensemble with the same classes) and their class names."""
+    members = load_members(checkpoints, device)
+    meta = members[0][1]
+    # checkpoints written by `train` name their classes; otherwise the dataset's are the ones
+    classes = tuple(meta.get("classes") or dataset_info(meta.get("dataset", "mnist")).classes)
+    return [model for model, _ in members], classes
+
+
+def predict_images(models: Sequence[nn.Module], paths: Sequence[str | os.PathLike], top_k: int,
+                   classes: Sequence[str], runtime: Runtime,
+                   save_dir: str | os.PathLike | None = None,
+                   batch_size: int = 1000) -> list[Prediction | Failure]:
+    """One result per image (folders expanded), in order; unreadable images become Failures."""
+    if top_k < 1:
+        raise MnistCnnError(f"--top-k must be at least 1, not {top_k}")
+    files = collect_images(list(paths))
+    if not files:
+        raise MnistCnnError("no images found (folders are searched for "
+                            "png, jpg, bmp, gif, webp and tif files)")
+    results: list[Prediction | Failure | None] = [None] * len(files)
+    good: list[int] = []
+    tensors: list[torch.Tensor] = []
+    inverted: list[bool] = []
+    saved_names: set[str] = set()
+    for i, path in enumerate(files):
+        try:
+            pre = load_and_preprocess(path)
+        except ImageError as e:
+            # ImageError messages start with the file name; the caller prints it once
+            results[i] = Failure(str(path), str(e).removeprefix(f"{path}: "))
+            continue
+        # keep only the 28x28 result: the full-size steps of many large photos would add up
+        good.append(i)
+        tensors.append(to_tensor(pre.final))
+        inverted.append(pre.inverted)
+        if save_dir is not None:
+            save_png(pre.final, Path(save_dir) / unique_name(path, saved_names))
+
+    if good:
+        probs = ensemble_proba(models, torch.stack(tensors), batch_size, runtime)
+        k = min(top_k, probs.shape[1])
+        top_p, top_i = probs.topk(k, dim=1)
+        for row, i in enumerate(good):
+            ranked = [{"class": classes[c], "probability": float(p)}
+                      for p, c in zip(top_p[row].tolist(), top_i[row].tolist())]
+            best = int(top_i[row, 0])
+            results[i] = Prediction(str(files[i]), classes[best], best, ranked[0]["probability"],
+                                    ranked, inverted[row])
+    return [r for r in results if r is not None]
+
+
+def unique_name(source: Path, used: set[str]) -> str:
+    """`photo.jpg` -> `photo.png`; a second `photo.*` in the same run gets `photo-2.png`."""
+    name, n = f"{source.stem}.png", 1
+    while name in used:
+        n += 1
+        name = f"{source.stem}-{n}.png"
+    used.add(name)
+    return name
+
+
+def save_png(final: np.ndarray, path: Path) -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(final).save(buffer, format="PNG")
+    write_atomically(path, buffer.getvalue())
+
+
+def format_result(result: Prediction | Failure) -> str:
+    """`photo.png: 7 (98.2%)  alternatives: 1 (1.1%), 9 (0.4%)`, or `photo.txt: error: ...`."""
+    if isinstance(result, Failure):
+        return f"{result.file}: error: {result.error}"
+    line = f"{result.file}: {result.digit} ({result.probability:.1%})"
+    alternatives = ", ".join(f"{t['class']} ({t['probability']:.1%})" for t in result.top_k[1:])
+    return f"{line}  alternatives: {alternatives}" if alternatives else line
+
+
+def as_json(results: Sequence[Prediction | Failure]) -> list[dict]:
+    return [asdict(r) for r in results]
