@@ -137,6 +137,52 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# predict, export
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from . import predict  # imported here: the other commands need none of it
+
+    checkpoints, images = predict.split_arguments(args.inputs)
+    runtime = setup(args.device, "fp32", args.threads)
+    models, classes = predict.load_models(checkpoints, runtime.device)
+    results = predict.predict_images(models, images, args.top_k, classes, runtime,
+                                     args.save_preprocessed)
+    failures = [r for r in results if isinstance(r, predict.Failure)]
+    for result in results:  # in the order given; errors to stderr, so stdout stays clean
+        failed = isinstance(result, predict.Failure)
+        if failed or not args.json:
+            print(predict.format_result(result), file=sys.stderr if failed else sys.stdout)
+    if args.json:
+        print(json.dumps(predict.as_json(results), indent=2))
+    if failures:  # every other image is printed above; the exit status still tells
+        raise MnistCnnError(f"{len(failures)} of {len(results)} images could not be read")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from . import export  # imported here: onnx and onnxruntime load slowly
+    from .files import write_atomically
+
+    runtime = setup("cpu", "fp32", args.threads)
+    model, meta = load_checkpoint(args.checkpoint, device=runtime.device)
+    onnx_model = export.onnx_bytes(model, args.opset)
+    accuracy = None
+    if not args.no_check:  # check before writing, so a bad export never replaces a good file
+        data = datamod.load_dataset(args.dataset or meta.get("dataset", "mnist"), args.data_dir)
+        parity = export.check_parity(model, onnx_model, data.test.images, data.test.labels)
+        print(export.format_parity(parity))
+        if not parity["ok"]:
+            raise MnistCnnError(f"the ONNX model disagrees with PyTorch (needed: the same class "
+                                f"everywhere, max |Δp| < {export.PARITY_TOLERANCE:g}); "
+                                f"{args.onnx} not written")
+        accuracy = parity["accuracy"]
+    write_atomically(args.onnx, onnx_model)
+    sidecar = export.write_sidecar(args.onnx, export.describe(meta, args.checkpoint, args.opset,
+                                                              accuracy))
+    print(f"wrote {args.onnx} ({len(onnx_model) / 1024:,.0f} KiB, opset {args.opset}) and {sidecar}")
+
+
+# --------------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -186,6 +232,28 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_args(p, dataset_default=None)
     add_runtime_args(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="read digits from photos (one checkpoint, or several: an "
+                       "ensemble)")
+    p.add_argument("inputs", nargs="+", metavar="CHECKPOINT_OR_IMAGE",
+                   help="checkpoints (*.safetensors), then image files or folders of images")
+    p.add_argument("--top-k", type=int, default=3, help="classes to show per image "
+                   "(default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead")
+    p.add_argument("--save-preprocessed", metavar="DIR",
+                   help="also write each image as the network sees it (28x28 PNG) into DIR")
+    add_runtime_args(p)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="write a checkpoint as ONNX (softmax outputs) + JSON sidecar")
+    p.add_argument("checkpoint", help="a .safetensors checkpoint written by train")
+    p.add_argument("--onnx", required=True, metavar="PATH", help="where to write the ONNX model")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: %(default)s)")
+    p.add_argument("--no-check", action="store_true",
+                   help="skip comparing ONNX Runtime with PyTorch on the test set")
+    p.add_argument("--threads", type=int, help="CPU threads (default: all cores available)")
+    add_data_args(p, dataset_default=None)
+    p.set_defaults(func=cmd_export)
     return parser
 
 

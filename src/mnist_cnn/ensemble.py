@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from .checkpoint import load_checkpoint
+from .data import Dataset, Split
 from .device import Runtime
 from .errors import MnistCnnError
-from .evaluation import CPU, predict_proba
+from .evaluation import CPU, Metrics, metrics_from_predictions, predict_proba
+from .models import build_model
+from .recipes import Recipe
+from .training import CHECKPOINT_NAME, train
 
 
 def load_members(paths: Sequence[str | os.PathLike], device: torch.device | str = "cpu"
@@ -37,3 +43,44 @@ def average_probabilities(member_probs: Sequence[torch.Tensor]) -> torch.Tensor:
 def ensemble_proba(models: Sequence[nn.Module], images: torch.Tensor, batch_size: int = 1000,
                    runtime: Runtime = CPU) -> torch.Tensor:
     return average_probabilities([predict_proba(m, images, batch_size, runtime) for m in models])
+
+
+def metrics_from_proba(probs: torch.Tensor, labels: torch.Tensor) -> Metrics:
+    loss_sum = float(-probs.gather(1, labels[:, None]).clamp_min(1e-12).log().sum())
+    return metrics_from_predictions(probs.argmax(1), labels, loss_sum, probs.shape[1])
+
+
+@dataclass
+class EnsembleReport:
+    members: list[tuple[str, Metrics]]
+    ensemble: Metrics
+
+
+def evaluate_ensemble(paths: Sequence[str | os.PathLike], split: Split, batch_size: int = 1000,
+                      runtime: Runtime = CPU) -> EnsembleReport:
+    """Each member's metrics and the softmax-averaged ensemble's, from one pass per member."""
+    probs, members = [], []
+    for path, (model, _meta) in zip(paths, load_members(paths, runtime.device)):
+        p = predict_proba(model, split.images, batch_size, runtime)
+        probs.append(p)
+        members.append((str(path), metrics_from_proba(p, split.labels)))
+    return EnsembleReport(members, metrics_from_proba(average_probabilities(probs), split.labels))
+
+
+def train_members(recipe: Recipe, data: Dataset, runtime: Runtime, out_dir: str | os.PathLike,
+                  members: int, progress: bool = True,
+                  log: Callable[[str], None] = print) -> list[Path]:
+    """Train `members` networks with seeds recipe.seed, recipe.seed + 1, ... into member-K/.
+
+    Resumable member by member: finished members are skipped, an interrupted one resumes.
+    """
+    paths = []
+    for k in range(members):
+        member_recipe = recipe.replace(seed=recipe.seed + k)
+        member_dir = Path(out_dir) / f"member-{k}"
+        checkpoint = member_dir / CHECKPOINT_NAME
+        log(f"member {k + 1}/{members} (seed {member_recipe.seed}) in {member_dir}")
+        train(build_model(member_recipe), data, member_recipe, runtime, member_dir,
+              resume=checkpoint.is_file(), progress=progress, log=log)
+        paths.append(checkpoint)
+    return paths

@@ -84,7 +84,11 @@ def sidecar_path(onnx_path: str | os.PathLike) -> Path:
 
 def describe(meta: dict[str, Any], checkpoint: str | os.PathLike, opset: int = OPSET,
              test_accuracy: float | None = None) -> dict[str, Any]:
-    """What a server needs to know to feed the ONNX model exactly as the network was trained."""
+    """What a server needs to know to feed the ONNX model exactly as the network was trained.
+
+    `test_accuracy` is the exported model's own accuracy on the test set, when the caller has
+    measured it (the command does, during its parity check); otherwise null.
+    """
     classes = list(meta.get("classes", []))
     return {
         "format": "mnist-cnn-onnx",

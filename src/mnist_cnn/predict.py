@@ -23,7 +23,7 @@ from .device import Runtime
 from .ensemble import ensemble_proba, load_members
 from .errors import MnistCnnError
 from .files import write_atomically
-from .imaging import ImageError, collect_images, load_and_preprocess, to_tensor
+from .imaging import IMAGE_SUFFIXES, ImageError, collect_images, load_and_preprocess, to_tensor
 
 CHECKPOINT_SUFFIX = ".safetensors"
 
@@ -72,11 +72,11 @@ def predict_images(models: Sequence[nn.Module], paths: Sequence[str | os.PathLik
                    batch_size: int = 1000) -> list[Prediction | Failure]:
     """One result per image (folders expanded), in order; unreadable images become Failures."""
     if top_k < 1:
-        raise MnistCnnError(f"--top-k must be at least 1, not {top_k}")
+        raise MnistCnnError(f"top-k must be at least 1, not {top_k}")
     files = collect_images(list(paths))
     if not files:
-        raise MnistCnnError("no images found (folders are searched for "
-                            "png, jpg, bmp, gif, webp and tif files)")
+        raise MnistCnnError("no images found (folders are searched for files ending in "
+                            f"{', '.join(sorted(IMAGE_SUFFIXES))})")
     results: list[Prediction | Failure | None] = [None] * len(files)
     good: list[int] = []
     tensors: list[torch.Tensor] = []
@@ -122,7 +122,10 @@ def unique_name(source: Path, used: set[str]) -> str:
 def save_png(final: np.ndarray, path: Path) -> None:
     buffer = io.BytesIO()
     Image.fromarray(final).save(buffer, format="PNG")
-    write_atomically(path, buffer.getvalue())
+    try:
+        write_atomically(path, buffer.getvalue())
+    except OSError as e:
+        raise MnistCnnError(f"{path}: cannot write the preprocessed image ({e.strerror})") from None
 
 
 def format_result(result: Prediction | Failure) -> str:

@@ -114,7 +114,7 @@ def train(model: nn.Module, data: Dataset, recipe: Recipe, runtime: Runtime,
         done, history = resume_from(out, model, optimizer, recipe, data, log)
     augment = make_augmenter(recipe, runtime)
 
-    result = TrainResult(model, history)
+    result = TrainResult(model, history, out / CHECKPOINT_NAME if resume else None)
     for epoch in range(done // steps_per_epoch, num_epochs):
         # a resumed run may start inside an epoch that an earlier, shorter run left partial
         first = max(0, done - epoch * steps_per_epoch)
