@@ -17,3 +17,29 @@ def test_lecture_network_reaches_its_accuracy(model, bar, tmp_path, capsys):
     accuracy = json.loads((out / "test_metrics.json").read_text())["accuracy"]
     print(f"{model}: test accuracy {accuracy:.4f}")
     assert accuracy >= bar
+
+
+@pytest.mark.slow
+def test_fast_recipe_reaches_99_percent_in_one_epoch(tmp_path, capsys):
+    out = tmp_path / "fast"
+    assert main(["train", "--model", "fast", "--out", str(out), "--no-progress", "--seed", "0"]) == 0
+    assert capsys.readouterr().out.count("Epoch: ") == 1
+    accuracy = json.loads((out / "test_metrics.json").read_text())["accuracy"]
+    print(f"fast: test accuracy {accuracy:.4f}")
+    assert accuracy >= 0.990
+
+
+@pytest.mark.slow
+def test_short_ensemble_trains_and_evaluates_from_the_cli(tmp_path, capsys):
+    out = tmp_path / "ensemble"
+    args = ["--model", "fast", "--epochs", "0.3", "--no-progress"]
+    assert main(["ensemble", "train", *args, "--members", "2", "--out", str(out)]) == 0
+    capsys.readouterr()
+    members = [str(out / f"member-{k}" / "last.safetensors") for k in range(2)]
+    assert main(["ensemble", "evaluate", *members]) == 0
+    printed = capsys.readouterr().out
+    accuracies = [float(line.rsplit(" ", 1)[1]) for line in printed.splitlines()
+                  if line.startswith("member ")]
+    ensemble = float(printed.split("averaged softmax): ")[1].split()[0])
+    assert len(accuracies) == 2 and all(a > 0.95 for a in accuracies)
+    assert ensemble >= min(accuracies)

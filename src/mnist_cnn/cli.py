@@ -12,6 +12,7 @@ import torch
 from . import data as datamod
 from .checkpoint import load_checkpoint
 from .device import setup
+from .ensemble import EnsembleReport, evaluate_ensemble, train_members
 from .errors import MnistCnnError
 from .evaluation import ascii_digit, evaluate, format_metrics, predict_proba
 from .models import MODELS, build_model, recipe_for, summary
@@ -119,6 +120,35 @@ def save_test_metrics(checkpoint: Path, metrics: dict) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# ensemble
+
+
+def cmd_ensemble_train(args: argparse.Namespace) -> None:
+    recipe = recipe_from_args(args)
+    runtime = setup(args.device, recipe.precision, args.threads)
+    data = datamod.load_dataset(args.dataset, args.data_dir)
+    out = Path(args.out or f"runs/{recipe.model}-ensemble")
+    paths = train_members(recipe, data, runtime, out, args.members, not args.no_progress)
+    print(format_ensemble(evaluate_ensemble(paths, data.test, recipe.eval_batch_size, runtime)))
+
+
+def cmd_ensemble_evaluate(args: argparse.Namespace) -> None:
+    runtime = setup(args.device, "fp32", args.threads)
+    _, meta = load_checkpoint(args.checkpoints[0])
+    data = datamod.load_dataset(args.dataset or meta["dataset"], args.data_dir)
+    print(format_ensemble(evaluate_ensemble(args.checkpoints, data.test, args.batch_size, runtime)))
+
+
+def format_ensemble(report: EnsembleReport) -> str:
+    lines = [f"member {path}: accuracy {m.accuracy:.4f}" for path, m in report.members]
+    mean = sum(m.accuracy for _, m in report.members) / len(report.members)
+    lines.append(f"members' mean accuracy {mean:.4f}")
+    lines.append(f"Ensemble accuracy ({len(report.members)} members, averaged softmax): "
+                 f"{report.ensemble.accuracy:.4f} ({report.ensemble.count} test images)")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
 # evaluate
 
 
@@ -185,6 +215,25 @@ def cmd_export(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def add_recipe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, choices=sorted(MODELS))
+    p.add_argument("--epochs", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="(peak) learning rate")
+    p.add_argument("--optimizer", choices=["adam", "adamw", "sgd"])
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--schedule", choices=["constant", "onecycle", "cosine"])
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--dropout", type=float, help="drop probability (1 - keep_prob)")
+    p.add_argument("--augment", nargs="?", const="standard",
+                   help="augment training batches (preset: none, light, standard, elastic)")
+    p.add_argument("--precision", choices=["fp32", "bf16"])
+    p.add_argument("--seed", type=int)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_data_args(p)
+    add_runtime_args(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mnist-cnn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -202,26 +251,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser("train", help="train a network (defaults: its recipe)")
-    p.add_argument("--model", required=True, choices=sorted(MODELS))
-    p.add_argument("--epochs", type=float)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float, help="(peak) learning rate")
-    p.add_argument("--optimizer", choices=["adam", "adamw", "sgd"])
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--schedule", choices=["constant", "onecycle", "cosine"])
-    p.add_argument("--label-smoothing", type=float)
-    p.add_argument("--dropout", type=float, help="drop probability (1 - keep_prob)")
-    p.add_argument("--augment", nargs="?", const="standard",
-                   help="augment training batches (preset: light, standard, elastic)")
-    p.add_argument("--precision", choices=["fp32", "bf16"])
-    p.add_argument("--seed", type=int)
+    add_recipe_args(p)
     p.add_argument("--out", help="run directory (default: runs/MODEL)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--show", type=int, default=0, help="show N test digits with predictions")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_data_args(p)
-    add_runtime_args(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("ensemble", help="train or evaluate an ensemble of networks")
+    ens = p.add_subparsers(dest="action", required=True)
+    q = ens.add_parser("train", help="train N members with seeds S, S+1, ... (resumable)")
+    add_recipe_args(q)
+    q.add_argument("--members", type=int, required=True)
+    q.add_argument("--out", help="ensemble directory (default: runs/MODEL-ensemble)")
+    q.set_defaults(func=cmd_ensemble_train)
+    q = ens.add_parser("evaluate", help="each member's and the averaged ensemble's accuracy")
+    q.add_argument("checkpoints", nargs="+")
+    q.add_argument("--batch-size", type=int, default=1000)
+    add_data_args(q, dataset_default=None)
+    add_runtime_args(q)
+    q.set_defaults(func=cmd_ensemble_evaluate)
 
     p = sub.add_parser("evaluate", help="test accuracy, per-class accuracy, confusion matrix")
     p.add_argument("checkpoint")

@@ -31,6 +31,10 @@ class Runtime:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     def to_batch(self, x: torch.Tensor) -> torch.Tensor:
         return x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
 
@@ -71,11 +75,24 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def bf16_supported(device: torch.device) -> bool:
+    """Whether bfloat16 runs natively (emulated bf16 is slower than fp32, so not worth it)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def setup(device: str = "auto", precision: str = "fp32", threads: int | None = None) -> Runtime:
     """Choose the device and precision, and set the CPU up for training; call once per process."""
     if precision not in ("fp32", "bf16"):
         raise MnistCnnError(f"unknown precision {precision!r}: use fp32 or bf16")
     dev = choose_device(device)
+    if precision == "bf16" and not bf16_supported(dev):
+        print(f"note: {dev} has no native bfloat16 arithmetic; using fp32", file=sys.stderr)
+        precision = "fp32"
     if dev.type == "cpu":
         tune_cpu_allocator()
         torch.set_num_threads(threads or cpu_count())

@@ -143,8 +143,7 @@ def train(model: nn.Module, data: Dataset, recipe: Recipe, runtime: Runtime,
             loss.backward()
             optimizer.step()
             loss_sum += loss.detach()
-        if runtime.device.type == "cuda":
-            torch.cuda.synchronize()
+        runtime.synchronize()  # so the epoch's time includes the GPU's queued work
         seconds = time.perf_counter() - started
         cost = float(loss_sum) / steps
         val = evaluate(model, data.val, recipe.eval_batch_size, runtime)
