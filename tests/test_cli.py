@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import re
 import subprocess
@@ -11,18 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from trained import run_main
 
 from mnist_cnn.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCH_LINE = re.compile(r"Epoch: \d{4} cost = \d+\.\d{9}")
-
-
-def run_main(argv: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """The lecture's two networks, trained with the lecture's defaults on the full MNIST (minutes)."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -43,3 +44,17 @@ def test_short_ensemble_trains_and_evaluates_from_the_cli(tmp_path, capsys):
     ensemble = float(printed.split("averaged softmax): ")[1].split()[0])
     assert len(accuracies) == 2 and all(a > 0.95 for a in accuracies)
     assert ensemble >= min(accuracies)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+                    reason="needs Debian's dataset-fashion-mnist (.ci/run installs it)")
+def test_fashion_mnist_goes_through_the_same_paths(tmp_path, capsys):
+    out = tmp_path / "fashion"
+    assert main(["train", "--model", "fast", "--dataset", "fashion-mnist", "--out", str(out),
+                 "--no-progress"]) == 0
+    accuracy = json.loads((out / "test_metrics.json").read_text())["accuracy"]
+    print(f"fast on fashion-mnist: test accuracy {accuracy:.4f}")
+    assert accuracy >= 0.88
+    assert main(["evaluate", str(out / "last.safetensors"), "--show", "0"]) == 0
+    assert "Ankle boot" in capsys.readouterr().out

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import re
 from pathlib import Path
@@ -12,11 +10,10 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from trained import trained
+from trained import run_main, trained
 
 from mnist_cnn import export
 from mnist_cnn.checkpoint import load_checkpoint
-from mnist_cnn.cli import main
 from mnist_cnn.errors import MnistCnnError
 from mnist_cnn.evaluation import evaluate, predict_proba
 from mnist_cnn.export import check_parity, export_onnx, onnx_proba, onnx_session, sidecar_path
@@ -24,13 +21,6 @@ from mnist_cnn.models import as_input, build_model
 
 ONE_CPU = ["--threads", "1"]  # the 2 cores are shared: one thread avoids fighting other jobs
 PARITY_LINE = re.compile(r"^parity: (\d+)/(\d+) same class, max \|Δp\| = (\S+)$", re.MULTILINE)
-
-
-def run_main(argv: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

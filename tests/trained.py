@@ -6,6 +6,8 @@ created once per module, so the training is cached here instead.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +15,7 @@ from pathlib import Path
 import torch
 
 from mnist_cnn.checkpoint import load_checkpoint, save_checkpoint
+from mnist_cnn.cli import main
 from mnist_cnn.data import Dataset, load_dataset
 from mnist_cnn.device import setup
 from mnist_cnn.models import build_model, recipe_for
@@ -30,6 +33,14 @@ class Trained:
 
 
 _cache: dict[str, Trained] = {}
+
+
+def run_main(argv: list[str]) -> tuple[int, str, str]:
+    """The CLI in-process: exit status, standard output and standard error."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
 
 
 def _train(out: Path, data: Dataset) -> Path:
