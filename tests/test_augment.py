@@ -168,3 +168,27 @@ def test_presets_and_bad_settings():
         AugmentConfig(scale=1.0)
     with pytest.raises(MnistCnnError):
         AugmentConfig(rotation=-1.0)
+
+
+def test_training_with_augmentation_leaves_the_data_untouched(tiny_dataset, runtime):
+    from mnist_cnn.models import build_model, recipe_for
+    from mnist_cnn.training import train
+
+    before = {name: (split.images.clone(), split.labels.clone())
+              for name, split in (("train", tiny_dataset.train), ("val", tiny_dataset.val),
+                                  ("test", tiny_dataset.test))}
+    recipe = recipe_for("fast").replace(epochs=1, batch_size=50, augment="standard",
+                                        precision="fp32")
+    histories = []
+    for _ in range(2):  # the same seed augments identically
+        result = train(build_model(recipe), tiny_dataset, recipe, runtime, progress=False,
+                       log=lambda s: None)
+        histories.append([r["cost"] for r in result.history])
+    assert histories[0] == histories[1]
+    plain = train(build_model(recipe.replace(augment="none")), tiny_dataset,
+                  recipe.replace(augment="none"), runtime, progress=False, log=lambda s: None)
+    assert [r["cost"] for r in plain.history] != histories[0]  # augmentation did take part
+    for name, split in (("train", tiny_dataset.train), ("val", tiny_dataset.val),
+                        ("test", tiny_dataset.test)):
+        assert torch.equal(split.images, before[name][0])
+        assert torch.equal(split.labels, before[name][1])
