@@ -149,6 +149,14 @@ def deep_cnn(dropout: float = 0.3) -> nn.Module:
 # Beyond the lecture
 
 
+class FlattenNHWC(nn.Module):
+    """Flatten in (H, W, C) order, as TensorFlow does: on channels-last activations this is a view,
+    where nn.Flatten's (C, H, W) order costs a copy forwards and a layout change backwards."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 2, 3, 1).flatten(1)
+
+
 def bn_block(c_in: int, c_out: int) -> list[nn.Module]:
     """conv 3x3 SAME -> max-pool 2x2 SAME -> batch norm -> ReLU.
 
@@ -175,7 +183,7 @@ def fast_cnn(dropout: float = 0.0, widths: tuple[int, int, int] = (16, 32, 64)) 
         nn.ReLU(inplace=True),
         *bn_block(c1, c2),  # (?, 7, 7, c2)
         *bn_block(c2, c3),  # (?, 4, 4, c3)
-        nn.Flatten(),
+        FlattenNHWC(),
         nn.Linear(16 * c3, 10),
     )
 
