@@ -51,7 +51,7 @@ class TrainResult:
     train_seconds: float = 0.0
 
 
-def make_optimizer(recipe: Recipe, model: nn.Module, runtime: Runtime) -> torch.optim.Optimizer:
+def make_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
     params = model.parameters()
     # fused kernels do the whole update in one pass per tensor (about 10% of a CPU step here)
     if recipe.optimizer == "sgd":
@@ -98,7 +98,7 @@ def train(model: nn.Module, data: Dataset, recipe: Recipe, runtime: Runtime,
     recipe.validate()
     out = Path(out_dir) if out_dir is not None else None
     model.to(runtime.device, memory_format=runtime.memory_format)
-    optimizer = make_optimizer(recipe, model, runtime)
+    optimizer = make_optimizer(recipe, model)
     images = data.train.images.to(runtime.device)
     labels = data.train.labels.to(runtime.device)
     steps_per_epoch = len(labels) // recipe.batch_size
