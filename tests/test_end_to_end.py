@@ -9,14 +9,17 @@ from mnist_cnn.cli import main
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize(("model", "bar"), [("simple", 0.987), ("deep", 0.992)])
-def test_lecture_network_reaches_its_accuracy(model, bar, tmp_path, capsys):
+def test_lecture_network_reaches_its_accuracy(model, bar, precision, tmp_path, capsys):
+    """fp32 is the faithful default; bf16 autocast, the faster option, must keep the same bars."""
     out = tmp_path / model
-    assert main(["train", "--model", model, "--out", str(out), "--no-progress"]) == 0
+    assert main(["train", "--model", model, "--out", str(out), "--no-progress",
+                 "--precision", precision]) == 0
     printed = capsys.readouterr().out
     assert printed.count("Epoch: ") == 15  # the lecture's 15 epochs
     accuracy = json.loads((out / "test_metrics.json").read_text())["accuracy"]
-    print(f"{model}: test accuracy {accuracy:.4f}")
+    print(f"{model} {precision}: test accuracy {accuracy:.4f}")
     assert accuracy >= bar
 
 
