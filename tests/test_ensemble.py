@@ -12,7 +12,7 @@ from mnist_cnn.ensemble import (
     train_members,
 )
 from mnist_cnn.errors import MnistCnnError
-from mnist_cnn.models import recipe_for
+from mnist_cnn.models import build_model, recipe_for
 from mnist_cnn.training import train
 
 
@@ -73,17 +73,12 @@ def test_an_interrupted_member_resumes_to_the_same_weights(tiny_dataset, runtime
     recipe = recipe_for("simple").replace(epochs=2, batch_size=50)
     straight = train_members(recipe, tiny_dataset, runtime, tmp_path / "a", 1, False, lambda s: 0)
     # an interruption after epoch 1 leaves exactly what a 1-epoch run writes
-    train(load_members_model(recipe), tiny_dataset, recipe.replace(epochs=1), runtime,
+    train(build_model(recipe), tiny_dataset, recipe.replace(epochs=1), runtime,
           tmp_path / "b" / "member-0", progress=False, log=lambda s: None)
     resumed = train_members(recipe, tiny_dataset, runtime, tmp_path / "b", 1, False, lambda s: 0)
     (m1, _), (m2, _) = load_members(straight + resumed)
     for a, b in zip(m1.state_dict().values(), m2.state_dict().values()):
         assert torch.equal(a, b)
-
-
-def load_members_model(recipe):
-    from mnist_cnn.models import build_model
-    return build_model(recipe)
 
 
 def test_members_of_different_datasets_are_refused(two_members, tmp_path):

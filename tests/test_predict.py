@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import re
 import shutil
@@ -15,10 +13,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageFilter
-from trained import trained
+from trained import run_main, trained
 
 from mnist_cnn.checkpoint import load_checkpoint
-from mnist_cnn.cli import main
 from mnist_cnn.device import setup
 from mnist_cnn.ensemble import ensemble_proba
 from mnist_cnn.evaluation import predict_proba
@@ -57,13 +54,6 @@ def digit_photo(digit: np.ndarray, size: int, rng: np.random.Generator,
     rgb += rng.normal(0.0, rng.uniform(2, 8), rgb.shape)
     rgb *= np.linspace(1.0, rng.uniform(0.9, 1.0), width)[None, :, None]  # light from one side
     return Image.fromarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8))
-
-
-def run_main(argv: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
-    return code, out.getvalue(), err.getvalue()
 
 
 def png_header_only(width: int, height: int) -> bytes:

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from . import data as datamod
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, read_checkpoint
 from .device import setup
 from .ensemble import EnsembleReport, evaluate_ensemble, train_members
 from .errors import MnistCnnError
@@ -134,7 +134,7 @@ def cmd_ensemble_train(args: argparse.Namespace) -> None:
 
 def cmd_ensemble_evaluate(args: argparse.Namespace) -> None:
     runtime = setup(args.device, "fp32", args.threads)
-    _, meta = load_checkpoint(args.checkpoints[0])
+    _, meta = read_checkpoint(args.checkpoints[0])  # its dataset; the members load below
     data = datamod.load_dataset(args.dataset or meta["dataset"], args.data_dir)
     print(format_ensemble(evaluate_ensemble(args.checkpoints, data.test, args.batch_size, runtime)))
 
