@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from trained import run_main
 
-from mnist_cnn.cli import main
+from mnist_cnn.cli import build_parser, main, recipe_from_args
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCH_LINE = re.compile(r"Epoch: \d{4} cost = \d+\.\d{9}")
@@ -139,3 +139,19 @@ def test_bad_checkpoint_exit_status_of_the_installed_command(tmp_path):
     assert "not a readable checkpoint" in result.stderr
     assert result.stderr.count("\n") == 1
     assert "Traceback" not in result.stderr
+
+
+def test_recipe_follows_the_dataset_and_the_flags():
+    def recipe(*argv):
+        return recipe_from_args(build_parser().parse_args(["train", "--model", "fast", *argv]))
+
+    assert recipe().model_args == {"crop": 24}
+    assert recipe("--dataset", "fashion-mnist").model_args == {"crop": 28}
+    assert recipe("--dataset", "fashion-mnist", "--lr", "0.01").lr == 0.01
+
+
+def test_module_entry_point_exits_cleanly():
+    result = subprocess.run([sys.executable, "-m", "mnist_cnn", "models"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0].startswith("simple")

@@ -13,6 +13,7 @@ from torch import nn
 from mnist_cnn.errors import MnistCnnError
 from mnist_cnn.models import (
     MODELS,
+    CentreCrop,
     Dropout,
     as_input,
     build_model,
@@ -94,7 +95,7 @@ def test_deep_summary_shapes_and_parameters():
     assert f"total parameters: {total:,}" in text
 
 
-@pytest.mark.parametrize("name", ["simple", "deep"])
+@pytest.mark.parametrize("name", sorted(MODELS))
 def test_forward_gives_ten_logits_per_image(name):
     model = build_model(name).eval()
     out = model(as_input(images(3)))
@@ -202,3 +203,31 @@ def test_summary_leaves_the_training_mode_alone():
     model.eval()
     summary(model)
     assert not model.training
+
+
+def test_centre_crop_keeps_the_middle_of_the_frame():
+    x = torch.arange(28 * 28, dtype=torch.float32).reshape(1, 1, 28, 28)
+    out = CentreCrop(24)(x)
+    assert out.shape == (1, 1, 24, 24)
+    assert torch.equal(out, x[:, :, 2:26, 2:26])
+    assert torch.equal(CentreCrop(28)(x), x)
+
+
+def test_fast_crops_digits_but_not_fashion():
+    assert recipe_for("fast").model_args["crop"] == 24
+    assert recipe_for("fast", "fashion-mnist").model_args["crop"] == 28
+    assert recipe_for("deep", "fashion-mnist") == recipe_for("deep")
+    assert shapes_in(summary(build_model("fast")))[0] == "(?, 24, 24, 1)"
+    uncropped = build_model(recipe_for("fast", "fashion-mnist"))
+    assert shapes_in(summary(uncropped))[0] == "(?, 28, 28, 1)"
+    assert uncropped(as_input(images(2))).shape == (2, 10)
+
+
+def test_fast_ignores_the_blank_border_it_crops():
+    model = build_model("fast").eval()
+    x = as_input(images(2))
+    ringed = x.clone()
+    ringed[:, :, :2] = ringed[:, :, -2:] = 1.0
+    ringed[:, :, :, :2] = ringed[:, :, :, -2:] = 1.0
+    with torch.no_grad():
+        assert torch.equal(model(x), model(ringed))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import sys
 from itertools import pairwise
 
 import pytest
@@ -13,7 +14,7 @@ import torch
 from mnist_cnn.checkpoint import load_checkpoint, read_checkpoint
 from mnist_cnn.errors import MnistCnnError
 from mnist_cnn.models import build_model, recipe_for
-from mnist_cnn.training import lr_factor, train
+from mnist_cnn.training import lr_factor, start_optimizer_import, train
 
 TIMING = {"train_seconds", "images_per_second"}
 
@@ -231,3 +232,10 @@ def test_onecycle_schedule():
     assert f[99] == pytest.approx(1 / 75, rel=1e-6)
     assert min(f) >= 1e-3
     assert lr_factor(SIMPLE.replace(schedule="onecycle"), 100, 100) == pytest.approx(1e-3)
+
+
+def test_optimizer_import_runs_in_the_background():
+    thread = start_optimizer_import()
+    thread.join(timeout=120)
+    assert not thread.is_alive()
+    assert "torch._dynamo" in sys.modules

@@ -42,9 +42,12 @@ def model_entry(name: str) -> ModelEntry:
         raise MnistCnnError(f"unknown model {name!r}; known: {', '.join(MODELS)}") from None
 
 
-def recipe_for(name: str) -> Recipe:
-    """The default recipe of a registered network (the lecture's settings for simple and deep)."""
-    return model_entry(name).recipe
+def recipe_for(name: str, dataset: str = "mnist") -> Recipe:
+    """The default recipe of a registered network (the lecture's settings for simple and deep),
+    with any adjustment the dataset needs."""
+    recipe = model_entry(name).recipe
+    adjustment = DATASET_ADJUSTMENTS.get((name, dataset))
+    return recipe.replace(**adjustment(recipe)) if adjustment else recipe
 
 
 def build_model(name_or_recipe: str | Recipe, **overrides) -> nn.Module:
@@ -170,27 +173,59 @@ def bn_block(c_in: int, c_out: int) -> list[nn.Module]:
     ]
 
 
-@register("fast", Recipe(model="fast", epochs=1, batch_size=256, lr=0.02, schedule="onecycle",
-                         warmup=0.3, label_smoothing=0.1, precision="bf16"),
-          "a small batch-normalised CNN that reaches 99% in one epoch (seconds on a CPU)")
-def fast_cnn(dropout: float = 0.0, widths: tuple[int, int, int] = (16, 32, 64)) -> nn.Module:
-    c1, c2, c3 = widths  # multiples of 16: oneDNN's AVX-512 kernels are blocked by 16 channels
-    return nn.Sequential(
-        # a strided first conv rather than conv + pool: measured 20% faster per step at the same
-        # accuracy, since pooling 28x28 maps was the costliest element-wise work of the network
-        nn.Conv2d(1, c1, 3, stride=2, padding=1, bias=False),  # (?, 14, 14, c1)
-        nn.BatchNorm2d(c1),
-        nn.ReLU(inplace=True),
-        *bn_block(c1, c2),  # (?, 7, 7, c2)
-        *bn_block(c2, c3),  # (?, 4, 4, c3)
-        FlattenNHWC(),
-        nn.Linear(16 * c3, 10),
-    )
-
-
 def conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
     return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
             nn.ReLU(inplace=True)]
+
+
+class CentreCrop(nn.Module):
+    """Keep the central size x size pixels. MNIST digits are scaled into a 20x20 box and centred
+    by mass in the 28x28 frame, so the outer ring is nearly blank: 2 px of it hold 0.22% of the
+    training set's ink. Cropping it inside the model keeps the input 28x28 everywhere else."""
+
+    def __init__(self, size: int, image_size: int = 28):
+        super().__init__()
+        self.size, self.start = size, (image_size - size) // 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :, self.start:self.start + self.size, self.start:self.start + self.size]
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}"
+
+
+@register("fast", Recipe(model="fast", epochs=1, batch_size=256, lr=0.04, schedule="onecycle",
+                         warmup=0.3, label_smoothing=0.1, precision="bf16",
+                         model_args={"crop": 24}),
+          "a small batch-normalised CNN that reaches 99% in one epoch (seconds on a CPU)")
+def fast_cnn(dropout: float = 0.0, widths: tuple[int, int, int, int] = (16, 16, 32, 64),
+             crop: int = 28) -> nn.Module:
+    c1, c2, c3, c4 = widths  # multiples of 16: oneDNN's AVX-512 kernels are blocked by 16 channels
+    side = crop
+    for _ in range(3):  # the strided conv and two SAME pools each halve the side, rounding up
+        side = (side + 1) // 2
+    # Each choice was measured against its alternatives (README, "99% in seconds"): the 24x24
+    # crop (a fifth less arithmetic); a strided first conv instead of conv + pool (pooling full
+    # size maps was the costliest element-wise work); no batch norm on that first layer (two
+    # passes each way over its large maps, for nothing in accuracy); the widest layer last, where
+    # the maps are smallest.
+    return nn.Sequential(
+        CentreCrop(crop),                          # (?, 24, 24, 1) with the recipe's crop
+        nn.Conv2d(1, c1, 3, stride=2, padding=1),  # (?, 12, 12, c1)
+        nn.ReLU(inplace=True),
+        *bn_block(c1, c2),  # (?, 6, 6, c2)
+        *bn_block(c2, c3),  # (?, 3, 3, c3)
+        *conv_bn(c3, c4),   # (?, 3, 3, c4)
+        FlattenNHWC(),
+        nn.Linear(side * side * c4, 10),
+    )
+
+
+# Where a recipe needs changing for a dataset: Fashion-MNIST's clothes fill the whole frame, so
+# the crop that suits centred digits would cut them off (measured: 87.5% against 89.0% uncropped).
+DATASET_ADJUSTMENTS: dict[tuple[str, str], Callable[[Recipe], dict]] = {
+    ("fast", "fashion-mnist"): lambda r: {"model_args": {**r.model_args, "crop": 28}},
+}
 
 
 @register("best", Recipe(model="best", epochs=15, batch_size=128, lr=0.003, schedule="onecycle",

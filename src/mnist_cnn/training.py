@@ -8,9 +8,11 @@ uninterrupted one.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,6 +51,19 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     checkpoint: Path | None = None
     train_seconds: float = 0.0
+
+
+def start_optimizer_import() -> threading.Thread:
+    """Import what torch.optim loads on first use, on a background thread.
+
+    Making the first optimizer imports torch._dynamo, about a second of pure Python; started
+    before the data loads (which mostly waits in zlib and hashlib, without the GIL), most of that
+    second is hidden. The later import simply finds the module loaded, or waits for it.
+    """
+    thread = threading.Thread(target=importlib.import_module, args=("torch._dynamo",),
+                              name="import torch._dynamo", daemon=True)
+    thread.start()
+    return thread
 
 
 def make_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
