@@ -20,11 +20,13 @@ from .errors import MnistCnnError
 class Runtime:
     device: torch.device
     precision: str = "fp32"  # fp32 | bf16
+    # oneDNN's convolutions (CPU) and cuDNN's tensor-core paths both prefer NHWC; False (NCHW)
+    # is kept for measuring that choice (benchmarks/fast_levers.py).
+    channels_last: bool = True
 
     @property
     def memory_format(self) -> torch.memory_format:
-        # oneDNN's convolutions (CPU) and cuDNN's tensor-core paths both prefer NHWC.
-        return torch.channels_last
+        return torch.channels_last if self.channels_last else torch.contiguous_format
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.precision == "bf16":
