@@ -155,3 +155,13 @@ def test_module_entry_point_exits_cleanly():
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0].startswith("simple")
+
+
+def test_unknown_arguments_are_still_refused(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["models", "extra"])
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments: extra" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["predict", "m.safetensors", "a.png", "--bogus", "b.png"])
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err

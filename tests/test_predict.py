@@ -268,3 +268,13 @@ def test_cli_bad_top_k_and_bad_checkpoint(models, photos, tmp_path):
 def test_cli_empty_folder(models, tmp_path):
     code, _, err = run_main(["predict", str(models.checkpoint), str(tmp_path), *ONE_CPU])
     assert code == 1 and "no images found" in err
+
+
+def test_cli_options_may_come_between_the_files(models, photos):
+    files = [str(f) for f in photos[0][:3]]
+    code, out, _ = run_main(["predict", str(models.checkpoint), files[0], "--top-k", "1",
+                             *files[1:], "--json", *ONE_CPU])
+    assert code == 0
+    results = json.loads(out)
+    assert [r["file"] for r in results] == files
+    assert all(len(r["top_k"]) == 1 for r in results)
