@@ -391,3 +391,40 @@ def test_collect_images(tmp_path):
     assert found == [folder / "a.jpg", folder / "b.PNG", folder / "c.webp", single,
                      tmp_path / "missing.png"]
     assert ".tiff" in IMAGE_SUFFIXES and ".jpeg" in IMAGE_SUFFIXES
+
+
+def with_specks(image: Image.Image, spots: list[tuple[float, float, float]]) -> Image.Image:
+    """Dark dots (x, y, radius as fractions of the width) on the paper: dust, a pen's tap."""
+    image = image.copy()
+    draw = ImageDraw.Draw(image)
+    for x, y, r in spots:
+        cx, cy, rr = x * image.width, y * image.height, max(1.0, r * image.width)
+        draw.ellipse((cx - rr, cy - rr, cx + rr, cy + rr), fill=(30, 30, 30))
+    return image
+
+
+@pytest.mark.parametrize("spots", [
+    [(0.05, 0.05, 0.01)],
+    [(0.93, 0.9, 0.015), (0.1, 0.85, 0.008)],
+    [(0.5, 0.04, 0.012)],
+])
+def test_specks_away_from_the_digit_are_ignored(spots):
+    clean = photo("3", size=(300, 300), noise=4)
+    p = preprocess(with_specks(clean, spots))
+    assert_mnist_like(p)
+    assert np.abs(p.final.astype(int) - preprocess(clean).final.astype(int)).max() <= 3
+
+
+def test_separate_strokes_of_a_digit_are_kept():
+    # A "5" whose top bar does not touch the rest, and a broken "1": both pieces are the digit
+    image = Image.new("L", (200, 200), 255)
+    draw = ImageDraw.Draw(image)
+    draw.line((70, 40, 140, 40), fill=0, width=12)     # the bar, on its own
+    draw.line((70, 60, 70, 100), fill=0, width=12)
+    draw.arc((55, 85, 145, 165), 200, 150, fill=0, width=12)
+    p = preprocess(image)
+    assert p.cropped.shape[0] > 120  # the bar is inside the box
+    broken = Image.new("L", (200, 200), 255)
+    ImageDraw.Draw(broken).line((100, 30, 100, 90), fill=0, width=10)
+    ImageDraw.Draw(broken).line((100, 110, 100, 170), fill=0, width=10)
+    assert preprocess(broken).cropped.shape[0] > 130

@@ -11,8 +11,8 @@ the geometric centre 13.5. We copy what the data does, so `MNIST_CENTRE = 14.0` 
 rounded to whole pixels, which keeps MNIST digits unchanged when they go through `preprocess`.
 
 Steps: load (any format, mode, orientation) -> grayscale -> polarity (a light background is
-inverted) -> background suppression (Otsu threshold, soft strokes kept) -> crop to the ink ->
-resize (longer side 20) -> paste by centre of mass.
+inverted) -> background suppression (Otsu threshold, soft strokes kept) -> specks removed ->
+crop to the ink -> resize (longer side 20) -> paste by centre of mass.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+from scipy import ndimage
 
 from .errors import MnistCnnError
 
@@ -39,6 +40,7 @@ MNIST_CENTRE = 14.0  # where MNIST puts the centre of mass (see the module docst
 MIN_CONTRAST = 24  # ink must differ from the background by at least this many gray levels
 NOISE_FACTOR = 8  # ... and by this many times the background's noise
 EDGE_RADIUS = 2  # soft edge pixels kept around the solid strokes
+SPECK_SHARE = 0.05  # a separate blob with less ink than this share of the largest one is a speck
 
 
 class ImageError(MnistCnnError):
@@ -239,6 +241,7 @@ def preprocess(image: Image.Image | np.ndarray, source: str = "<image>") -> Prep
     # Keep faint pixels only next to solid ink: paper noise elsewhere would inflate the box
     ink[~_dilate(work > threshold, EDGE_RADIUS)] = 0
     ink = np.rint(ink).astype(np.uint8)
+    ink = _drop_specks(ink)
 
     rows = np.flatnonzero(ink.any(axis=1))
     cols = np.flatnonzero(ink.any(axis=0))
@@ -247,6 +250,17 @@ def preprocess(image: Image.Image | np.ndarray, source: str = "<image>") -> Prep
     scaled = _scale_to_box(cropped)
     final = _paste_by_centre_of_mass(scaled)
     return Preprocessed(gray, inverted, ink, cropped, scaled, final, float(threshold))
+
+
+def _drop_specks(ink: np.ndarray) -> np.ndarray:
+    """Remove small separate blobs (dust, a pen's tap): far from the digit, they would stretch the
+    box it is scaled by. A digit's own separate strokes carry far more ink and stay."""
+    labels, count = ndimage.label(ink > 0, structure=np.ones((3, 3), dtype=bool))
+    if count <= 1:
+        return ink
+    mass = ndimage.sum_labels(ink, labels, index=np.arange(1, count + 1))
+    keep = np.concatenate([[False], mass >= SPECK_SHARE * mass.max()])
+    return np.where(keep[labels], ink, 0).astype(np.uint8)
 
 
 def _scale_to_box(cropped: np.ndarray) -> np.ndarray:
