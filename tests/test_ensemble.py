@@ -8,10 +8,10 @@ from mnist_cnn.ensemble import (
     ensemble_proba,
     evaluate_ensemble,
     load_members,
-    metrics_from_proba,
     train_members,
 )
 from mnist_cnn.errors import MnistCnnError
+from mnist_cnn.evaluation import metrics_from_proba
 from mnist_cnn.models import build_model, recipe_for
 from mnist_cnn.training import train
 

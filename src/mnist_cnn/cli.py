@@ -215,6 +215,20 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"wrote {args.onnx} ({len(onnx_model) / 1024:,.0f} KiB, opset {args.opset}) and {sidecar}")
 
 
+def cmd_plot(args: argparse.Namespace) -> None:
+    from . import plots  # imported here: matplotlib loads slowly
+    from .imaging import load_and_preprocess
+
+    runtime = setup(args.device, "fp32", args.threads)
+    model, meta = load_checkpoint(args.checkpoint, device=runtime.device)
+    photo = load_and_preprocess(args.image) if args.image else None
+    data = datamod.load_dataset(args.dataset or meta["dataset"], args.data_dir)
+    out = Path(args.out or Path(args.checkpoint).parent / "plots")
+    for path in plots.write_report(model, meta, data.test, data.classes, out, runtime,
+                                   args.batch_size, photo):
+        print(f"wrote {path}")
+
+
 # --------------------------------------------------------------------------------------------
 
 
@@ -295,6 +309,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write each image as the network sees it (28x28 PNG) into DIR")
     add_runtime_args(p)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("plot", help="draw training curves, confusion matrix, mistakes, filters, "
+                       "feature maps (and a photo's preprocessing) as PNG files")
+    p.add_argument("checkpoint", help="a .safetensors checkpoint written by train")
+    p.add_argument("--out", help="folder for the PNG files (default: plots/ beside the checkpoint)")
+    p.add_argument("--image", metavar="PHOTO", help="also show how this photo is read")
+    p.add_argument("--batch-size", type=int, default=1000)
+    add_data_args(p, dataset_default=None)
+    add_runtime_args(p)
+    p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("export", help="write a checkpoint as ONNX (softmax outputs) + JSON sidecar")
     p.add_argument("checkpoint", help="a .safetensors checkpoint written by train")

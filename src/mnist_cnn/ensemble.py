@@ -15,7 +15,7 @@ from .checkpoint import load_checkpoint
 from .data import Dataset, Split
 from .device import Runtime
 from .errors import MnistCnnError
-from .evaluation import CPU, Metrics, metrics_from_predictions, predict_proba
+from .evaluation import CPU, Metrics, metrics_from_proba, predict_proba
 from .models import build_model
 from .recipes import Recipe
 from .training import CHECKPOINT_NAME, train
@@ -43,11 +43,6 @@ def average_probabilities(member_probs: Sequence[torch.Tensor]) -> torch.Tensor:
 def ensemble_proba(models: Sequence[nn.Module], images: torch.Tensor, batch_size: int = 1000,
                    runtime: Runtime = CPU) -> torch.Tensor:
     return average_probabilities([predict_proba(m, images, batch_size, runtime) for m in models])
-
-
-def metrics_from_proba(probs: torch.Tensor, labels: torch.Tensor) -> Metrics:
-    loss_sum = float(-probs.gather(1, labels[:, None]).clamp_min(1e-12).log().sum())
-    return metrics_from_predictions(probs.argmax(1), labels, loss_sum, probs.shape[1])
 
 
 @dataclass

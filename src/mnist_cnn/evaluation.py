@@ -64,6 +64,12 @@ def metrics_from_predictions(predicted: torch.Tensor, labels: torch.Tensor, loss
     )
 
 
+def metrics_from_proba(probs: torch.Tensor, labels: torch.Tensor) -> Metrics:
+    """Metrics from predicted probabilities (N, classes), e.g. an ensemble's averaged softmax."""
+    loss_sum = float(-probs.gather(1, labels[:, None]).clamp_min(1e-12).log().sum())
+    return metrics_from_predictions(probs.argmax(1), labels, loss_sum, probs.shape[1])
+
+
 def evaluate(model: nn.Module, split: Split, batch_size: int = 1000,
              runtime: Runtime = CPU, num_classes: int = 10) -> Metrics:
     """Accuracy, mean cross-entropy, per-class accuracy and confusion matrix of a split."""
