@@ -222,7 +222,7 @@ def cmd_plot(args: argparse.Namespace) -> None:
     runtime = setup(args.device, "fp32", args.threads)
     model, meta = load_checkpoint(args.checkpoint, device=runtime.device)
     photo = load_and_preprocess(args.image) if args.image else None
-    data = datamod.load_dataset(args.dataset or meta["dataset"], args.data_dir)
+    data = datamod.load_dataset(args.dataset or meta.get("dataset", "mnist"), args.data_dir)
     out = Path(args.out or Path(args.checkpoint).parent / "plots")
     for path in plots.write_report(model, meta, data.test, data.classes, out, runtime,
                                    args.batch_size, photo):
