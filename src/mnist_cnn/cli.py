@@ -229,6 +229,17 @@ def cmd_plot(args: argparse.Namespace) -> None:
         print(f"wrote {path}")
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn  # imported here: only this command serves
+
+    from .server import create_app
+
+    runtime = setup(args.device, "fp32", args.threads)
+    app = create_app(args.checkpoints, runtime)
+    print(f"mnist-cnn: draw a digit at http://{args.host}:{args.port}/ (Ctrl-C stops)")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
 # --------------------------------------------------------------------------------------------
 
 
@@ -319,6 +330,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_args(p, dataset_default=None)
     add_runtime_args(p)
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("serve", help="a web page to draw digits on, and its JSON API")
+    p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
+                   help="one checkpoint, or several: an ensemble")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: %(default)s, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
+    add_runtime_args(p)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("export", help="write a checkpoint as ONNX (softmax outputs) + JSON sidecar")
     p.add_argument("checkpoint", help="a .safetensors checkpoint written by train")
