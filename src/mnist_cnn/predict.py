@@ -60,10 +60,12 @@ def load_models(checkpoints: Sequence[str | os.PathLike], device: torch.device |
                 ) -> tuple[list[nn.Module], tuple[str, ...]]:
     """The networks (one, or an ensemble with the same classes) and their class names."""
     members = load_members(checkpoints, device)
-    meta = members[0][1]
+    return [model for model, _ in members], class_names(members[0][1])
+
+
+def class_names(meta: dict) -> tuple[str, ...]:
     # checkpoints written by `train` name their classes; otherwise the dataset's are the ones
-    classes = tuple(meta.get("classes") or dataset_info(meta.get("dataset", "mnist")).classes)
-    return [model for model, _ in members], classes
+    return tuple(meta.get("classes") or dataset_info(meta.get("dataset", "mnist")).classes)
 
 
 def predict_images(models: Sequence[nn.Module], paths: Sequence[str | os.PathLike], top_k: int,

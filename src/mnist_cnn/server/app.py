@@ -26,20 +26,18 @@ from fastapi.responses import HTMLResponse
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
-from ..checkpoint import read_checkpoint
 from ..device import Runtime
-from ..ensemble import ensemble_proba
+from ..ensemble import ensemble_proba, load_members
 from ..evaluation import CPU
 from ..imaging import ImageError, load_image, preprocess, to_tensor
-from ..predict import load_models
+from ..predict import class_names
 
 MAX_UPLOAD_BYTES = 16 * 1024 * 1024  # a phone photo is a few MB
 MAX_PIXELS = 25_000_000  # decoding is bounded too: 25 megapixels at most
 
 
-def describe_models(checkpoints: Sequence[str | os.PathLike]) -> dict:
-    """What the page shows about the network(s) answering."""
-    metas = [read_checkpoint(path)[1] for path in checkpoints]
+def describe_models(metas: Sequence[dict]) -> dict:
+    """What the page shows about the network(s) answering, from their checkpoints' metadata."""
     return {
         "models": [m["recipe"]["model"] for m in metas],
         "dataset": metas[0].get("dataset", "mnist"),
@@ -71,8 +69,10 @@ async def read_body(request: Request, limit: int) -> bytes:
 def create_app(checkpoints: Sequence[str | os.PathLike], runtime: Runtime = CPU,
                max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_PIXELS) -> FastAPI:
     """The web app for one checkpoint, or several (an ensemble). Models load once, here."""
-    models, classes = load_models(checkpoints, runtime.device)
-    info = {**describe_models(checkpoints), "classes": list(classes)}
+    members = load_members(checkpoints, runtime.device)
+    models = [model for model, _ in members]
+    classes = class_names(members[0][1])
+    info = {**describe_models([meta for _, meta in members]), "classes": list(classes)}
     page = resources.files(__package__).joinpath("static/index.html").read_text(encoding="utf-8")
     app = FastAPI(title="mnist-cnn", docs_url=None, redoc_url=None)
 
