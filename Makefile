@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo serve test lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,11 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/mnist-cnn train --model fast --out runs/demo --show 3
+
+# the page to draw digits on, answered by the model `make demo` trained
+serve: $(STAMP)
+	test -f runs/demo/last.safetensors || $(MAKE) demo
+	$(BIN)/mnist-cnn serve runs/demo/last.safetensors
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

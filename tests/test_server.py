@@ -104,6 +104,7 @@ def test_bad_uploads_get_a_400_with_the_reason(client, body, message):
     response = client.post("/api/predict", content=body)
     assert response.status_code == 400
     assert message in response.json()["detail"]
+    assert response.json()["detail"].startswith(("the upload: ", "empty upload"))
     assert "Traceback" not in response.text
 
 

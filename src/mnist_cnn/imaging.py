@@ -66,9 +66,11 @@ def _name(source: str | os.PathLike | bytes) -> str:
     return "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
 
 
-def load_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Read a path or raw bytes as an upright 8-bit grayscale ("L") image."""
-    name = _name(source)
+def load_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS,
+               name: str | None = None) -> Image.Image:
+    """Read a path or raw bytes as an upright 8-bit grayscale ("L") image; errors start with
+    `name` (default: the path, or "<bytes>")."""
+    name = name or _name(source)
     if isinstance(source, (bytes, bytearray)):
         if not source:
             raise ImageError(f"{name}: empty (0 bytes)")

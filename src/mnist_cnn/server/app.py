@@ -34,6 +34,7 @@ from ..predict import class_names
 
 MAX_UPLOAD_BYTES = 16 * 1024 * 1024  # a phone photo is a few MB
 MAX_PIXELS = 25_000_000  # decoding is bounded too: 25 megapixels at most
+UPLOAD = "the upload"  # how error messages name it
 
 
 def describe_models(metas: Sequence[dict]) -> dict:
@@ -78,7 +79,7 @@ def create_app(checkpoints: Sequence[str | os.PathLike], runtime: Runtime = CPU,
 
     def classify(body: bytes) -> dict:
         try:
-            steps = preprocess(load_image(body, max_pixels), source="the upload")
+            steps = preprocess(load_image(body, max_pixels, UPLOAD), source=UPLOAD)
         except ImageError as e:
             raise HTTPException(400, str(e)) from None
         probabilities = ensemble_proba(models, to_tensor(steps.final)[None], runtime=runtime)[0]
