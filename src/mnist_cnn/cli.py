@@ -12,7 +12,7 @@ import torch
 
 from . import data as datamod
 from .checkpoint import load_checkpoint, read_checkpoint
-from .device import setup
+from .device import Runtime, setup
 from .ensemble import EnsembleReport, evaluate_ensemble, train_members
 from .errors import MnistCnnError
 from .evaluation import ascii_digit, evaluate, format_metrics, predict_proba
@@ -77,6 +77,11 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
     return recipe_for(args.model, args.dataset).replace(**overrides).validate()
 
 
+def data_for(args: argparse.Namespace, meta: dict) -> datamod.Dataset:
+    """The dataset named by --dataset, else the one the checkpoint was trained on."""
+    return datamod.load_dataset(args.dataset or meta.get("dataset", "mnist"), args.data_dir)
+
+
 def show_predictions(model: torch.nn.Module, split: datamod.Split, classes: tuple[str, ...],
                      count: int, seed: int, runtime) -> None:
     """Random test digits drawn as text, with label and prediction (as the lecture does)."""
@@ -92,11 +97,16 @@ def show_predictions(model: torch.nn.Module, split: datamod.Split, classes: tupl
         print(ascii_digit(split.images[i]))
 
 
-def cmd_train(args: argparse.Namespace) -> None:
+def start_training(args: argparse.Namespace) -> tuple[Recipe, Runtime, datamod.Dataset]:
+    """The recipe, runtime and data of a training command."""
     recipe = recipe_from_args(args)
     runtime = setup(args.device, recipe.precision, args.threads)
     start_optimizer_import()  # overlaps the data loading
-    data = datamod.load_dataset(args.dataset, args.data_dir)
+    return recipe, runtime, datamod.load_dataset(args.dataset, args.data_dir)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    recipe, runtime, data = start_training(args)
     out = Path(args.out or f"runs/{recipe.model}")
     print(f"training {recipe.model} on {data.name} ({len(data.train)} train / {len(data.val)} "
           f"validation images) on {runtime.device}, {recipe.precision}; checkpoints in {out}")
@@ -126,10 +136,7 @@ def save_test_metrics(checkpoint: Path, metrics: dict) -> None:
 
 
 def cmd_ensemble_train(args: argparse.Namespace) -> None:
-    recipe = recipe_from_args(args)
-    runtime = setup(args.device, recipe.precision, args.threads)
-    start_optimizer_import()  # overlaps the data loading
-    data = datamod.load_dataset(args.dataset, args.data_dir)
+    recipe, runtime, data = start_training(args)
     out = Path(args.out or f"runs/{recipe.model}-ensemble")
     paths = train_members(recipe, data, runtime, out, args.members, not args.no_progress)
     print(format_ensemble(evaluate_ensemble(paths, data.test, recipe.eval_batch_size, runtime)))
@@ -138,7 +145,7 @@ def cmd_ensemble_train(args: argparse.Namespace) -> None:
 def cmd_ensemble_evaluate(args: argparse.Namespace) -> None:
     runtime = setup(args.device, "fp32", args.threads)
     _, meta = read_checkpoint(args.checkpoints[0])  # its dataset; the members load below
-    data = datamod.load_dataset(args.dataset or meta["dataset"], args.data_dir)
+    data = data_for(args, meta)
     print(format_ensemble(evaluate_ensemble(args.checkpoints, data.test, args.batch_size, runtime)))
 
 
@@ -158,9 +165,9 @@ def format_ensemble(report: EnsembleReport) -> str:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     runtime = setup(args.device, "fp32", args.threads)
     model, meta = load_checkpoint(args.checkpoint, device=runtime.device)
-    data = datamod.load_dataset(args.dataset or meta["dataset"], args.data_dir)
+    data = data_for(args, meta)
     if data.checksums != meta.get("checksums") and args.dataset is None:
-        print(f"note: {args.checkpoint} was trained on other {meta['dataset']} files",
+        print(f"note: {args.checkpoint} was trained on other {data.name} files",
               file=sys.stderr)
     metrics = evaluate(model, data.test, args.batch_size, runtime)
     print(f"{args.checkpoint}: {meta['recipe']['model']} after epoch {meta['epoch']}, "
@@ -201,7 +208,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     onnx_model = export.onnx_bytes(model, args.opset)
     accuracy = None
     if not args.no_check:  # check before writing, so a bad export never replaces a good file
-        data = datamod.load_dataset(args.dataset or meta.get("dataset", "mnist"), args.data_dir)
+        data = data_for(args, meta)
         parity = export.check_parity(model, onnx_model, data.test.images, data.test.labels)
         print(export.format_parity(parity))
         if not parity["ok"]:
@@ -222,7 +229,7 @@ def cmd_plot(args: argparse.Namespace) -> None:
     runtime = setup(args.device, "fp32", args.threads)
     model, meta = load_checkpoint(args.checkpoint, device=runtime.device)
     photo = load_and_preprocess(args.image) if args.image else None
-    data = datamod.load_dataset(args.dataset or meta.get("dataset", "mnist"), args.data_dir)
+    data = data_for(args, meta)
     out = Path(args.out or Path(args.checkpoint).parent / "plots")
     for path in plots.write_report(model, meta, data.test, data.classes, out, runtime,
                                    args.batch_size, photo):

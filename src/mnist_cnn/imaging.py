@@ -307,9 +307,10 @@ def to_tensor(final: np.ndarray) -> torch.Tensor:
 
 
 def load_and_preprocess(
-    source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS
+    source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS, name: str | None = None
 ) -> Preprocessed:
-    return preprocess(load_image(source, max_pixels), source=_name(source))
+    name = name or _name(source)
+    return preprocess(load_image(source, max_pixels, name), source=name)
 
 
 def collect_images(paths: list[str | os.PathLike]) -> list[Path]:

@@ -100,15 +100,19 @@ def predict_images(models: Sequence[nn.Module], paths: Sequence[str | os.PathLik
 
     if good:
         probs = ensemble_proba(models, torch.stack(tensors), batch_size, runtime)
-        k = min(top_k, probs.shape[1])
-        top_p, top_i = probs.topk(k, dim=1)
         for row, i in enumerate(good):
-            ranked = [{"class": classes[c], "probability": float(p)}
-                      for p, c in zip(top_p[row].tolist(), top_i[row].tolist())]
-            best = int(top_i[row, 0])
-            results[i] = Prediction(str(files[i]), classes[best], best, ranked[0]["probability"],
-                                    ranked, inverted[row])
+            top = ranked(probs[row], classes, top_k)
+            best = classes.index(top[0]["class"])
+            results[i] = Prediction(str(files[i]), top[0]["class"], best, top[0]["probability"],
+                                    top, inverted[row])
     return [r for r in results if r is not None]
+
+
+def ranked(probabilities: torch.Tensor, classes: Sequence[str], k: int) -> list[dict]:
+    """The k likeliest classes of one image, most likely first: [{"class", "probability"}]."""
+    top_p, top_i = probabilities.topk(min(k, len(probabilities)))
+    return [{"class": classes[c], "probability": float(p)}
+            for p, c in zip(top_p.tolist(), top_i.tolist())]
 
 
 def unique_name(source: Path, used: set[str]) -> str:

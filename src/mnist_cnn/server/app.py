@@ -20,7 +20,6 @@ import os
 from collections.abc import Sequence
 from importlib import resources
 
-import torch
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse
 from PIL import Image
@@ -29,8 +28,8 @@ from starlette.concurrency import run_in_threadpool
 from ..device import Runtime
 from ..ensemble import ensemble_proba, load_members
 from ..evaluation import CPU
-from ..imaging import ImageError, load_image, preprocess, to_tensor
-from ..predict import class_names
+from ..imaging import ImageError, load_and_preprocess, to_tensor
+from ..predict import class_names, ranked
 
 MAX_UPLOAD_BYTES = 16 * 1024 * 1024  # a phone photo is a few MB
 MAX_PIXELS = 25_000_000  # decoding is bounded too: 25 megapixels at most
@@ -79,18 +78,17 @@ def create_app(checkpoints: Sequence[str | os.PathLike], runtime: Runtime = CPU,
 
     def classify(body: bytes) -> dict:
         try:
-            steps = preprocess(load_image(body, max_pixels, UPLOAD), source=UPLOAD)
+            steps = load_and_preprocess(body, max_pixels, UPLOAD)
         except ImageError as e:
             raise HTTPException(400, str(e)) from None
         probabilities = ensemble_proba(models, to_tensor(steps.final)[None], runtime=runtime)[0]
         best = int(probabilities.argmax())
-        order = torch.argsort(probabilities, descending=True).tolist()
         return {
             "digit": classes[best],
             "index": best,
             "probability": float(probabilities[best]),
             "probabilities": [float(p) for p in probabilities],
-            "top_k": [{"class": classes[i], "probability": float(probabilities[i])} for i in order],
+            "top_k": ranked(probabilities, classes, len(classes)),
             "inverted": steps.inverted,
             "preprocessed": png_data_url(steps.final),
         }
