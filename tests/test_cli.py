@@ -165,3 +165,14 @@ def test_unknown_arguments_are_still_refused(capsys):
     with pytest.raises(SystemExit):
         main(["predict", "m.safetensors", "a.png", "--bogus", "b.png"])
     assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_env_prints_the_cpu_and_versions_behind_the_figures():
+    import torch
+
+    code, printed, _ = run_main(["env"])
+    assert code == 0
+    assert f"torch:                {torch.__version__}" in printed
+    assert re.search(r"^cpu features: ", printed, re.MULTILINE)
+    code, printed, _ = run_main(["env", "--json"])
+    assert code == 0 and json.loads(printed)["cores available"] >= 1

@@ -72,3 +72,113 @@ def test_the_same_steps_on_gpu_match_the_cpu(tiny_dataset):
         training.train(model, tiny_dataset, recipe, runtime, progress=False, log=lambda s: None)
         results.append(torch.cat([p.detach().cpu().flatten() for p in model.parameters()]))
     assert torch.allclose(results[0], results[1], atol=1e-3)
+
+
+# --------------------------------------------------------------------------------------------
+# Threads that follow the machine's load
+
+
+class FakeMachine:
+    """A clock, the machine's busy CPU-seconds and this process's CPU-seconds, set by the test."""
+
+    def __init__(self):
+        self.now, self.busy, self.own = 0.0, 0.0, 0.0
+
+    def advance(self, seconds: float, others: float, own: float) -> None:
+        """`seconds` pass while other processes use `others` cores and this one `own` cores."""
+        self.now += seconds
+        self.busy += (others + own) * seconds
+        self.own += own * seconds
+
+    def tuner(self, cores: int) -> device.ThreadTuner:
+        return device.ThreadTuner(cores, interval=0.5, read_busy=lambda: self.busy,
+                                  clock=lambda: self.now, own_cpu=lambda: self.own)
+
+
+def test_threads_give_way_to_a_busy_process_and_come_back():
+    machine = FakeMachine()
+    tuner = machine.tuner(cores=2)
+    try:
+        assert tuner.threads == 2 and torch.get_num_threads() == 2
+        machine.advance(0.6, others=0.05, own=2.0)  # idle machine: keep every core
+        assert tuner.poll() == 2
+        machine.advance(0.6, others=0.7, own=1.3)  # a busy process shares the cores with us
+        assert tuner.poll() == 1 and torch.get_num_threads() == 1
+        machine.advance(0.6, others=1.0, own=1.0)  # it keeps its core
+        assert tuner.poll() == 1
+        machine.advance(0.6, others=0.4, own=1.0)  # between the thresholds: no flapping
+        assert tuner.poll() == 1
+        machine.advance(0.6, others=0.1, own=1.0)  # it stopped
+        assert tuner.poll() == 2 and torch.get_num_threads() == 2
+        assert tuner.reset_used() == [1, 2] and tuner.reset_used() == [2]
+    finally:
+        torch.set_num_threads(device.cpu_count())
+
+
+def test_threads_are_checked_only_once_per_interval_and_never_drop_below_one():
+    machine = FakeMachine()
+    tuner = machine.tuner(cores=4)
+    try:
+        machine.advance(0.2, others=3.0, own=1.0)
+        assert tuner.poll() == 4  # too soon to judge
+        machine.advance(0.4, others=3.0, own=1.0)
+        assert tuner.poll() == 1
+        machine.advance(0.6, others=9.0, own=0.5)  # more load than cores: still one thread
+        assert tuner.poll() == 1
+        machine.advance(0.6, others=1.0, own=3.0)
+        assert tuner.poll() == 3
+    finally:
+        torch.set_num_threads(device.cpu_count())
+
+
+def test_without_proc_stat_the_count_stays():
+    machine = FakeMachine()
+    tuner = device.ThreadTuner(2, read_busy=lambda: None, clock=lambda: machine.now)
+    try:
+        machine.advance(5.0, others=2.0, own=0.0)
+        assert tuner.poll() == 2
+    finally:
+        torch.set_num_threads(device.cpu_count())
+
+
+@pytest.mark.skipif(device.cpu_count() < 2 or device.read_cpu_busy() is None,
+                    reason="needs 2 cores and Linux's /proc/stat")
+def test_a_real_busy_process_makes_training_use_fewer_threads(tiny_dataset):
+    """No timing is asserted: only that the load was seen and the thread count followed it."""
+    import subprocess
+    import sys
+    import time
+
+    runtime = setup("cpu", "fp32")
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(1.0)
+        recipe = recipe_for("simple").replace(epochs=1, batch_size=50)
+        runtime.tuner.interval = 0.2
+        result = training.train(build_model(recipe), tiny_dataset, recipe, runtime,
+                                progress=False, log=lambda s: None)
+        assert runtime.tuner.others > 0.5
+        assert 1 in result.history[-1]["threads"]
+    finally:
+        hog.kill()
+        hog.wait()
+        torch.set_num_threads(device.cpu_count())
+
+
+def test_fixed_threads_turn_the_tuner_off():
+    runtime = setup("cpu", "fp32", threads=1)
+    try:
+        assert runtime.tuner is None and torch.get_num_threads() == 1
+        runtime.poll_threads()  # nothing to do, nothing breaks
+    finally:
+        torch.set_num_threads(device.cpu_count())
+
+
+def test_environment_names_what_decides_the_figures():
+    env = device.describe_environment()
+    assert env["torch"] == torch.__version__
+    assert env["cores available"] == device.cpu_count()
+    assert env["ATen CPU capability"] == torch.backends.cpu.get_cpu_capability()
+    text = device.format_environment(env)
+    for key in ("cpu:", "cpu features:", "oneDNN:", "CUDA devices:"):
+        assert key in text

@@ -30,7 +30,8 @@ def add_data_args(p: argparse.ArgumentParser, dataset_default: str | None = "mni
 
 def add_runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
-    p.add_argument("--threads", type=int, help="CPU threads (default: all cores available)")
+    p.add_argument("--threads", type=int, help="a fixed number of CPU threads (default: the cores "
+                   "available, fewer while other processes keep some busy)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -51,7 +52,14 @@ def cmd_data(args: argparse.Namespace) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# summary, models
+# env, summary, models
+
+
+def cmd_env(args: argparse.Namespace) -> None:
+    from .device import describe_environment, format_environment
+
+    env = describe_environment()
+    print(json.dumps(env, indent=2) if args.json else format_environment(env))
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -277,6 +285,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["fetch", "info"])
     add_data_args(p)
     p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("env", help="what decides the figures here: CPU, instruction sets, cores, "
+                       "torch and oneDNN versions, GPUs")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead")
+    p.set_defaults(func=cmd_env)
 
     p = sub.add_parser("models", help="list the registered networks")
     p.set_defaults(func=cmd_models)

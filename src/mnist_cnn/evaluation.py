@@ -26,6 +26,7 @@ def iterate_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 100
             for start in range(0, len(images), batch_size):
                 batch = runtime.to_batch(as_input(images[start:start + batch_size]))
                 yield model(batch).float()
+                runtime.poll_threads()
     finally:
         model.train(was_training)
 

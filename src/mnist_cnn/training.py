@@ -163,6 +163,7 @@ def train(model: nn.Module, data: Dataset, recipe: Recipe, runtime: Runtime,
             loss.backward()
             optimizer.step()
             loss_sum += loss.detach()
+            runtime.poll_threads()
         runtime.synchronize()  # so the epoch's time includes the GPU's queued work
         seconds = time.perf_counter() - started
         cost = float(loss_sum) / steps
@@ -173,6 +174,8 @@ def train(model: nn.Module, data: Dataset, recipe: Recipe, runtime: Runtime,
         record = {"epoch": epoch + 1, "step": done, "cost": cost, "val_accuracy": val.accuracy,
                   "val_loss": val.loss, "lr": optimizer.param_groups[0]["lr"],
                   "train_seconds": seconds, "images_per_second": steps * recipe.batch_size / seconds}
+        if runtime.tuner is not None:  # the thread counts the load led to, this epoch
+            record["threads"] = runtime.tuner.reset_used()
         history.append(record)
         result.train_seconds += seconds
         log(f"Epoch: {epoch + 1:04d} cost = {cost:.9f}  validation accuracy = {val.accuracy:.4f}"
