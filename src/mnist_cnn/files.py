@@ -49,8 +49,8 @@ def ensure_writable_folder(folder: str | os.PathLike, needed_bytes: int = 0,
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
-        raise MnistCnnError(f"{folder}: {what} is not a folder (a file has that name, or is "
-                            "in its path)") from None
+        raise MnistCnnError(f"{folder}: the {what} is not a folder (a file has that name, or "
+                            "is in its path)") from None
     except OSError as e:
         raise MnistCnnError(f"{folder}: cannot create the {what} ({_one_line(e)})") from None
     try:
