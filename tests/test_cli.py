@@ -176,3 +176,100 @@ def test_env_prints_the_cpu_and_versions_behind_the_figures():
     assert re.search(r"^cpu features: ", printed, re.MULTILINE)
     code, printed, _ = run_main(["env", "--json"])
     assert code == 0 and json.loads(printed)["cores available"] >= 1
+
+
+# --------------------------------------------------------------------------------------------
+# hostile arguments and paths: usage errors from the parser, one-line errors before the work
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["train", "--model", "simple", "--epochs", "inf"], "argument --epochs: inf is not a finite number"),
+    (["train", "--model", "simple", "--epochs", "0"],
+     "argument --epochs: 0 is out of range: must be above 0"),
+    (["train", "--model", "simple", "--lr", "nan"], "argument --lr: nan is not a finite number"),
+    (["train", "--model", "simple", "--threads", "-1"],
+     "argument --threads: -1 is out of range: must be from 1 to 1024"),
+    (["train", "--model", "simple", "--weight-decay", "-1"],
+     "argument --weight-decay: -1 is out of range: must be at least 0"),
+    (["train", "--model", "simple", "--seed", "7" * 70],
+     f"argument --seed: {'7' * 70} is out of range: must be from 0 to 4294967295"),
+    (["train", "--model", "simple", "--batch-size", "ten"],
+     "argument --batch-size: 'ten' is not a whole number"),
+    (["train", "--model", "simple", "--resume", "--overwrite"],
+     "argument --overwrite: not allowed with argument --resume"),
+    (["ensemble", "train", "--model", "simple", "--members", "0"],
+     "argument --members: 0 is out of range: must be at least 1"),
+    (["evaluate", "m.safetensors", "--batch-size", "0"],
+     "argument --batch-size: 0 is out of range: must be at least 1"),
+    (["serve", "m.safetensors", "--port", "70000"],
+     "argument --port: 70000 is out of range: must be from 1 to 65535"),
+    (["export", "m.safetensors", "--onnx", "m.onnx", "--opset", "99"],
+     "argument --opset: 99 is out of range: must be from 9 to 20"),
+])
+def test_bad_argument_values_are_usage_errors(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].endswith(f"error: {message}")
+    assert "Traceback" not in err
+
+
+def test_train_refuses_another_runs_folder_before_training(trained, mnist_data_dir, capsys):
+    _, _, _, out = trained
+    before = (out / "last.safetensors").read_bytes()
+    argv = ["train", "--model", "simple", "--epochs", "0.02", "--out", str(out), "--no-progress",
+            "--data-dir", str(mnist_data_dir), "--device", "cpu", "--threads", "1"]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert captured.err == (f"mnist-cnn: error: {out} already holds a run (last.safetensors); "
+                            "continue it with --resume, replace it with --overwrite, or choose "
+                            "another --out\n")
+    assert "Epoch:" not in captured.out
+    assert (out / "last.safetensors").read_bytes() == before
+
+
+def test_train_into_an_unusable_out_fails_before_training(mnist_data_dir, tmp_path, capsys):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    argv = ["train", "--model", "simple", "--out", str(a_file / "run"), "--no-progress",
+            "--data-dir", str(mnist_data_dir), "--device", "cpu", "--threads", "1"]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert captured.err == (f"mnist-cnn: error: {a_file / 'run'}: cannot create the output "
+                            "folder (Not a directory)\n")
+    assert "Epoch:" not in captured.out
+
+
+def test_export_checks_its_destination_before_the_slow_work(trained, tmp_path, capsys,
+                                                            monkeypatch):
+    from mnist_cnn import export
+
+    calls = []
+    monkeypatch.setattr(export, "onnx_bytes", lambda *args: calls.append(args) or b"")
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    checkpoint = str(trained[3] / "last.safetensors")
+    for onnx, problem in ((a_file / "m.onnx", f"{a_file}: the folder of --onnx is not a folder"),
+                          (tmp_path, f"{tmp_path}: is a folder; --onnx names the file to write")):
+        assert main(["export", checkpoint, "--onnx", str(onnx), "--threads", "1"]) == 1
+        assert capsys.readouterr().err.startswith(f"mnist-cnn: error: {problem}")
+    assert calls == []
+
+
+def test_a_gzip_bomb_in_the_data_folder_is_a_quick_one_line_error(mnist_data_dir, tmp_path,
+                                                                  capsys):
+    import gzip
+    import shutil
+    import time
+
+    for name in ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        shutil.copy(mnist_data_dir / f"{name}.gz", tmp_path)
+    zeros = gzip.compress(bytes(16 * 2**20))
+    header = gzip.compress(bytes([0, 0, 8, 1]) + (60_000).to_bytes(4, "big"))
+    (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(header + zeros * 256)  # 4 GiB
+    started = time.perf_counter()
+    assert main(["data", "info", "--data-dir", str(tmp_path)]) == 1
+    assert time.perf_counter() - started < 5
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "more than 60,008 bytes" in err

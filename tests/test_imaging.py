@@ -428,3 +428,17 @@ def test_separate_strokes_of_a_digit_are_kept():
     ImageDraw.Draw(broken).line((100, 30, 100, 90), fill=0, width=10)
     ImageDraw.Draw(broken).line((100, 110, 100, 170), fill=0, width=10)
     assert preprocess(broken).cropped.shape[0] > 130
+
+
+@pytest.mark.parametrize(("size", "dot"), [(100, 1), (28, 2), (400, 3), (1000, 30)])
+def test_a_dot_is_refused_as_too_small_to_be_a_digit(size, dot):
+    image = np.full((size, size), 235, np.uint8)
+    image[size // 3:size // 3 + dot, size // 2:size // 2 + dot] = 20  # one dark dot on paper
+    with pytest.raises(ImageError, match=rf"^dot: ink too small to be a digit \({dot}x{dot} px"):
+        preprocess(image, source="dot")
+
+
+def test_a_small_digit_is_still_read():
+    image = np.full((400, 400), 235, np.uint8)
+    image[100:130, 200:204] = 20  # a "1" 30 px tall: a tenth of a canvas, well above the limit
+    assert preprocess(image).final.any()

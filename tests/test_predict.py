@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import struct
@@ -278,3 +279,37 @@ def test_cli_options_may_come_between_the_files(models, photos):
     results = json.loads(out)
     assert [r["file"] for r in results] == files
     assert all(len(r["top_k"]) == 1 for r in results)
+
+
+def test_cli_reports_broken_links_and_prints_any_file_name_as_utf8(models, photos, tmp_path):
+    folder = tmp_path / "links"
+    folder.mkdir()
+    shutil.copy(photos[0][0], folder / "good.png")
+    # a name that is not UTF-8: Python holds it with lone surrogates, which JSON must not carry
+    shutil.copy(photos[0][1], os.path.join(os.fsencode(folder), b"caf\xe9.png"))
+    (folder / "gone.png").symlink_to(tmp_path / "deleted.png")
+    (folder / "loop.png").symlink_to(folder / "loop.png")
+    code, out, err = run_main(["predict", str(models.checkpoint), str(folder), "--json",
+                               *ONE_CPU])
+    assert code == 1
+    out.encode("utf-8")  # raises on a lone surrogate
+    results = {Path(r["file"]).name: r for r in json.loads(out)}
+    assert set(results) == {"good.png", "caf\\xe9.png", "gone.png", "loop.png"}
+    assert "digit" in results["caf\\xe9.png"] and "digit" in results["good.png"]
+    assert results["gone.png"]["error"].startswith("broken symbolic link (to ")
+    assert results["loop.png"]["error"] == "symbolic link loop"
+    assert err.rstrip().endswith("mnist-cnn: error: 2 of 4 images could not be read")
+
+
+def test_cli_unreadable_folder_is_a_one_line_error(models, tmp_path, monkeypatch):
+    real_listdir = os.listdir
+
+    def listdir(path="."):  # root reads everything: deny as a non-root user meets it
+        if os.fspath(path) == str(tmp_path):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_listdir(path)
+
+    monkeypatch.setattr(os, "listdir", listdir)
+    code, out, err = run_main(["predict", str(models.checkpoint), str(tmp_path), *ONE_CPU])
+    assert code == 1 and out == ""
+    assert err == f"mnist-cnn: error: {tmp_path}: cannot read the folder (permission denied)\n"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import signal
+import subprocess
 import sys
 from itertools import pairwise
 
@@ -239,3 +241,90 @@ def test_optimizer_import_runs_in_the_background():
     thread.join(timeout=120)
     assert not thread.is_alive()
     assert "torch._dynamo" in sys.modules
+
+
+# --------------------------------------------------------------------------------------------
+# the run folder: checked, claimed and locked before the first step
+
+
+def test_an_unusable_out_fails_before_the_first_step(tiny_dataset, runtime, tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("not a folder")
+    # tests run as root, where permissions stop nothing: a file in the path stops everyone
+    for out, message in ((a_file, "not a folder"), (a_file / "run", "cannot create")):
+        model = build_model(SIMPLE)
+        steps = count_training_steps(model)
+        with pytest.raises(MnistCnnError, match=message):
+            train(model, tiny_dataset, SIMPLE, runtime, out, progress=False, log=quiet)
+        assert steps == []
+
+
+def test_a_full_disk_fails_before_the_first_step(tiny_dataset, runtime, tmp_path, monkeypatch):
+    import mnist_cnn.files
+
+    monkeypatch.setattr(mnist_cnn.files.shutil, "disk_usage",
+                        lambda _path: shutil._ntuple_diskusage(10**12, 10**12 - 4096, 4096))
+    model = build_model(SIMPLE)
+    steps = count_training_steps(model)
+    with pytest.raises(MnistCnnError, match=r"only 0\.0 MiB free, the run needs about"):
+        train(model, tiny_dataset, SIMPLE, runtime, tmp_path, progress=False, log=quiet)
+    assert steps == []
+
+
+def test_another_runs_checkpoint_is_kept_unless_overwrite(tiny_dataset, runtime, one_epoch_run,
+                                                           tmp_path):
+    out, _ = one_epoch_run
+    shutil.copytree(out, tmp_path, dirs_exist_ok=True)
+    before = (tmp_path / "last.safetensors").read_bytes()
+    model = build_model(SIMPLE)
+    steps = count_training_steps(model)
+    with pytest.raises(MnistCnnError, match="already holds a run .*--resume.*--overwrite"):
+        train(model, tiny_dataset, SIMPLE, runtime, tmp_path, progress=False, log=quiet)
+    assert steps == [] and (tmp_path / "last.safetensors").read_bytes() == before
+    other = SIMPLE.replace(seed=5)
+    result = train(build_model(other), tiny_dataset, other, runtime, tmp_path, progress=False,
+                   log=quiet, overwrite=True)
+    assert result.checkpoint == tmp_path / "last.safetensors"
+    assert load_checkpoint(result.checkpoint)[1]["recipe"]["seed"] == 5
+
+
+def test_a_folder_in_use_is_refused(tiny_dataset, runtime, tmp_path):
+    from mnist_cnn.files import locked_folder
+
+    with locked_folder(tmp_path):  # another run, as far as the kernel's flock is concerned
+        model = build_model(SIMPLE)
+        steps = count_training_steps(model)
+        with pytest.raises(MnistCnnError, match=f"^{tmp_path} is in use by another run"):
+            train(model, tiny_dataset, SIMPLE, runtime, tmp_path, progress=False, log=quiet)
+        assert steps == []
+    run(SIMPLE.replace(epochs=0.2), tiny_dataset, runtime, tmp_path)  # released: usable again
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.safetensors", "metrics.jsonl"]
+
+
+def test_a_killed_runs_lock_does_not_block_the_folder(tiny_dataset, runtime, tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time\n"
+         "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+         "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep(60)",
+         str(tmp_path / ".lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(MnistCnnError, match="in use by another run"):
+            run(SIMPLE, tiny_dataset, runtime, tmp_path)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+        holder.stdout.close()
+    assert (tmp_path / ".lock").exists()  # a kill leaves the file, but not the lock
+    assert run(SIMPLE.replace(epochs=0.2), tiny_dataset, runtime, tmp_path).checkpoint is not None
+
+
+def test_stale_temporary_files_are_removed(tiny_dataset, runtime, tmp_path):
+    stale = [tmp_path / ".last.safetensors.k2j4x9.tmp", tmp_path / ".probe.abc.tmp"]
+    for path in stale:
+        path.write_bytes(b"left by a kill -9")
+    kept = tmp_path / "notes.tmp"  # not a name atomic writes use
+    kept.write_text("mine")
+    run(SIMPLE.replace(epochs=0.2), tiny_dataset, runtime, tmp_path)
+    assert not any(p.exists() for p in stale)
+    assert kept.read_text() == "mine"

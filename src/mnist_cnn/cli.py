@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -20,6 +22,52 @@ from .models import MODELS, build_model, recipe_for, summary
 from .recipes import Recipe
 from .training import start_optimizer_import, train
 
+# --------------------------------------------------------------------------------------------
+# argument types: a bad value is argparse's usage error (exit 2) naming the option, never a
+# traceback from deep inside torch
+
+
+def whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer in low..high (high None: no upper bound)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low or (high is not None and value > high):
+            bounds = f"at least {low}" if high is None else f"from {low} to {high}"
+            raise argparse.ArgumentTypeError(f"{text} is out of range: must be {bounds}")
+        return value
+
+    return parse
+
+
+def real_number(low: float, include_low: bool = True) -> Callable[[str], float]:
+    """An argparse type: a finite float, at least `low` (or above it, if not `include_low`)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+        if value < low or (value == low and not include_low):
+            raise argparse.ArgumentTypeError(
+                f"{text} is out of range: must be {'at least' if include_low else 'above'} {low:g}")
+        return value
+
+    return parse
+
+
+POSITIVE = whole_number(1)
+COUNT = whole_number(0)
+# Training derives per-epoch and per-step seeds as seed * 1_000_003 + step, which torch's 64-bit
+# generators must hold: 32-bit seeds leave ample room
+SEED = whole_number(0, 2**32 - 1)
+THREADS = whole_number(1, 1024)
+PORT = whole_number(1, 65535)
+OPSET = whole_number(9, 20)  # what torch's TorchScript ONNX exporter supports
+
 
 def add_data_args(p: argparse.ArgumentParser, dataset_default: str | None = "mnist") -> None:
     p.add_argument("--dataset", default=dataset_default, choices=sorted(datamod.DATASETS),
@@ -30,8 +78,8 @@ def add_data_args(p: argparse.ArgumentParser, dataset_default: str | None = "mni
 
 def add_runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
-    p.add_argument("--threads", type=int, help="a fixed number of CPU threads (default: the cores "
-                   "available, fewer while other processes keep some busy)")
+    p.add_argument("--threads", type=THREADS, help="a fixed number of CPU threads (default: the "
+                   "cores available, fewer while other processes keep some busy)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,7 +170,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     model = build_model(recipe)
     try:
         result = train(model, data, recipe, runtime, out, resume=args.resume,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, overwrite=args.overwrite)
     except KeyboardInterrupt:
         print(f"\ninterrupted: {out}/last.safetensors holds the last finished epoch; continue "
               "with the same command plus --resume", file=sys.stderr)
@@ -146,7 +194,8 @@ def save_test_metrics(checkpoint: Path, metrics: dict) -> None:
 def cmd_ensemble_train(args: argparse.Namespace) -> None:
     recipe, runtime, data = start_training(args)
     out = Path(args.out or f"runs/{recipe.model}-ensemble")
-    paths = train_members(recipe, data, runtime, out, args.members, not args.no_progress)
+    paths = train_members(recipe, data, runtime, out, args.members, not args.no_progress,
+                          overwrite=args.overwrite)
     print(format_ensemble(evaluate_ensemble(paths, data.test, recipe.eval_batch_size, runtime)))
 
 
@@ -209,10 +258,16 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     from . import export  # imported here: onnx and onnxruntime load slowly
-    from .files import write_atomically
+    from .files import ensure_writable_folder, write_atomically
 
     runtime = setup("cpu", "fp32", args.threads)
     model, meta = load_checkpoint(args.checkpoint, device=runtime.device)
+    # checked before the slow export and parity check, which would otherwise be lost; the
+    # checkpoint (weights and optimizer state) is larger than the ONNX file it becomes
+    if Path(args.onnx).is_dir():
+        raise MnistCnnError(f"{args.onnx}: is a folder; --onnx names the file to write")
+    ensure_writable_folder(Path(args.onnx).parent, Path(args.checkpoint).stat().st_size,
+                           what="folder of --onnx")
     onnx_model = export.onnx_bytes(model, args.opset)
     accuracy = None
     if not args.no_check:  # check before writing, so a bad export never replaces a good file
@@ -260,18 +315,18 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 def add_recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, choices=sorted(MODELS))
-    p.add_argument("--epochs", type=float)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float, help="(peak) learning rate")
+    p.add_argument("--epochs", type=real_number(0, include_low=False))
+    p.add_argument("--batch-size", type=POSITIVE)
+    p.add_argument("--lr", type=real_number(0, include_low=False), help="(peak) learning rate")
     p.add_argument("--optimizer", choices=["adam", "adamw", "sgd"])
-    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--weight-decay", type=real_number(0))
     p.add_argument("--schedule", choices=["constant", "onecycle", "cosine"])
-    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--label-smoothing", type=real_number(0))
     p.add_argument("--dropout", type=float, help="drop probability (1 - keep_prob)")
     p.add_argument("--augment", nargs="?", const="standard",
                    help="augment training batches (preset: none, light, standard, elastic)")
     p.add_argument("--precision", choices=["fp32", "bf16"])
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=SEED)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_data_args(p)
     add_runtime_args(p)
@@ -301,30 +356,36 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a network (defaults: its recipe)")
     add_recipe_args(p)
     p.add_argument("--out", help="run directory (default: runs/MODEL)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--show", type=int, default=0, help="show N test digits with predictions")
+    claim = p.add_mutually_exclusive_group()
+    claim.add_argument("--resume", action="store_true", help="continue the run in --out")
+    claim.add_argument("--overwrite", action="store_true",
+                       help="replace the run already in --out (refused otherwise)")
+    p.add_argument("--show", type=COUNT, default=0, help="show N test digits with predictions")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("ensemble", help="train or evaluate an ensemble of networks")
     ens = p.add_subparsers(dest="action", required=True)
     q = ens.add_parser("train", help="train N members with seeds S, S+1, ... (resumable)")
     add_recipe_args(q)
-    q.add_argument("--members", type=int, required=True)
+    q.add_argument("--members", type=POSITIVE, required=True)
     q.add_argument("--out", help="ensemble directory (default: runs/MODEL-ensemble)")
+    q.add_argument("--overwrite", action="store_true",
+                   help="retrain every member (by default finished members are kept and an "
+                   "interrupted one resumes)")
     q.set_defaults(func=cmd_ensemble_train)
     q = ens.add_parser("evaluate", help="each member's and the averaged ensemble's accuracy")
     q.add_argument("checkpoints", nargs="+")
-    q.add_argument("--batch-size", type=int, default=1000)
+    q.add_argument("--batch-size", type=POSITIVE, default=1000)
     add_data_args(q, dataset_default=None)
     add_runtime_args(q)
     q.set_defaults(func=cmd_ensemble_evaluate)
 
     p = sub.add_parser("evaluate", help="test accuracy, per-class accuracy, confusion matrix")
     p.add_argument("checkpoint")
-    p.add_argument("--batch-size", type=int, default=1000,
+    p.add_argument("--batch-size", type=POSITIVE, default=1000,
                    help="images per batch; memory is bounded by it (default: %(default)s)")
-    p.add_argument("--show", type=int, default=1, help="random test digits to show")
-    p.add_argument("--seed", type=int, default=0, help="which random digits to show")
+    p.add_argument("--show", type=COUNT, default=1, help="random test digits to show")
+    p.add_argument("--seed", type=SEED, default=0, help="which random digits to show")
     add_data_args(p, dataset_default=None)
     add_runtime_args(p)
     p.set_defaults(func=cmd_evaluate)
@@ -346,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a .safetensors checkpoint written by train")
     p.add_argument("--out", help="folder for the PNG files (default: plots/ beside the checkpoint)")
     p.add_argument("--image", metavar="PHOTO", help="also show how this photo is read")
-    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--batch-size", type=POSITIVE, default=1000)
     add_data_args(p, dataset_default=None)
     add_runtime_args(p)
     p.set_defaults(func=cmd_plot)
@@ -356,17 +417,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one checkpoint, or several: an ensemble")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: %(default)s, this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
+    p.add_argument("--port", type=PORT, default=8000, help="(default: %(default)s)")
     add_runtime_args(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("export", help="write a checkpoint as ONNX (softmax outputs) + JSON sidecar")
     p.add_argument("checkpoint", help="a .safetensors checkpoint written by train")
     p.add_argument("--onnx", required=True, metavar="PATH", help="where to write the ONNX model")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: %(default)s)")
+    p.add_argument("--opset", type=OPSET, default=17, help="ONNX opset (default: %(default)s)")
     p.add_argument("--no-check", action="store_true",
                    help="skip comparing ONNX Runtime with PyTorch on the test set")
-    p.add_argument("--threads", type=int, help="CPU threads (default: all cores available)")
+    p.add_argument("--threads", type=THREADS,
+                   help="a fixed number of CPU threads (default: follows the load)")
     add_data_args(p, dataset_default=None)
     p.set_defaults(func=cmd_export)
     return parser

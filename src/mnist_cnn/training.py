@@ -36,7 +36,7 @@ from .data import Dataset
 from .device import Runtime
 from .errors import MnistCnnError
 from .evaluation import evaluate
-from .files import write_atomically
+from .files import claim_run_folder, write_atomically
 from .models import as_input
 from .recipes import Recipe
 
@@ -112,9 +112,30 @@ def check_resumable(saved: Recipe, recipe: Recipe, data: Dataset, meta: dict, so
                             f"not on this {data.name!r} data")
 
 
+def checkpoint_bytes(model: nn.Module) -> int:
+    """About what a run's folder needs free: the weights, the optimizer's state (Adam keeps two
+    values per weight), the temporary copy of an atomic write, and a margin for the logs."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return 4 * weights + 8 * 2**20
+
+
 def train(model: nn.Module, data: Dataset, recipe: Recipe, runtime: Runtime,
           out_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
-          log: Callable[[str], None] = print) -> TrainResult:
+          log: Callable[[str], None] = print, overwrite: bool = False) -> TrainResult:
+    """Train `model`; with `out_dir`, checkpoint every epoch there (see the module docstring).
+
+    The folder is checked and locked before the first step (files.claim_run_folder): a folder
+    holding another run's checkpoint is refused unless `resume` or `overwrite`.
+    """
+    if out_dir is None:
+        return _train(model, data, recipe, runtime, None, resume, progress, log)
+    with claim_run_folder(out_dir, checkpoint_bytes(model), CHECKPOINT_NAME, resume or overwrite):
+        return _train(model, data, recipe, runtime, out_dir, resume, progress, log)
+
+
+def _train(model: nn.Module, data: Dataset, recipe: Recipe, runtime: Runtime,
+           out_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
+           log: Callable[[str], None] = print) -> TrainResult:
     recipe.validate()
     out = Path(out_dir) if out_dir is not None else None
     model.to(runtime.device, memory_format=runtime.memory_format)
