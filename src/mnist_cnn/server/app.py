@@ -5,11 +5,12 @@
     POST /api/predict   body: one image (PNG, JPEG, ...; the page sends its canvas as PNG)
                         -> the class, every class's probability, and the 28x28 image the
                            network saw (a PNG data URL)
+    GET  /healthz, /readyz, /metrics   liveness, readiness, Prometheus metrics (HEAD too)
 
-Uploads go through exactly the path of `mnist-cnn predict`: imaging.py turns them into the MNIST
-convention and the checkpoint's network (or an ensemble's averaged softmax) classifies them.
-Bad uploads get a 4xx answer with a one-line reason: too large (413), not an image, corrupt, or
-blank (400).
+Uploads go through the path of `mnist-cnn predict` (imaging.py), shrunk first when over
+WORK_PIXELS; the checkpoint's network (or an ensemble's averaged softmax) classifies them.
+Bad uploads get a 4xx answer with a one-line reason: too large (413), too slow (408), not an
+image, too many pixels, corrupt, or blank (400); busy slots give 503 (limits.py has the limits).
 """
 
 from __future__ import annotations
