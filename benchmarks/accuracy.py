@@ -25,7 +25,7 @@ def train_seconds(path: Path) -> float:
 
 def single_run(name: str, recipe, data, runs: Path) -> Path:
     out = runs / name
-    runtime = setup("auto", recipe.precision)
+    runtime = setup("auto", recipe.precision, tune_allocator=True)
     checkpoint = out / CHECKPOINT_NAME
     train(build_model(recipe), data, recipe, runtime, out, resume=checkpoint.is_file(),
           progress=False)
@@ -43,8 +43,9 @@ def main() -> None:
     rows = []
 
     best = recipe_for("best")
-    members = train_members(best, data, setup("auto", best.precision), runs / "best-ensemble",
-                            args.members, progress=False)
+    runtime = setup("auto", best.precision, tune_allocator=True)
+    members = train_members(best, data, runtime, runs / "best-ensemble", args.members,
+                            progress=False)
     report = evaluate_ensemble(members, data.test)
     accs = [m.accuracy for _, m in report.members]
     params = sum(p.numel() for p in build_model(best).parameters())

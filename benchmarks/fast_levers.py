@@ -36,7 +36,7 @@ def main() -> None:
 
     data = load_dataset("mnist")
     base = recipe_for("fast")
-    runtimes = {p: setup("cpu", p) for p in ("fp32", "bf16")}
+    runtimes = {p: setup("cpu", p, tune_allocator=True) for p in ("fp32", "bf16")}
     warm = base.replace(epochs=0.05)
     train(build_model(warm), data, warm, runtimes[warm.precision], progress=False, log=lambda s: None)
 

@@ -64,7 +64,7 @@ def worker(name: str, variant: str, epochs: float) -> dict:
         model, runtime = plain_network(name).eval(), None
     else:
         precision = variant
-        runtime = setup("cpu", precision)
+        runtime = setup("cpu", precision, tune_allocator=True)
         recipe = recipe_for(name).replace(batch_size=100, precision=precision, epochs=0.02)
         train(build_model(recipe), data, recipe, runtime, progress=False, log=lambda s: None)
         recipe = recipe.replace(epochs=epochs)

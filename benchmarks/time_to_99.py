@@ -41,7 +41,7 @@ def main() -> None:
     recipe = recipe_for(args.model)
     if args.precision:
         recipe = recipe.replace(precision=args.precision)
-    runtime = setup(args.device, recipe.precision, args.threads)
+    runtime = setup(args.device, recipe.precision, args.threads, tune_allocator=True)
     print(f"{args.model}: {recipe.epochs} epoch(s), batch {recipe.batch_size}, {recipe.optimizer} "
           f"{recipe.schedule} lr {recipe.lr}, {recipe.precision} on {runtime.device}")
     print(f"data loading (verify + decompress into memory): {load_seconds:.2f} s")

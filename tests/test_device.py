@@ -35,6 +35,15 @@ def test_bf16_falls_back_to_fp32_where_not_native(monkeypatch):
     assert setup("cpu", "bf16", threads=1).precision == "bf16"
 
 
+def test_only_training_asks_for_the_allocator_tuning(monkeypatch):
+    calls = []
+    monkeypatch.setattr(device, "tune_cpu_allocator", lambda: calls.append(1))
+    setup("cpu", threads=1)  # e.g. the server: its memory must go back after a burst
+    assert calls == []
+    setup("cpu", threads=1, tune_allocator=True)
+    assert calls == [1]
+
+
 def test_batches_are_channels_last_on_the_runtime_device():
     runtime = Runtime(torch.device("cpu"))
     x = runtime.to_batch(torch.rand(4, 1, 28, 28).expand(4, 3, 28, 28))

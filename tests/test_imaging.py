@@ -21,6 +21,7 @@ from mnist_cnn.imaging import (
     MAX_PIXELS,
     ImageError,
     Preprocessed,
+    TooManyPixels,
     centre_of_mass,
     collect_images,
     load_and_preprocess,
@@ -442,3 +443,49 @@ def test_a_small_digit_is_still_read():
     image = np.full((400, 400), 235, np.uint8)
     image[100:130, 200:204] = 20  # a "1" 30 px tall: a tenth of a canvas, well above the limit
     assert preprocess(image).final.any()
+
+
+# --------------------------------------------------------------------------------------------
+# Decoding within a budget (the server's work_pixels)
+
+
+def test_large_jpeg_is_decoded_at_a_fraction_of_its_size(tmp_path):
+    path = save(photo("4", size=(2400, 1600), noise=4), tmp_path / "big.jpg", quality=90)
+    with pytest.raises(TooManyPixels, match=r"big.jpg: too many pixels \(2400x1600; the limit "
+                                             r"is 300,000\)"):
+        load_image(path, max_pixels=300_000)
+    # decoded at libjpeg's 1/4 scale (600x400: within 300,000 pixels), then halved by shrinking
+    loaded = load_image(path, max_pixels=300_000, work_pixels=200_000)
+    assert loaded.size == (300, 200) and loaded.mode == "L"
+    small = load_and_preprocess(path, max_pixels=300_000, work_pixels=200_000)
+    assert_mnist_like(small)
+    full = load_and_preprocess(path).final.astype(int)
+    assert np.abs(small.final.astype(int) - full).mean() < 12  # the same digit, finer edges aside
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "P", "1", "I;16"])
+def test_large_images_are_shrunk_before_preprocessing(tmp_path, mode):
+    big = photo("5", size=(900, 600))
+    image = big.convert("L").point(lambda v: v * 257, "I").convert("I;16") if mode == "I;16" \
+        else big.convert(mode)
+    path = save(image, tmp_path / "big.png")
+    loaded = load_image(path, work_pixels=100_000)
+    assert loaded.size == (300, 200) and loaded.mode == "L"  # factor 3: 180,000 / 9 pixels
+    shrunk = load_and_preprocess(path, work_pixels=100_000)
+    assert_mnist_like(shrunk)
+    assert np.abs(shrunk.final.astype(int) - load_and_preprocess(path).final).mean() < 12
+    assert load_image(path, work_pixels=540_000).size == (900, 600)  # small enough: untouched
+
+
+def test_shrinking_keeps_the_orientation(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    path = save(photo("7", size=(600, 400)), tmp_path / "turned.jpg", exif=exif)
+    assert load_image(path).size == (400, 600)
+    assert load_image(path, work_pixels=30_000).size == (100, 150)
+
+
+def test_pillow_limit_is_not_quoted():
+    with pytest.raises(TooManyPixels) as refused:
+        load_image(png_with_size(20_000, 20_000), max_pixels=25_000_000)
+    assert "25,000,000" in str(refused.value) and "178" not in str(refused.value)

@@ -7,18 +7,22 @@ import io
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from trained import trained
+from trained import run_main, trained
 
 from mnist_cnn.ensemble import ensemble_proba, load_members
 from mnist_cnn.imaging import load_and_preprocess, to_tensor
@@ -236,3 +240,194 @@ def test_drawing_in_a_browser(live_server, client):
         assert "not an image" in page.text_content("#status")
         browser.close()
 
+
+
+# --------------------------------------------------------------------------------------------
+# Operator endpoints, HEAD, no schema
+
+
+def test_head_works_wherever_get_does(client):
+    for path in ("/", "/api/model", "/healthz", "/metrics"):
+        get, head = client.get(path), client.head(path)
+        assert get.status_code == head.status_code == 200, path
+        assert head.content == b"" and head.headers["content-type"] == get.headers["content-type"]
+
+
+def test_no_openapi_schema_or_docs(client):
+    for path in ("/openapi.json", "/docs", "/redoc"):
+        assert client.get(path).status_code == 404
+
+
+def test_ready_once_the_models_have_answered(models, runtime):
+    app = create_app([models.checkpoint], runtime)
+    assert TestClient(app).get("/readyz").status_code == 503  # the start-up has not run
+    with TestClient(app) as started:  # runs the start-up: a first inference
+        ready = started.get("/readyz")
+        assert ready.status_code == 200 and ready.json() == {"status": "ready",
+                                                             "models": ["simple"]}
+        assert started.get("/healthz").json() == {"status": "alive"}
+
+
+def metric(text: str, line_start: str) -> float:
+    [line] = [line for line in text.splitlines() if line.startswith(line_start + " ")]
+    return float(line.rsplit(" ", 1)[1])
+
+
+def test_metrics(models, runtime):
+    client = TestClient(create_app([models.checkpoint], runtime, max_upload_bytes=1000))
+    digit = paper_png(models.data.test.images[0, 0].numpy(), size=28)
+    assert client.post("/api/predict", content=digit).status_code == 200
+    assert client.post("/api/predict", content=b"not a picture").status_code == 400
+    assert client.post("/api/predict", content=b"").status_code == 400
+    assert client.post("/api/predict", content=b"x" * 2000).status_code == 413
+    assert client.get("/no/such/page").status_code == 404
+    text = client.get("/metrics").text
+    predict = 'mnist_cnn_http_requests_total{endpoint="/api/predict",status='
+    assert metric(text, predict + '"200"}') == 1
+    assert metric(text, predict + '"400"}') == 2
+    assert metric(text, predict + '"413"}') == 1
+    # paths that match no route share one label: a scan cannot grow the metrics without bound
+    assert metric(text, 'mnist_cnn_http_requests_total{endpoint="unmatched",status="404"}') == 1
+    for reason, count in (("bad_image", 1), ("empty", 1), ("too_large", 1)):
+        assert metric(text, f'mnist_cnn_refusals_total{{reason="{reason}"}}') == count
+    assert metric(text, 'mnist_cnn_http_request_duration_seconds_count{endpoint="/api/predict"}') == 4
+    assert metric(text, "mnist_cnn_http_requests_in_flight") == 1  # this very request
+    # a registry per app: a second app starts from zero
+    again = TestClient(create_app([models.checkpoint], runtime)).get("/metrics").text
+    assert "/api/predict" not in again
+
+
+def test_too_many_pixels_quotes_the_servers_limit(models, runtime):
+    client = TestClient(create_app([models.checkpoint], runtime, max_pixels=400))
+    response = client.post("/api/predict", content=paper_png(np.zeros((28, 28), np.uint8), 30))
+    assert response.status_code == 400
+    assert response.json()["detail"] == ("the upload: too many pixels (30x30; the limit is 400); "
+                                         "shrink it first")
+    # beyond Pillow's own limit too (a 20,000 x 20,000 PNG header, 400 MP): ours is quoted
+    with TestClient(create_app([models.checkpoint], runtime)) as client:
+        detail = client.post("/api/predict", content=png_header(20_000, 20_000)).json()["detail"]
+        assert "too many pixels" in detail and "25,000,000" in detail
+        text = client.get("/metrics").text
+        assert metric(text, 'mnist_cnn_refusals_total{reason="too_many_pixels"}') == 1
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A small PNG whose header claims width x height pixels (Image.open reads only the header)."""
+    buffer = io.BytesIO()
+    Image.new("L", (1, 1)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    data[16:24] = struct.pack(">II", width, height)  # IHDR's width and height, then its CRC
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--max-concurrent", "0", "--max-concurrent must be a whole number >= 1, not 0"),
+    ("--queue-timeout", "-1", "--queue-timeout must be a number of seconds > 0, not -1.0"),
+    ("--request-timeout", "nan", "--request-timeout must be a number of seconds > 0, not nan"),
+    ("--max-pixels", "0", "--max-pixels must be a whole number >= 1, not 0"),
+])
+def test_limits_are_checked(models, option, value, message):
+    code, _, err = run_main(["serve", str(models.checkpoint), option, value, "--threads", "1"])
+    assert code == 1 and err == f"mnist-cnn: error: {message}\n"
+
+
+# --------------------------------------------------------------------------------------------
+# A real server under attack: huge images at once, and slow clients
+
+
+def huge_png(side: int = 5000) -> bytes:
+    """side x side RGB on white (25 MP for 5000, 75 MB decoded) in ~80 KB: a thick "1"."""
+    image = Image.new("RGB", (side, side), "white")
+    image.paste((0, 0, 0), (side // 2 - side // 40, side // 5, side // 2 + side // 40, side * 4 // 5))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """The process's resident memory now (VmRSS) and at its peak (VmHWM), from /proc."""
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {k: int(v.split()[0]) for k, _, v in (line.partition(":") for line in status)
+            if k in ("VmRSS", "VmHWM")}
+
+
+def post(url: str, body: bytes) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=body, headers={"content-type": "image/png"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, {k.lower(): v for k, v in response.headers.items()}
+    except urllib.error.HTTPError as e:
+        return e.code, {k.lower(): v for k, v in e.headers.items()}
+
+
+@pytest.fixture(scope="module")
+def guarded_server(models):
+    """`mnist-cnn serve` in its own process, with two slots and a 1.5 s request deadline."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mnist_cnn", "serve", str(models.checkpoint), "--port", str(port),
+         "--threads", "1", "--max-concurrent", "2", "--queue-timeout", "0.5",
+         "--request-timeout", "1.5"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(f"http://127.0.0.1:{port}/readyz")
+        yield server, port
+    finally:
+        server.terminate()
+        server.communicate(timeout=30)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads memory from /proc")
+def test_a_burst_of_huge_images_gets_bounded_memory_and_503s(guarded_server):
+    server, port = guarded_server
+    url = f"http://127.0.0.1:{port}/api/predict"
+    assert post(url, huge_png(200))[0] == 200  # the first answer allocates
+    before = memory_kib(server.pid)["VmRSS"]
+    body = huge_png()
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda _: post(url, body), range(6)))
+    statuses = sorted(status for status, _ in answers)
+    # two slots, 0.5 s of patience, ~1 s per image: some are read, the others turned away
+    assert set(statuses) == {200, 503} and statuses.count(200) >= 2, statuses
+    assert all(headers.get("retry-after") == "1" for status, headers in answers if status == 503)
+    assert server.poll() is None
+    after = memory_kib(server.pid)
+    # 75 MB decoded per image, two at once, shrunk before preprocessing; unbounded, six such
+    # uploads took 3 GB
+    assert after["VmHWM"] - before < 400 * 1024, (before, after)
+    time.sleep(0.5)
+    assert memory_kib(server.pid)["VmRSS"] - before < 120 * 1024  # handed back (malloc_trim)
+
+
+def test_slow_clients_are_cut_off_and_others_served(guarded_server):
+    _, port = guarded_server
+    trickling_headers = socket.create_connection(("127.0.0.1", port))
+    trickling_body = socket.create_connection(("127.0.0.1", port))
+    trickling_body.sendall(b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n")
+    start = time.monotonic()
+    answered = b""
+    headers_open = True
+    for socket_ in (trickling_headers, trickling_body):
+        socket_.settimeout(0.2)
+    while time.monotonic() - start < 5 and (headers_open or not answered.endswith(b"}")):
+        # a normal request meanwhile gets its answer
+        assert fetch(f"http://127.0.0.1:{port}/healthz") == '{"status":"alive"}'
+        try:
+            if headers_open:
+                trickling_headers.sendall(b"G")
+                headers_open = trickling_headers.recv(100) != b""  # b"": closed by the server
+        except TimeoutError:
+            pass
+        except OSError:  # reset by the server
+            headers_open = False
+        try:
+            trickling_body.sendall(b"x")
+            answered += trickling_body.recv(1000)
+        except (TimeoutError, OSError):
+            pass
+    elapsed = time.monotonic() - start
+    assert not headers_open and elapsed < 4.0  # the deadline is 1.5 s
+    assert answered.startswith(b"HTTP/1.1 408") and b"connection: close" in answered.lower()
+    assert b"not complete after 1.5 s" in answered
+    trickling_headers.close()
+    trickling_body.close()

@@ -46,7 +46,7 @@ def run_main(argv: list[str]) -> tuple[int, str, str]:
 def _train(out: Path, data: Dataset) -> Path:
     recipe = recipe_for("simple").replace(epochs=0.15, batch_size=50, lr=2e-3)
     # one thread: on 2 shared cores, two threads competing with other jobs train 10x slower
-    runtime = setup("cpu", threads=1)
+    runtime = setup("cpu", threads=1, tune_allocator=True)
     train(build_model(recipe), data, recipe, runtime, out, progress=False, log=lambda _: None)
     return out / CHECKPOINT_NAME
 

@@ -20,6 +20,7 @@ from .errors import MnistCnnError
 from .evaluation import ascii_digit, evaluate, format_metrics, predict_proba
 from .models import MODELS, build_model, recipe_for, summary
 from .recipes import Recipe
+from .server import limits as server_limits
 from .training import start_optimizer_import, train
 
 # --------------------------------------------------------------------------------------------
@@ -156,7 +157,7 @@ def show_predictions(model: torch.nn.Module, split: datamod.Split, classes: tupl
 def start_training(args: argparse.Namespace) -> tuple[Recipe, Runtime, datamod.Dataset]:
     """The recipe, runtime and data of a training command."""
     recipe = recipe_from_args(args)
-    runtime = setup(args.device, recipe.precision, args.threads)
+    runtime = setup(args.device, recipe.precision, args.threads, tune_allocator=True)
     start_optimizer_import()  # overlaps the data loading
     return recipe, runtime, datamod.load_dataset(args.dataset, args.data_dir)
 
@@ -303,11 +304,16 @@ def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn  # imported here: only this command serves
 
     from .server import create_app
+    from .server.serving import server_config
 
-    runtime = setup(args.device, "fp32", args.threads)
-    app = create_app(args.checkpoints, runtime)
+    # one thread per upload by default: concurrent uploads are the parallelism, and a fixed count
+    # keeps the thread choice out of the request threads
+    runtime = setup(args.device, "fp32", args.threads or 1)
+    app = create_app(args.checkpoints, runtime, max_pixels=args.max_pixels,
+                     max_concurrent=args.max_concurrent, queue_timeout=args.queue_timeout,
+                     request_timeout=args.request_timeout)
     print(f"mnist-cnn: draw a digit at http://{args.host}:{args.port}/ (Ctrl-C stops)")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    uvicorn.Server(server_config(app, args.host, args.port, args.request_timeout)).run()
 
 
 # --------------------------------------------------------------------------------------------
@@ -418,6 +424,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: %(default)s, this machine only)")
     p.add_argument("--port", type=PORT, default=8000, help="(default: %(default)s)")
+    p.add_argument("--max-concurrent", type=int, default=server_limits.MAX_CONCURRENT,
+                   help="uploads decoded and classified at once; more wait, then get 503 "
+                   "(default: %(default)s)")
+    p.add_argument("--queue-timeout", type=float, default=server_limits.QUEUE_TIMEOUT,
+                   help="seconds an upload waits for its turn (default: %(default)s)")
+    p.add_argument("--request-timeout", type=float, default=server_limits.REQUEST_TIMEOUT,
+                   help="seconds a client has to send a request's headers, and again its body "
+                   "(default: %(default)s)")
+    p.add_argument("--max-pixels", type=int, default=server_limits.MAX_PIXELS,
+                   help="pixels decoded per upload at most (default: %(default)s)")
     add_runtime_args(p)
     p.set_defaults(func=cmd_serve)
 

@@ -190,10 +190,13 @@ def bf16_supported(device: torch.device) -> bool:
         return False
 
 
-def setup(device: str = "auto", precision: str = "fp32", threads: int | None = None) -> Runtime:
-    """Choose the device and precision, and set the CPU up for training; call once per process.
+def setup(device: str = "auto", precision: str = "fp32", threads: int | None = None,
+          tune_allocator: bool = False) -> Runtime:
+    """Choose the device and precision, and set the CPU up; call once per process.
 
     `threads` fixes the CPU thread count; by default it follows the machine's load (ThreadTuner).
+    `tune_allocator` keeps freed memory in the process (tune_cpu_allocator): right for training,
+    wrong for a long-lived server, whose memory must go back after a burst of requests.
     """
     if precision not in ("fp32", "bf16"):
         raise MnistCnnError(f"unknown precision {precision!r}: use fp32 or bf16")
@@ -203,7 +206,8 @@ def setup(device: str = "auto", precision: str = "fp32", threads: int | None = N
         precision = "fp32"
     tuner = None
     if dev.type == "cpu":
-        tune_cpu_allocator()
+        if tune_allocator:
+            tune_cpu_allocator()
         if threads:
             torch.set_num_threads(threads)
         else:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import io
+import math
 import os
 import stat
 import warnings
@@ -53,6 +54,10 @@ class ImageError(MnistCnnError):
     """An image that cannot be read or holds no digit; the message names the file."""
 
 
+class TooManyPixels(ImageError):
+    """An image larger than the decoding limit (the server counts these refusals apart)."""
+
+
 @dataclass
 class Preprocessed:
     gray: np.ndarray  # uint8 HxW: the image as loaded, in grayscale
@@ -73,9 +78,14 @@ def _name(source: str | os.PathLike | bytes) -> str:
 
 
 def load_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS,
-               name: str | None = None) -> Image.Image:
+               name: str | None = None, work_pixels: int | None = None) -> Image.Image:
     """Read a path or raw bytes as an upright 8-bit grayscale ("L") image; errors start with
-    `name` (default: the path, or "<bytes>")."""
+    `name` (default: the path, or "<bytes>").
+
+    At most `max_pixels` are decoded. With `work_pixels`, a larger image is shrunk to at most that
+    many pixels (box average by a whole factor); a JPEG is then decoded at 1/2, 1/4 or 1/8 size
+    directly (libjpeg's DCT scaling), so it may have more than `max_pixels` to begin with.
+    """
     name = name or _name(source)
     if isinstance(source, (bytes, bytearray)):
         if not source:
@@ -92,13 +102,14 @@ def load_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS,
         if info.st_size == 0:
             raise ImageError(f"{name}: empty file (0 bytes)")
 
+    too_many = f"{name}: too many pixels (the limit is {max_pixels:,}); shrink it first"
     with warnings.catch_warnings():
         # Pillow only warns about huge images up to twice its own limit: make that an error too
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             image = Image.open(fp, formats=FORMATS)  # lazy: reads the header only
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise ImageError(f"{name}: too many pixels ({e})") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise TooManyPixels(too_many) from None  # our limit, not Pillow's, is the one to quote
         except Image.UnidentifiedImageError:
             raise ImageError(
                 f"{name}: not an image (or not one of {', '.join(FORMATS)})") from None
@@ -107,14 +118,20 @@ def load_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS,
 
         with image:
             width, height = image.size
+            if work_pixels and width * height > work_pixels and image.format == "JPEG":
+                scale = math.sqrt(work_pixels / (width * height))
+                image.draft("L", (math.ceil(width * scale), math.ceil(height * scale)))
+                width, height = image.size  # what will be decoded
             if width * height > max_pixels:
-                raise ImageError(f"{name}: too many pixels ({width}x{height} > "
-                                 f"{max_pixels:,}); shrink it first")
+                raise TooManyPixels(f"{name}: too many pixels ({width}x{height}; the limit is "
+                                    f"{max_pixels:,}); shrink it first")
             try:
                 image.load()  # decode everything now, so that a truncated file fails here
+                if work_pixels:
+                    image = _shrink(image, work_pixels)
                 return _to_gray(ImageOps.exif_transpose(image))  # a new image: safe to close
-            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-                raise ImageError(f"{name}: too many pixels ({e})") from None
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+                raise TooManyPixels(too_many) from None
             except Exception as e:  # truncated or corrupt: OSError, SyntaxError, ValueError, ...
                 raise ImageError(f"{name}: truncated or corrupt image ({e})") from None
 
@@ -128,6 +145,23 @@ def path_problem(path: Path, error: OSError) -> str:
     if error.errno == errno.ELOOP:
         return "symbolic link loop"
     return (error.strerror or str(error)).lower()
+
+
+def _shrink(image: Image.Image, work_pixels: int) -> Image.Image:
+    """Box-average by the smallest whole factor that leaves at most `work_pixels`, before the
+    conversions to gray: those copy the image several times over."""
+    factor = math.ceil(math.sqrt(image.width * image.height / work_pixels))
+    while (image.width // factor) * (image.height // factor) > work_pixels:
+        factor += 1  # the sides round down, so the square root can fall one short
+    if factor <= 1:
+        return image
+    if image.mode in ("P", "PA"):
+        image = image.convert("LA")  # averaging palette indices would mix unrelated colours
+    elif image.mode.startswith("I;16"):
+        image = image.convert("I")
+    elif image.mode not in ("L", "LA", "RGB", "RGBA", "CMYK", "YCbCr", "I", "F"):
+        image = _to_gray(image)  # "1" and rarer modes, which reduce() does not take
+    return image.reduce(factor)
 
 
 def _to_gray(image: Image.Image) -> Image.Image:
@@ -333,10 +367,11 @@ def to_tensor(final: np.ndarray) -> torch.Tensor:
 
 
 def load_and_preprocess(
-    source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS, name: str | None = None
+    source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS, name: str | None = None,
+    work_pixels: int | None = None,
 ) -> Preprocessed:
     name = name or _name(source)
-    return preprocess(load_image(source, max_pixels, name), source=name)
+    return preprocess(load_image(source, max_pixels, name, work_pixels), source=name)
 
 
 def collect_images(paths: list[str | os.PathLike]) -> list[Path]:

@@ -5,34 +5,56 @@
     POST /api/predict   body: one image (PNG, JPEG, ...; the page sends its canvas as PNG)
                         -> the class, every class's probability, and the 28x28 image the
                            network saw (a PNG data URL)
+    GET  /healthz, /readyz, /metrics   liveness, readiness, Prometheus metrics (HEAD too)
 
-Uploads go through exactly the path of `mnist-cnn predict`: imaging.py turns them into the MNIST
-convention and the checkpoint's network (or an ensemble's averaged softmax) classifies them.
-Bad uploads get a 4xx answer with a one-line reason: too large (413), not an image, corrupt, or
-blank (400).
+Uploads go through the path of `mnist-cnn predict` (imaging.py), shrunk first when over
+WORK_PIXELS; the checkpoint's network (or an ensemble's averaged softmax) classifies them.
+Bad uploads get a 4xx answer with a one-line reason: too large (413), too slow (408), not an
+image, too many pixels, corrupt, or blank (400); busy slots give 503 (limits.py has the limits).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
+import ctypes
 import io
 import os
+import sys
+import time
 from collections.abc import Sequence
 from importlib import resources
 
+import torch
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from starlette.concurrency import run_in_threadpool
 
 from ..device import Runtime
 from ..ensemble import ensemble_proba, load_members
 from ..evaluation import CPU
-from ..imaging import ImageError, load_and_preprocess, to_tensor
+from ..imaging import FIELD, ImageError, TooManyPixels, load_and_preprocess, to_tensor
 from ..predict import class_names, ranked
+from .limits import (
+    MAX_CONCURRENT,
+    MAX_PIXELS,
+    MAX_UPLOAD_BYTES,
+    QUEUE_TIMEOUT,
+    REQUEST_TIMEOUT,
+    WORK_PIXELS,
+    check_limits,
+)
 
-MAX_UPLOAD_BYTES = 16 * 1024 * 1024  # a phone photo is a few MB
-MAX_PIXELS = 25_000_000  # decoding is bounded too: 25 megapixels at most
 UPLOAD = "the upload"  # how error messages name it
 
 
@@ -52,35 +74,132 @@ def png_data_url(final) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes `limit` bytes."""
+async def read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The request body, refused with 413 as soon as it passes `limit` bytes, and with 408 when it
+    has not all arrived `timeout` seconds after the headers (a client trickling bytes)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise HTTPException(413, f"upload too large: {int(declared):,} bytes (limit {limit:,})")
+        raise Refusal(413, "too_large", f"upload too large: {int(declared):,} bytes "
+                      f"(limit {limit:,})")
+    deadline = time.monotonic() + timeout
     chunks, size = [], 0
-    async for chunk in request.stream():
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), deadline - time.monotonic())
+        except StopAsyncIteration:
+            return b"".join(chunks)
+        except asyncio.TimeoutError:
+            raise Refusal(408, "timeout", f"upload too slow: not complete after {timeout:g} s") \
+                from None
         size += len(chunk)
         if size > limit:
-            raise HTTPException(413, f"upload too large: over {limit:,} bytes")
+            raise Refusal(413, "too_large", f"upload too large: over {limit:,} bytes")
         chunks.append(chunk)
-    return b"".join(chunks)
+
+
+class Refusal(HTTPException):
+    """A request refused for a reason the metrics count (`reason`: a short label)."""
+
+    def __init__(self, status: int, reason: str, detail: str, headers: dict | None = None):
+        if status in (408, 413):  # the client may still be sending: close rather than read on
+            headers = {**(headers or {}), "connection": "close"}
+        super().__init__(status, detail, headers)
+        self.reason = reason
+
+
+class Metrics:
+    """Prometheus metrics of one app, in a registry of its own (apps in one process don't clash)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("mnist_cnn_http_requests", "HTTP requests answered, by endpoint "
+                                "and status", ["endpoint", "status"], registry=self.registry)
+        self.latency = Histogram("mnist_cnn_http_request_duration_seconds", "Time to answer, by "
+                                 "endpoint", ["endpoint"], registry=self.registry,
+                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.in_flight = Gauge("mnist_cnn_http_requests_in_flight", "Requests being answered",
+                               registry=self.registry)
+        self.refusals = Counter("mnist_cnn_refusals", "Requests refused (400, 408, 413, 503), "
+                                "by reason", ["reason"], registry=self.registry)
+
+
+class Measured:
+    """ASGI middleware: counts every request by its route (not its raw path: bounded labels)."""
+
+    def __init__(self, app, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = 500  # unless the app answers
+
+        async def send_and_note(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        start = time.perf_counter()
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            self.metrics.in_flight.dec()
+            route = scope.get("route")  # the router sets it on the shared scope
+            endpoint = route.path if route is not None else "unmatched"
+            self.metrics.requests.labels(endpoint, str(status)).inc()
+            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+
+
+def release_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc keeps it otherwise; one decode is ~100 MB)."""
+    if _libc is not None:
+        _libc.malloc_trim(0)
+
+
+def _glibc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None  # not glibc (e.g. musl)
+
+
+_libc = _glibc()
 
 
 def create_app(checkpoints: Sequence[str | os.PathLike], runtime: Runtime = CPU,
-               max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_PIXELS) -> FastAPI:
-    """The web app for one checkpoint, or several (an ensemble). Models load once, here."""
+               max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_PIXELS,
+               max_concurrent: int = MAX_CONCURRENT, queue_timeout: float = QUEUE_TIMEOUT,
+               request_timeout: float = REQUEST_TIMEOUT) -> FastAPI:
+    """The web app for one checkpoint, or several (an ensemble). Models load once, here.
+
+    At most `max_concurrent` uploads are decoded and classified at once; others wait up to
+    `queue_timeout` seconds, then get 503. A body must arrive within `request_timeout` seconds.
+    """
+    check_limits(max_upload_bytes, max_pixels, max_concurrent, queue_timeout, request_timeout)
     members = load_members(checkpoints, runtime.device)
     models = [model for model, _ in members]
     classes = class_names(members[0][1])
     info = {**describe_models([meta for _, meta in members]), "classes": list(classes)}
     page = resources.files(__package__).joinpath("static/index.html").read_text(encoding="utf-8")
-    app = FastAPI(title="mnist-cnn", docs_url=None, redoc_url=None)
+    metrics = Metrics()
+    slots = asyncio.Semaphore(max_concurrent)
+    work_pixels = min(WORK_PIXELS, max_pixels)
+    ready = False  # until the models have answered once (the first call allocates)
+    working = 0  # uploads holding a slot
 
     def classify(body: bytes) -> dict:
         try:
-            steps = load_and_preprocess(body, max_pixels, UPLOAD)
+            steps = load_and_preprocess(body, max_pixels, UPLOAD, work_pixels)
+        except TooManyPixels as e:
+            raise Refusal(400, "too_many_pixels", str(e)) from None
         except ImageError as e:
-            raise HTTPException(400, str(e)) from None
+            raise Refusal(400, "bad_image", str(e)) from None
         probabilities = ensemble_proba(models, to_tensor(steps.final)[None], runtime=runtime)[0]
         best = int(probabilities.argmax())
         return {
@@ -93,20 +212,66 @@ def create_app(checkpoints: Sequence[str | os.PathLike], runtime: Runtime = CPU,
             "preprocessed": png_data_url(steps.final),
         }
 
-    @app.get("/", response_class=HTMLResponse)
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        nonlocal ready
+        blank = torch.zeros(1, 1, FIELD, FIELD, dtype=torch.uint8)
+        await run_in_threadpool(ensemble_proba, models, blank, runtime=runtime)
+        ready = True
+        yield
+
+    # no OpenAPI schema or docs: the API is the two routes below, documented in the README
+    app = FastAPI(title="mnist-cnn", docs_url=None, redoc_url=None, openapi_url=None,
+                  lifespan=lifespan)
+    app.add_middleware(Measured, metrics=metrics)
+
+    @app.exception_handler(Refusal)
+    async def refused(request: Request, e: Refusal) -> JSONResponse:
+        metrics.refusals.labels(e.reason).inc()
+        return JSONResponse({"detail": e.detail}, e.status_code, e.headers)
+
+    @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse)
     def index() -> str:
         return page
 
-    @app.get("/api/model")
+    @app.api_route("/api/model", methods=["GET", "HEAD"])
     def model_info() -> dict:
         return info
 
+    @app.api_route("/healthz", methods=["GET", "HEAD"])
+    def healthz() -> dict:
+        return {"status": "alive"}
+
+    @app.api_route("/readyz", methods=["GET", "HEAD"])
+    def readyz() -> JSONResponse:
+        if not ready:
+            return JSONResponse({"status": "starting"}, 503)
+        return JSONResponse({"status": "ready", "models": info["models"]})
+
+    @app.api_route("/metrics", methods=["GET", "HEAD"])
+    def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
     @app.post("/api/predict")
     async def predict(request: Request) -> dict:
-        body = await read_body(request, max_upload_bytes)
+        nonlocal working
+        body = await read_body(request, max_upload_bytes, request_timeout)
         if not body:
-            raise HTTPException(400, "empty upload: send the image's bytes as the request body")
-        # preprocessing and the network are CPU work: off the event loop
-        return await run_in_threadpool(classify, body)
+            raise Refusal(400, "empty", "empty upload: send the image's bytes as the request body")
+        try:
+            await asyncio.wait_for(slots.acquire(), queue_timeout)
+        except asyncio.TimeoutError:
+            raise Refusal(503, "busy", f"busy: {max_concurrent} images are being read; try again "
+                          "in a second", {"retry-after": "1"}) from None
+        working += 1
+        try:
+            # preprocessing and the network are CPU work: off the event loop
+            return await run_in_threadpool(classify, body)
+        finally:
+            working -= 1
+            slots.release()
+            del body
+            if working == 0:  # the last one out: a burst is over
+                await run_in_threadpool(release_memory)
 
     return app
