@@ -13,7 +13,6 @@ from safetensors.torch import save as save_tensors
 from mnist_cnn.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from mnist_cnn.errors import MnistCnnError
 from mnist_cnn.models import as_input, build_model, recipe_for
-from mnist_cnn.recipes import Recipe
 
 
 def perturbed(name: str = "simple"):
@@ -59,11 +58,13 @@ def test_metadata_is_preserved(tmp_path):
     path = tmp_path / "c.safetensors"
     save_checkpoint(path, build_model("simple"), meta)
     model, loaded = load_checkpoint(path, expect_model="simple")
-    assert loaded["format"] == "mnist-cnn-checkpoint"
-    assert loaded["version"] == 1
-    for key in ("dataset", "epoch", "metrics", "history", "classes"):
-        assert loaded[key] == meta[key]
-    assert Recipe.from_dict(loaded["recipe"]) == recipe_for("simple").replace(lr=0.01, seed=7)
+    assert loaded.format == "mnist-cnn-checkpoint"
+    assert loaded.version == 1
+    for key in ("dataset", "epoch", "metrics", "history"):
+        assert getattr(loaded, key) == meta[key]
+    assert list(loaded.classes) == meta["classes"]
+    assert loaded.recipe == recipe_for("simple").replace(lr=0.01, seed=7)
+    assert loaded.to_dict() == {"format": "mnist-cnn-checkpoint", "version": 1, **meta}
 
 
 def test_optimizer_and_rng_state_are_stored(tmp_path):
@@ -77,14 +78,14 @@ def test_optimizer_and_rng_state_are_stored(tmp_path):
     tensors, meta = read_checkpoint(path)
     assert torch.equal(tensors["rng.torch"], rng)
     assert torch.equal(tensors["optim.0.exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
-    assert meta["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-3)
+    assert meta.param_groups[0]["lr"] == pytest.approx(1e-3)
 
 
 def test_save_leaves_no_temporary_files(saved):
     path, model = saved
     save_checkpoint(path, model, {"recipe": recipe_for("simple").to_dict(), "epoch": 2})
     assert [p.name for p in path.parent.iterdir()] == [path.name]
-    assert read_checkpoint(path)[1]["epoch"] == 2
+    assert read_checkpoint(path)[1].epoch == 2
 
 
 def test_failed_save_keeps_the_old_file(saved, monkeypatch):
@@ -100,7 +101,7 @@ def test_failed_save_keeps_the_old_file(saved, monkeypatch):
     monkeypatch.undo()
     assert path.read_bytes() == before
     assert [p.name for p in path.parent.iterdir()] == [path.name]
-    assert read_checkpoint(path)[1]["epoch"] == 1
+    assert read_checkpoint(path)[1].epoch == 1
 
 
 def test_save_creates_missing_folders(tmp_path):

@@ -101,9 +101,9 @@ def test_checkpoint_and_metrics_are_written_after_every_epoch(tiny_dataset, runt
     assert lines == result.history
     assert result.checkpoint == tmp_path / "last.safetensors"
     model, meta = load_checkpoint(result.checkpoint, expect_model="simple")
-    assert meta["epoch"] == 3
-    assert meta["history"] == result.history
-    assert meta["dataset"] == "mnist"
+    assert meta.epoch == 3
+    assert meta.history == result.history
+    assert meta.dataset == "mnist"
     assert same_weights(model, result.model)
     tensors, _ = read_checkpoint(result.checkpoint)
     assert "rng.torch" in tensors and any(k.startswith("optim.") for k in tensors)

@@ -20,29 +20,31 @@ import os
 from collections.abc import Sequence
 from importlib import resources
 
+import torch
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
+from ..checkpoint import CheckpointMeta
 from ..device import Runtime
 from ..ensemble import ensemble_proba, load_members
 from ..evaluation import CPU
 from ..imaging import ImageError, load_and_preprocess, to_tensor
-from ..predict import class_names, ranked
+from ..predict import NOT_FINITE, class_names, ranked
 
 MAX_UPLOAD_BYTES = 16 * 1024 * 1024  # a phone photo is a few MB
 MAX_PIXELS = 25_000_000  # decoding is bounded too: 25 megapixels at most
 UPLOAD = "the upload"  # how error messages name it
 
 
-def describe_models(metas: Sequence[dict]) -> dict:
+def describe_models(metas: Sequence[CheckpointMeta]) -> dict:
     """What the page shows about the network(s) answering, from their checkpoints' metadata."""
     return {
-        "models": [m["recipe"]["model"] for m in metas],
-        "dataset": metas[0].get("dataset", "mnist"),
+        "models": [m.recipe.model for m in metas],
+        "dataset": metas[0].dataset or "mnist",
         # as measured after the last epoch; an ensemble's own accuracy was never measured
-        "validation_accuracy": [(m.get("metrics") or {}).get("val_accuracy") for m in metas],
+        "validation_accuracy": [m.metrics.get("val_accuracy") for m in metas],
     }
 
 
@@ -82,6 +84,8 @@ def create_app(checkpoints: Sequence[str | os.PathLike], runtime: Runtime = CPU,
         except ImageError as e:
             raise HTTPException(400, str(e)) from None
         probabilities = ensemble_proba(models, to_tensor(steps.final)[None], runtime=runtime)[0]
+        if not bool(torch.isfinite(probabilities).all()):  # finite but huge weights can overflow
+            raise HTTPException(500, NOT_FINITE)
         best = int(probabilities.argmax())
         return {
             "digit": classes[best],
