@@ -5,14 +5,21 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
+import subprocess
+import sys
 
 import pytest
 import torch
+from conftest import REPO
+from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
+from trained import run_main, trained
 
-from mnist_cnn.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from mnist_cnn.checkpoint import META_KEY, load_checkpoint, read_checkpoint, save_checkpoint
 from mnist_cnn.errors import MnistCnnError
 from mnist_cnn.models import as_input, build_model, recipe_for
+from mnist_cnn.training import CHECKPOINT_NAME, train
 
 
 def perturbed(name: str = "simple"):
@@ -231,3 +238,243 @@ def test_pickle_checkpoints_are_refused_without_unpickling(tmp_path):
     with pytest.raises(MnistCnnError, match="not a readable checkpoint"):
         load_checkpoint(path)
     assert not marker.exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Tampered checkpoints (issue 10): every reader refuses them with one line, before any network or
+# optimizer sees them.
+
+TINY = recipe_for("simple").replace(epochs=1, batch_size=100)  # 6 steps on the tiny dataset
+
+
+@pytest.fixture(scope="module")
+def resumable(tiny_dataset, runtime, tmp_path_factory) -> pathlib.Path:
+    """A real training checkpoint (weights, Adam state, RNG state, history) of one tiny epoch."""
+    out = tmp_path_factory.mktemp("resumable")
+    train(build_model(TINY), tiny_dataset, TINY, runtime, out, progress=False, log=lambda _: None)
+    return out / CHECKPOINT_NAME
+
+
+def unpack(path: pathlib.Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """A checkpoint's tensors and raw metadata, read without any of our checks."""
+    raw = path.read_bytes()
+    header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
+    return load_tensors(raw), json.loads(header["__metadata__"][META_KEY])
+
+
+def pack(path: pathlib.Path, tensors: dict[str, torch.Tensor], meta: dict) -> pathlib.Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(save_tensors(tensors, metadata={META_KEY: json.dumps(meta)}))
+    return path
+
+
+def tampered(source: pathlib.Path, target: pathlib.Path, change) -> pathlib.Path:
+    tensors, meta = unpack(source)
+    change(tensors, meta)
+    return pack(target, tensors, meta)
+
+
+def assert_one_line_error(e: pytest.ExceptionInfo, path: pathlib.Path) -> None:
+    message = str(e.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}: ")
+
+
+def setitem(where: str, key: str, value):
+    def change(tensors, meta):
+        target = meta if where == "meta" else meta["recipe"]
+        target[key] = value
+    return change
+
+
+def fast_checkpoint(tmp_path: pathlib.Path, **model_args) -> pathlib.Path:
+    recipe = recipe_for("fast")
+    path = tmp_path / "fast.safetensors"
+    save_checkpoint(path, build_model(recipe), {"recipe": recipe.to_dict()})
+    return tampered(path, path, setitem("recipe", "model_args", {**recipe.model_args,
+                                                                **model_args}))
+
+
+@pytest.mark.parametrize(("model_args", "problem"), [
+    ({"widths": "wide"}, "expected a list of 4 integers"),
+    ({"widths": ["16", "16", "32", "64"]}, "expected a list of 4 integers"),
+    ({"crop": 24.5}, "expected a int"),
+    ({"depth": 3}, "takes no argument 'depth'"),
+    ({"widths": [2 ** 20] * 4}, "parameters (limit"),  # would be terabytes, if built for real
+    ({"widths": [0, 16, 32, 64]}, "do not make a working"),
+    ({"crop": 29}, "do not make a working"),  # larger than the image: shapes stop matching
+])
+def test_tampered_model_args_are_refused_before_building(tmp_path, model_args, problem):
+    path = fast_checkpoint(tmp_path, **model_args)
+    with pytest.raises(MnistCnnError, match=re.escape(problem)) as e:
+        load_checkpoint(path)
+    assert_one_line_error(e, path)
+
+
+def test_untampered_model_args_still_load(tmp_path):
+    model, meta = load_checkpoint(fast_checkpoint(tmp_path, widths=[16, 16, 32, 64]))
+    assert meta.recipe.model_args == {"crop": 24, "widths": [16, 16, 32, 64]}
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def nan_weight(tensors, meta):
+    tensors["model.0.weight"][0, 0, 0, 0] = float("nan")
+
+
+def inf_weight(tensors, meta):
+    tensors["model.7.bias"][3] = float("-inf")
+
+
+def rename(old: str, new: str):
+    def change(tensors, meta):
+        tensors[new] = tensors.pop(old)
+    return change
+
+
+def replace_tensor(name: str, value: torch.Tensor):
+    def change(tensors, meta):
+        tensors[name] = value
+    return change
+
+
+@pytest.mark.parametrize(("change", "problem"), [
+    (setitem("recipe", "model_args", "crop"), "wrong type of model_args"),
+    (setitem("recipe", "model", 7), "wrong type of model"),
+    (setitem("recipe", "batch_size", "100"), "wrong type of batch_size"),
+    (setitem("recipe", "epochs", 1e308 * 10), "wrong type of epochs"),  # Infinity in JSON
+    (setitem("recipe", "seed", 2 ** 70), "seed must be below"),
+    (setitem("meta", "classes", list("012345678")), "9 class names for a network of 10 outputs"),
+    (setitem("meta", "classes", [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]), "'classes' must be a list"),
+    (setitem("meta", "metrics", "excellent"), "'metrics' must map"),
+    (setitem("meta", "history", [{"epoch": "one"}]), "'history' must be"),
+    (setitem("meta", "history", {"epoch": 1}), "'history' must be"),
+    (setitem("meta", "step", "6"), "'step' must be a non-negative integer"),
+    (setitem("meta", "step", 6.5), "'step' must be a non-negative integer"),
+    (setitem("meta", "step", -24), "'step' must be a non-negative integer"),
+    (setitem("meta", "epoch", True), "'epoch' must be a non-negative integer"),
+    (setitem("meta", "dataset", ["mnist"]), "unknown dataset"),
+    (setitem("meta", "optimizer", {"param_groups": "all"}), "'optimizer' must hold"),
+    (nan_weight, "model.0.weight holds NaN or infinite values"),
+    (inf_weight, "model.7.bias holds NaN or infinite values"),
+    (rename("optim.0.exp_avg", "optim.x.exp_avg"), "unexpected tensor 'optim.x.exp_avg'"),
+    (rename("optim.0.exp_avg", "optim.0"), "unexpected tensor 'optim.0'"),
+    (rename("optim.0.exp_avg", "optim.9.exp_avg"), "optim.9.exp_avg does not fit"),
+    (rename("optim.0.exp_avg", "optim.0.velocity"), "optim.0.velocity does not fit"),
+    (rename("optim.0.exp_avg", "optim.00.exp_avg"), "unexpected tensor"),
+    (replace_tensor("optim.0.exp_avg", torch.zeros(3)), "optim.0.exp_avg is (3,) float32"),
+    (replace_tensor("optim.0.step", torch.zeros(2)), "optim.0.step is (2,) float32"),
+    (replace_tensor("optim.0.exp_avg_sq", torch.zeros(32, 1, 3, 3, dtype=torch.float64)),
+     "float64"),
+    (replace_tensor("optim.1.exp_avg", torch.full((64, 32, 3, 3), float("nan"))), "NaN"),
+    (replace_tensor("rng.torch", torch.get_rng_state().to(torch.int32)), "RNG state"),
+    (replace_tensor("rng.torch", torch.get_rng_state()[:100]), "RNG state"),
+    (replace_tensor("model.0.weight", torch.zeros(32, 1, 3, 3, dtype=torch.float16)),
+     "model.0.weight is (32, 1, 3, 3) float16"),
+    (rename("model.7.bias", "model.7.biases"), "missing model.7.bias"),
+])
+def test_tampered_checkpoints_are_one_line_errors(resumable, tmp_path, change, problem):
+    path = tampered(resumable, tmp_path / "bad.safetensors", change)
+    with pytest.raises(MnistCnnError, match=re.escape(problem)) as e:
+        load_checkpoint(path)
+    assert_one_line_error(e, path)
+
+
+def test_a_checkpoint_without_an_epoch_still_evaluates(tmp_path_factory, tmp_path):
+    models = trained(tmp_path_factory)
+    path = tampered(models.checkpoint, tmp_path / "c.safetensors",
+                    lambda tensors, meta: meta.pop("epoch"))
+    code, out, err = run_main(["evaluate", str(path), "--show", "0", "--threads", "1"])
+    assert code == 0, err
+    assert "simple after epoch ?" in out
+
+
+@pytest.mark.parametrize(("change", "problem"), [
+    (lambda tensors, meta: meta.pop("epoch"), "records no epoch"),
+    (lambda tensors, meta: meta.pop("optimizer"), "no optimizer state"),
+    (setitem("meta", "checksums", {"train-images-idx3-ubyte": "0" * 64}), "checksums differ"),
+    # a resumed run's errors come before any training, not after a whole epoch of it
+    (setitem("meta", "history", [{"epoch": 1, "step": 6}]), None),
+])
+def test_tampered_resume_fails_before_training(resumable, tiny_dataset, runtime, tmp_path,
+                                               change, problem):
+    tampered(resumable, tmp_path / CHECKPOINT_NAME, change)
+    model = build_model(TINY)
+    steps = []
+    model.register_forward_pre_hook(lambda m, _inp: steps.append(1) if m.training else None)
+    recipe = TINY.replace(epochs=1.5)
+    if problem is None:  # malformed for plots, but fine for training: it resumes
+        result = train(model, tiny_dataset, recipe, runtime, tmp_path, resume=True,
+                       progress=False, log=lambda _: None)
+        assert [r["epoch"] for r in result.history] == [1, 2] and len(steps) == 3
+        return
+    with pytest.raises(MnistCnnError, match=problem) as e:
+        train(model, tiny_dataset, recipe, runtime, tmp_path, resume=True, progress=False,
+              log=lambda _: None)
+    assert_one_line_error(e, tmp_path / CHECKPOINT_NAME)
+    assert steps == []
+
+
+RESUME_IN_A_SUBPROCESS = """
+import sys
+sys.path.insert(0, sys.argv[2])
+from conftest import synthetic_arrays
+from mnist_cnn.data import DATASETS, make_dataset
+from mnist_cnn.device import setup
+from mnist_cnn.errors import MnistCnnError
+from mnist_cnn.models import build_model, recipe_for
+from mnist_cnn.training import train
+
+data = make_dataset(synthetic_arrays(), DATASETS["mnist"], "synthetic", val_size=100)
+recipe = recipe_for("simple").replace(epochs=2, batch_size=100)
+try:
+    train(build_model(recipe), data, recipe, setup("cpu", threads=1), sys.argv[1], resume=True,
+          progress=False, log=lambda _: None)
+except MnistCnnError as e:
+    print(e)
+    sys.exit(1)
+"""
+
+
+def test_optimizer_state_of_the_wrong_size_cannot_crash_the_process(resumable, tmp_path):
+    """Fused Adam writes through its state tensors unchecked: a 3-element exp_avg once made
+    `train --resume` segfault. In a subprocess, so that a crash fails this test, not pytest."""
+    tampered(resumable, tmp_path / CHECKPOINT_NAME,
+             replace_tensor("optim.0.exp_avg", torch.zeros(3)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", RESUME_IN_A_SUBPROCESS, str(tmp_path),
+                           str(REPO / "tests")], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("optimizer state optim.0.exp_avg is (3,) float32, "
+                                        "needed: (32, 1, 3, 3) float32")
+
+
+def test_unreadable_file_is_one_line(saved, monkeypatch):
+    path, _ = saved
+    path.chmod(0)
+    if os.geteuid() == 0:  # root reads whatever the permissions say: refuse as the kernel would
+        def refuse(self, *args, **kwargs):
+            raise PermissionError(13, "Permission denied", str(self))
+        monkeypatch.setattr(pathlib.Path, "open", refuse)
+    with pytest.raises(MnistCnnError, match="cannot read the checkpoint \\(Permission denied\\)"
+                       ) as e:
+        load_checkpoint(path)
+    assert_one_line_error(e, path)
+
+
+def test_huge_file_is_refused_unread(tmp_path):
+    path = tmp_path / "huge.safetensors"
+    with path.open("wb") as f:
+        f.truncate(3 * 2 ** 30)  # sparse: 3 GB that take no disk space
+    with pytest.raises(MnistCnnError, match="over 256 MiB") as e:
+        load_checkpoint(path)
+    assert_one_line_error(e, path)
+
+
+def test_old_checkpoints_keep_loading(resumable, tmp_path):
+    """The JSON keys are those save_checkpoint has always written, extra ones kept as they were."""
+    path = tampered(resumable, tmp_path / "c.safetensors", setitem("meta", "scheduler", {"a": 1}))
+    tensors, meta = read_checkpoint(path)
+    assert meta.extra == {"scheduler": {"a": 1}}
+    assert json.loads(json.dumps(meta.to_dict())) == unpack(path)[1]

@@ -100,7 +100,7 @@ class CheckpointMeta:
             raise bad(f"checkpoint format version {d['version']} does not exist")
         recipe = recipe_of(d, source)
         dataset, checksums, classes = d.get("dataset"), d.get("checksums"), d.get("classes")
-        if dataset is not None and dataset not in DATASETS:
+        if dataset is not None and not (isinstance(dataset, str) and dataset in DATASETS):
             raise bad(f"unknown dataset {dataset!r} in the metadata")
         if checksums is not None and not (isinstance(checksums, dict) and all(
                 isinstance(k, str) and isinstance(v, str) for k, v in checksums.items())):
