@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -12,6 +13,9 @@ import sys
 import pytest
 import torch
 from conftest import REPO
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from PIL import Image
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from trained import run_main, trained
@@ -19,6 +23,7 @@ from trained import run_main, trained
 from mnist_cnn.checkpoint import META_KEY, load_checkpoint, read_checkpoint, save_checkpoint
 from mnist_cnn.errors import MnistCnnError
 from mnist_cnn.models import as_input, build_model, recipe_for
+from mnist_cnn.recipes import Recipe
 from mnist_cnn.training import CHECKPOINT_NAME, train
 
 
@@ -478,3 +483,146 @@ def test_old_checkpoints_keep_loading(resumable, tmp_path):
     tensors, meta = read_checkpoint(path)
     assert meta.extra == {"scheduler": {"a": 1}}
     assert json.loads(json.dumps(meta.to_dict())) == unpack(path)[1]
+
+
+# --------------------------------------------------------------------------------------------
+# Fuzzing: mutations of a real checkpoint, through every reader
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
+                                                                max_size=4),
+    max_leaves=8)
+# values a tampered or damaged file is likely to hold: right types, nearly right values
+PLAUSIBLE = st.sampled_from([0, 1, 2, 6, -1, 0.5, 1e-3, 100, 2 ** 40, "adam", "sgd", "onecycle",
+                             "none", "mnist", "fashion-mnist", "simple", "deep", "fast",
+                             [0.9, 0.999], list("0123456789"), {}, [], {"crop": 24},
+                             [{"epoch": 1}], {"val_accuracy": 0.5}])
+VALUE = PLAUSIBLE | JSON
+# (hypothesis starts from the first entries: the fields most often accepted come first)
+META_FIELDS = ["epoch", "step", "metrics", "history", "classes", "dataset", "checksums",
+               "optimizer", "recipe", "version", "format"]
+RECIPE_FIELDS = [f.name for f in reversed(dataclasses.fields(Recipe))]
+TENSOR_NAMES = ["model.0.weight", "model.3.weight", "model.7.weight", "model.7.bias",
+                "optim.0.step", "optim.0.exp_avg", "optim.2.exp_avg_sq", "optim.3.step",
+                "rng.torch"]
+DTYPES = [torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.uint8, torch.bool]
+VALUES = [float("nan"), float("inf"), float("-inf"), 3e38, -1.0, 0.0]
+
+
+@st.composite
+def mutations(draw):
+    """(description, change(tensors, meta) or None, how many bytes to keep or None)."""
+    kind = draw(st.sampled_from(["meta", "delete", "recipe", "record", "shape", "dtype", "value",
+                                 "rename", "drop", "truncate"]))
+    name = draw(st.sampled_from(TENSOR_NAMES))
+    if kind == "meta":
+        key, value = draw(st.sampled_from(META_FIELDS)), draw(VALUE)
+        return kind, setitem("meta", key, value), None
+    if kind == "delete":
+        key = draw(st.sampled_from(META_FIELDS))
+        return kind, lambda t, m: m.pop(key, None), None
+    if kind == "recipe":
+        key, value = draw(st.sampled_from(RECIPE_FIELDS)), draw(VALUE)
+        return kind, setitem("recipe", key, value), None
+    if kind == "record":
+        where = draw(st.sampled_from(["metrics", "history"]))
+        key = draw(st.sampled_from(["epoch", "step", "cost", "val_accuracy"]))
+        value = draw(VALUE)
+
+        def change(t, m):
+            (m[where] if where == "metrics" else m[where][-1])[key] = value
+        return kind, change, None
+    if kind == "shape":
+        shape = draw(st.lists(st.integers(0, 5), max_size=4))
+        return kind, replace_tensor(name, torch.zeros(shape)), None
+    if kind == "dtype":
+        dtype = draw(st.sampled_from(DTYPES))
+        return kind, lambda t, m: t.__setitem__(name, t[name].to(dtype)), None
+    if kind == "value":
+        value, position = draw(st.sampled_from(VALUES)), draw(st.integers(0, 100))
+
+        def change(t, m):
+            if t[name].is_floating_point():
+                t[name].view(-1)[position % t[name].numel()] = value
+            else:
+                t[name] = t[name].float()  # an RNG state as floats
+        return kind, change, None
+    if kind == "rename":
+        new = draw(st.sampled_from(["model.x", "optim.0", "optim.1.exp_avg", "optim.99.step",
+                                    "optim.-1.step", "rng", "", "model.0.weight.x"])
+                   | st.text(max_size=12))
+        return kind, lambda t, m: t.__setitem__(new, t.pop(name)) if new != name else None, None
+    if kind == "drop":
+        return kind, lambda t, m: t.pop(name), None
+    return kind, None, draw(st.floats(0, 1))
+
+
+def assert_refused_in_one_line(code: int, err: str) -> None:
+    assert code == 1, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mnist-cnn: error: "), err
+
+
+@pytest.fixture(scope="module")
+def digit_png(tiny_dataset, tmp_path_factory) -> pathlib.Path:
+    path = tmp_path_factory.mktemp("digit") / "digit.png"
+    Image.fromarray(tiny_dataset.test.images[0, 0].numpy()).save(path)
+    return path
+
+
+@settings(max_examples=150, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(mutation=mutations())
+def test_fuzzed_checkpoints_never_crash_a_reader(mutation, resumable, digit_png, tiny_dataset,
+                                                 runtime, tmp_path_factory):
+    kind, change, keep = mutation
+    out = tmp_path_factory.mktemp("fuzz")
+    path = out / CHECKPOINT_NAME
+    if change is not None:
+        tampered(resumable, path, change)
+    else:
+        raw = resumable.read_bytes()
+        path.write_bytes(raw[:int(len(raw) * keep)])
+
+    try:
+        model, meta = load_checkpoint(path)
+    except MnistCnnError as e:
+        accepted = False
+        assert "\n" not in str(e) and str(e).startswith(f"{path}: ")
+    else:
+        accepted = True
+        assert torch.isfinite(model(torch.rand(4, 1, 28, 28))).all()
+    event(f"{kind}: {'accepted' if accepted else 'refused'}")
+
+    # the resume path of train(): a few steps on the tiny dataset, or one refusal before any
+    recipe = TINY.replace(epochs=1.5)
+    try:
+        train(build_model(recipe), tiny_dataset, recipe, runtime, out, resume=True,
+              progress=False, log=lambda _: None)
+    except MnistCnnError as e:
+        assert "\n" not in str(e)
+    path = tampered(resumable, out / "c.safetensors", change) if change else path
+
+    threads = ["--threads", "1"]
+    code, out_text, err = run_main(["predict", str(path), str(digit_png), "--json", *threads])
+    if code == 0:
+        probabilities = [t["probability"] for r in json.loads(out_text) for t in r["top_k"]]
+        assert all(isinstance(p, float) and 0 <= p <= 1 for p in probabilities)
+    else:
+        assert_refused_in_one_line(code, err)
+    code, _, err = run_main(["export", str(path), "--onnx", str(out / "m.onnx"), "--no-check",
+                             *threads])
+    if code:
+        assert_refused_in_one_line(code, err)
+    if not accepted:  # accepted ones evaluate the whole test set: done once, below
+        assert_refused_in_one_line(*run_main(["evaluate", str(path), *threads])[::2])
+
+
+def test_an_accepted_mutation_evaluates(resumable, tmp_path):
+    """evaluate on a checkpoint whose harmless fields were changed (the fuzz test leaves out
+    evaluate for accepted files: each run reads the whole test set)."""
+    path = tampered(resumable, tmp_path / "c.safetensors", setitem("meta", "metrics", {}))
+    code, out, err = run_main(["evaluate", str(path), "--show", "0", "--threads", "1"])
+    assert code == 0, err
+    assert "simple after epoch 1" in out

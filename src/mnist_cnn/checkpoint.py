@@ -261,7 +261,10 @@ def skeleton(meta: CheckpointMeta, source: str) -> nn.Module:
     """The network the recipe describes, built on the `meta` device: shapes without memory, so
     tampered sizes are caught before anything is allocated."""
     recipe = meta.recipe
-    model_entry(recipe.model)  # an unknown network name is a clear error
+    try:
+        model_entry(recipe.model)
+    except MnistCnnError as e:
+        raise MnistCnnError(f"{source}: {e}") from None
     check_model_args(recipe, source)
     args = {"dropout": recipe.dropout, **recipe.model_args}
     try:
