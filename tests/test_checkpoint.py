@@ -626,3 +626,18 @@ def test_an_accepted_mutation_evaluates(resumable, tmp_path):
     code, out, err = run_main(["evaluate", str(path), "--show", "0", "--threads", "1"])
     assert code == 0, err
     assert "simple after epoch 1" in out
+
+
+@pytest.mark.parametrize("change", [nan_weight, setitem("meta", "classes", list("0123456789x"))])
+def test_commands_refuse_a_damaged_checkpoint_in_one_line(resumable, digit_png, tmp_path, change):
+    """Once: predict printed "8 (nan%)" and exited 0, export wrote the NaN model, and the server
+    answered "probability": null (or 500 to every request, for the wrong number of classes)."""
+    from mnist_cnn.server import create_app
+
+    path = tampered(resumable, tmp_path / "bad.safetensors", change)
+    for argv in (["predict", str(path), str(digit_png)], ["evaluate", str(path)],
+                 ["export", str(path), "--onnx", str(tmp_path / "m.onnx"), "--no-check"]):
+        assert_refused_in_one_line(*run_main([*argv, "--threads", "1"])[::2])
+    assert not (tmp_path / "m.onnx").exists()
+    with pytest.raises(MnistCnnError, match=re.escape(str(path))):
+        create_app([path])
