@@ -20,7 +20,7 @@ from mnist_cnn.training import CHECKPOINT_NAME
 
 
 def train_seconds(path: Path) -> float:
-    return sum(r["train_seconds"] for r in read_checkpoint(path)[1]["history"])
+    return sum(r["train_seconds"] for r in read_checkpoint(path)[1].history)
 
 
 def single_run(name: str, recipe, data, runs: Path) -> Path:

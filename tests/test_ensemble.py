@@ -1,5 +1,7 @@
 """Ensembles: averaging checked by hand, evaluation, and member-by-member resumable training."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -47,7 +49,7 @@ def two_members(tiny_dataset, runtime, tmp_path_factory):
 def test_members_differ_and_the_ensemble_averages_them(two_members, tiny_dataset):
     _, paths = two_members
     members = load_members(paths)
-    assert [meta["recipe"]["seed"] for _, meta in members] == [0, 1]
+    assert [meta.recipe.seed for _, meta in members] == [0, 1]
     p0, p1 = (ensemble_proba([m], tiny_dataset.test.images) for m, _ in members)
     assert not torch.allclose(p0, p1)
     both = ensemble_proba([m for m, _ in members], tiny_dataset.test.images, batch_size=33)
@@ -83,11 +85,10 @@ def test_an_interrupted_member_resumes_to_the_same_weights(tiny_dataset, runtime
 
 def test_members_of_different_datasets_are_refused(two_members, tmp_path):
     _, paths = two_members
-    from mnist_cnn.checkpoint import read_checkpoint, save_checkpoint
+    from mnist_cnn.checkpoint import save_checkpoint
     model, meta = load_members(paths[:1])[0]
-    _, raw_meta = read_checkpoint(paths[0])
-    raw_meta["classes"] = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"]
-    save_checkpoint(tmp_path / "other.safetensors", model, raw_meta)
+    other = dataclasses.replace(meta, classes=("a", "b", "c", "d", "e", "f", "g", "h", "i", "j"))
+    save_checkpoint(tmp_path / "other.safetensors", model, other)
     with pytest.raises(MnistCnnError, match="classes"):
         load_members([paths[0], tmp_path / "other.safetensors"])
     with pytest.raises(MnistCnnError, match="at least one"):

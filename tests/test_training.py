@@ -103,9 +103,9 @@ def test_checkpoint_and_metrics_are_written_after_every_epoch(tiny_dataset, runt
     assert lines == result.history
     assert result.checkpoint == tmp_path / "last.safetensors"
     model, meta = load_checkpoint(result.checkpoint, expect_model="simple")
-    assert meta["epoch"] == 3
-    assert meta["history"] == result.history
-    assert meta["dataset"] == "mnist"
+    assert meta.epoch == 3
+    assert meta.history == result.history
+    assert meta.dataset == "mnist"
     assert same_weights(model, result.model)
     tensors, _ = read_checkpoint(result.checkpoint)
     assert "rng.torch" in tensors and any(k.startswith("optim.") for k in tensors)
@@ -285,7 +285,7 @@ def test_another_runs_checkpoint_is_kept_unless_overwrite(tiny_dataset, runtime,
     result = train(build_model(other), tiny_dataset, other, runtime, tmp_path, progress=False,
                    log=quiet, overwrite=True)
     assert result.checkpoint == tmp_path / "last.safetensors"
-    assert load_checkpoint(result.checkpoint)[1]["recipe"]["seed"] == 5
+    assert load_checkpoint(result.checkpoint)[1].recipe.seed == 5
 
 
 def test_a_folder_in_use_is_refused(tiny_dataset, runtime, tmp_path):

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from . import data as datamod
-from .checkpoint import load_checkpoint, read_checkpoint
+from .checkpoint import CheckpointMeta, load_checkpoint, read_checkpoint
 from .device import Runtime, setup
 from .ensemble import EnsembleReport, evaluate_ensemble, train_members
 from .errors import MnistCnnError
@@ -134,9 +134,9 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
     return recipe_for(args.model, args.dataset).replace(**overrides).validate()
 
 
-def data_for(args: argparse.Namespace, meta: dict) -> datamod.Dataset:
+def data_for(args: argparse.Namespace, meta: CheckpointMeta) -> datamod.Dataset:
     """The dataset named by --dataset, else the one the checkpoint was trained on."""
-    return datamod.load_dataset(args.dataset or meta.get("dataset", "mnist"), args.data_dir)
+    return datamod.load_dataset(args.dataset or meta.dataset or "mnist", args.data_dir)
 
 
 def show_predictions(model: torch.nn.Module, split: datamod.Split, classes: tuple[str, ...],
@@ -224,11 +224,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     runtime = setup(args.device, "fp32", args.threads)
     model, meta = load_checkpoint(args.checkpoint, device=runtime.device)
     data = data_for(args, meta)
-    if data.checksums != meta.get("checksums") and args.dataset is None:
+    if data.checksums != meta.checksums and args.dataset is None:
         print(f"note: {args.checkpoint} was trained on other {data.name} files",
               file=sys.stderr)
     metrics = evaluate(model, data.test, args.batch_size, runtime)
-    print(f"{args.checkpoint}: {meta['recipe']['model']} after epoch {meta['epoch']}, "
+    epoch = "?" if meta.epoch is None else meta.epoch
+    print(f"{args.checkpoint}: {meta.recipe.model} after epoch {epoch}, "
           f"evaluated on {data.name} test in batches of {args.batch_size}")
     print(format_metrics(metrics, data.classes))
     show_predictions(model, data.test, data.classes, args.show, args.seed, runtime)

@@ -6,12 +6,11 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from .checkpoint import load_checkpoint
+from .checkpoint import CheckpointMeta, load_checkpoint
 from .data import Dataset, Split
 from .device import Runtime
 from .errors import MnistCnnError
@@ -22,12 +21,12 @@ from .training import CHECKPOINT_NAME, train
 
 
 def load_members(paths: Sequence[str | os.PathLike], device: torch.device | str = "cpu"
-                 ) -> list[tuple[nn.Module, dict[str, Any]]]:
+                 ) -> list[tuple[nn.Module, CheckpointMeta]]:
     """Load checkpoints that can be averaged: the same classes, in the same order."""
     if not paths:
         raise MnistCnnError("an ensemble needs at least one checkpoint")
     members = [load_checkpoint(p, device=device) for p in paths]
-    classes = [tuple(meta.get("classes", [])) for _, meta in members]
+    classes = [meta.class_names() for _, meta in members]
     for path, c in zip(paths, classes):
         if c != classes[0]:
             raise MnistCnnError(f"{path}: its classes {list(c)} differ from {paths[0]}'s "

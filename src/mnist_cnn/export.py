@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from . import __version__, imaging
+from .checkpoint import CheckpointMeta
 from .errors import MnistCnnError
 from .evaluation import predict_proba
 from .files import write_atomically
@@ -82,23 +83,23 @@ def sidecar_path(onnx_path: str | os.PathLike) -> Path:
     return onnx_path.with_name(onnx_path.name + ".json")
 
 
-def describe(meta: dict[str, Any], checkpoint: str | os.PathLike, opset: int = OPSET,
+def describe(meta: CheckpointMeta, checkpoint: str | os.PathLike, opset: int = OPSET,
              test_accuracy: float | None = None) -> dict[str, Any]:
     """What a server needs to know to feed the ONNX model exactly as the network was trained.
 
     `test_accuracy` is the exported model's own accuracy on the test set, when the caller has
     measured it (the command does, during its parity check); otherwise null.
     """
-    classes = list(meta.get("classes", []))
+    classes = list(meta.class_names())
     return {
         "format": "mnist-cnn-onnx",
-        "model": meta["recipe"]["model"],
+        "model": meta.recipe.model,
         "source_checkpoint": str(checkpoint),
-        "dataset": meta.get("dataset"),
-        "epoch": meta.get("epoch"),
+        "dataset": meta.dataset,
+        "epoch": meta.epoch,
         "classes": classes,
         "test_accuracy": test_accuracy,
-        "validation_accuracy": (meta.get("metrics") or {}).get("val_accuracy"),
+        "validation_accuracy": meta.metrics.get("val_accuracy"),
         "opset": opset,
         "exported_by": f"mnist-cnn {__version__}, torch {torch.__version__}",
         "input": {

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from torch import nn
 
+from .checkpoint import CheckpointMeta
 from .data import Split
 from .device import Runtime
 from .errors import MnistCnnError
@@ -57,6 +58,9 @@ def training_curves(history: Sequence[dict]) -> Figure:
     """Cost and validation accuracy per epoch, as the training loop logged them."""
     if not history:
         raise MnistCnnError("no training history to plot: the checkpoint records no epochs")
+    if not all("cost" in r and "val_accuracy" in r for r in history):
+        raise MnistCnnError("no training curves to plot: the checkpoint's history records no "
+                            "cost or validation accuracy")
     epochs = [r["epoch"] for r in history]
     figure = Figure(figsize=(9, 3.5), layout="constrained")
     cost_ax, accuracy_ax = figure.subplots(1, 2)
@@ -201,7 +205,7 @@ def preprocessing_steps(steps: Preprocessed, prediction: str | None = None) -> F
 # --------------------------------------------------------------------------------------------
 
 
-def write_report(model: nn.Module, meta: dict, test: Split, classes: Sequence[str],
+def write_report(model: nn.Module, meta: CheckpointMeta, test: Split, classes: Sequence[str],
                  out_dir: str | Path, runtime: Runtime = CPU, batch_size: int = 1000,
                  photo: Preprocessed | None = None) -> list[Path]:
     """Every plot for one trained network, as PNG files in out_dir; returns their paths."""
@@ -210,7 +214,7 @@ def write_report(model: nn.Module, meta: dict, test: Split, classes: Sequence[st
     probabilities = predict_proba(model, test.images, batch_size, runtime)
     metrics = metrics_from_proba(probabilities, test.labels)
     figures = {
-        "training_curves.png": training_curves(meta.get("history", [])),
+        "training_curves.png": training_curves(meta.history),
         "confusion_matrix.png": confusion_matrix(metrics.confusion, classes),
         "mistakes.png": mistakes(test.images, test.labels, probabilities, classes),
         "filters.png": first_layer_filters(model),

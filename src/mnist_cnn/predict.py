@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .data import dataset_info
+from .checkpoint import CheckpointMeta
 from .device import Runtime
 from .ensemble import ensemble_proba, load_members
 from .errors import MnistCnnError
@@ -26,6 +26,7 @@ from .files import write_atomically
 from .imaging import IMAGE_SUFFIXES, ImageError, collect_images, load_and_preprocess, to_tensor
 
 CHECKPOINT_SUFFIX = ".safetensors"
+NOT_FINITE = "the network's outputs are not finite numbers: its weights are damaged"
 
 
 @dataclass
@@ -63,9 +64,8 @@ def load_models(checkpoints: Sequence[str | os.PathLike], device: torch.device |
     return [model for model, _ in members], class_names(members[0][1])
 
 
-def class_names(meta: dict) -> tuple[str, ...]:
-    # checkpoints written by `train` name their classes; otherwise the dataset's are the ones
-    return tuple(meta.get("classes") or dataset_info(meta.get("dataset", "mnist")).classes)
+def class_names(meta: CheckpointMeta) -> tuple[str, ...]:
+    return meta.class_names()
 
 
 def predict_images(models: Sequence[nn.Module], paths: Sequence[str | os.PathLike], top_k: int,
@@ -100,6 +100,8 @@ def predict_images(models: Sequence[nn.Module], paths: Sequence[str | os.PathLik
 
     if good:
         probs = ensemble_proba(models, torch.stack(tensors), batch_size, runtime)
+        if not bool(torch.isfinite(probs).all()):  # finite but huge weights can overflow
+            raise MnistCnnError(NOT_FINITE)
         for row, i in enumerate(good):
             top = ranked(probs[row], classes, top_k)
             best = classes.index(top[0]["class"])

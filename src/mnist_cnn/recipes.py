@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,8 +49,9 @@ class Recipe:
         return cls(**values)
 
     def validate(self) -> Recipe:
+        self.check_types()
         checks = [
-            (self.epochs > 0, "epochs must be positive"),
+            (0 < self.epochs <= MAX_EPOCHS, f"epochs must be positive (at most {MAX_EPOCHS:,})"),
             (self.batch_size > 0, "batch size must be positive"),
             (self.lr > 0, "learning rate must be positive"),
             (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
@@ -59,8 +61,39 @@ class Recipe:
             (self.schedule in ("constant", "onecycle", "cosine"),
              f"unknown schedule {self.schedule!r}"),
             (self.precision in ("fp32", "bf16"), f"unknown precision {self.precision!r}"),
+            (self.eval_batch_size > 0, "evaluation batch size must be positive"),
+            (self.eps > 0, "eps must be positive"),
+            (self.weight_decay >= 0, "weight decay must not be negative"),
+            (0 <= self.momentum < 1, "momentum must be in [0, 1)"),
+            (all(0 <= b < 1 for b in self.betas), "betas must be in [0, 1)"),
+            (abs(self.seed) < 2 ** 32, "seed must be below 2**32"),  # it seeds torch generators
         ]
         for ok, message in checks:
             if not ok:
                 raise MnistCnnError(f"recipe for {self.model}: {message}")
         return self
+
+    def check_types(self) -> None:
+        """JSON from a file can hold anything: a string batch size, a list for a rate."""
+        def number(x: Any) -> bool:
+            return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+        wrong = [f for f in NUMBER_FIELDS if not number(getattr(self, f))]
+        wrong += [f for f in INT_FIELDS
+                  if not isinstance(getattr(self, f), int) or isinstance(getattr(self, f), bool)]
+        wrong += [f for f in STR_FIELDS if not isinstance(getattr(self, f), str)]
+        if not (isinstance(self.betas, tuple) and len(self.betas) == 2
+                and all(number(b) for b in self.betas)):
+            wrong.append("betas")
+        if not (isinstance(self.model_args, dict) and all(isinstance(k, str) for k in self.model_args)):
+            wrong.append("model_args")
+        if wrong:
+            raise MnistCnnError(f"recipe for {str(self.model)[:40]}: wrong type of "
+                                f"{', '.join(wrong)}")
+
+
+MAX_EPOCHS = 100_000
+NUMBER_FIELDS = ("epochs", "lr", "eps", "weight_decay", "momentum", "warmup", "label_smoothing",
+                 "dropout")
+INT_FIELDS = ("batch_size", "seed", "eval_batch_size")
+STR_FIELDS = ("model", "optimizer", "schedule", "augment", "precision")

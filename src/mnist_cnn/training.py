@@ -26,10 +26,10 @@ from torch import nn
 from tqdm import tqdm
 
 from .checkpoint import (
+    CheckpointMeta,
     load_optimizer_state,
     load_weights,
     read_checkpoint,
-    recipe_of,
     save_checkpoint,
 )
 from .data import Dataset
@@ -101,15 +101,21 @@ def epoch_permutation(seed: int, epoch: int, n: int, device: torch.device) -> to
     return torch.randperm(n, generator=generator).to(device)
 
 
-def check_resumable(saved: Recipe, recipe: Recipe, data: Dataset, meta: dict, source: str) -> None:
+def check_resumable(saved: Recipe, recipe: Recipe, data: Dataset, meta: CheckpointMeta,
+                    source: str) -> None:
     differs = [f"{k} ({a} -> {b})" for k, a in saved.to_dict().items()
                if k not in RESUMABLE_CHANGES and (b := recipe.to_dict()[k]) != a]
     if differs:
         raise MnistCnnError(f"{source}: cannot resume: the recipe differs in "
                             + ", ".join(differs) + "; start a new run in another --out directory")
-    if meta.get("dataset") != data.name or meta.get("checksums") != data.checksums:
-        raise MnistCnnError(f"{source}: cannot resume: trained on {meta.get('dataset')!r}, "
-                            f"not on this {data.name!r} data")
+    if meta.dataset != data.name:
+        raise MnistCnnError(f"{source}: cannot resume: trained on {meta.dataset!r}, "
+                            f"not on {data.name!r}")
+    if meta.checksums != data.checksums:
+        raise MnistCnnError(f"{source}: cannot resume: trained on {meta.dataset!r} data files "
+                            "other than these (their checksums differ)")
+    if meta.epoch is None or meta.step is None:
+        raise MnistCnnError(f"{source}: cannot resume: the checkpoint records no epoch and step")
 
 
 def checkpoint_bytes(model: nn.Module) -> int:
@@ -242,11 +248,11 @@ def resume_from(out: Path | None, model: nn.Module, optimizer: torch.optim.Optim
     if out is None or not (out / CHECKPOINT_NAME).is_file():
         raise MnistCnnError(f"--resume: no {CHECKPOINT_NAME} in {out} to resume from")
     path = out / CHECKPOINT_NAME
-    tensors, meta = read_checkpoint(path)
-    check_resumable(recipe_of(meta, str(path)), recipe, data, meta, str(path))
+    tensors, meta = read_checkpoint(path)  # checked as a whole, against the network too
+    check_resumable(meta.recipe, recipe, data, meta, str(path))
     load_weights(model, tensors, str(path))
     load_optimizer_state(optimizer, tensors, meta, str(path))
     if "rng.torch" in tensors:
         torch.set_rng_state(tensors["rng.torch"])
-    log(f"resuming {path} after epoch {meta['epoch']} (step {meta['step']})")
-    return int(meta["step"]), list(meta.get("history", []))
+    log(f"resuming {path} after epoch {meta.epoch} (step {meta.step})")
+    return meta.step, [dict(r) for r in meta.history]

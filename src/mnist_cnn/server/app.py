@@ -40,11 +40,12 @@ from prometheus_client import (
 )
 from starlette.concurrency import run_in_threadpool
 
+from ..checkpoint import CheckpointMeta
 from ..device import Runtime
 from ..ensemble import ensemble_proba, load_members
 from ..evaluation import CPU
 from ..imaging import FIELD, ImageError, TooManyPixels, load_and_preprocess, to_tensor
-from ..predict import class_names, ranked
+from ..predict import NOT_FINITE, class_names, ranked
 from .limits import (
     MAX_CONCURRENT,
     MAX_PIXELS,
@@ -58,13 +59,13 @@ from .limits import (
 UPLOAD = "the upload"  # how error messages name it
 
 
-def describe_models(metas: Sequence[dict]) -> dict:
+def describe_models(metas: Sequence[CheckpointMeta]) -> dict:
     """What the page shows about the network(s) answering, from their checkpoints' metadata."""
     return {
-        "models": [m["recipe"]["model"] for m in metas],
-        "dataset": metas[0].get("dataset", "mnist"),
+        "models": [m.recipe.model for m in metas],
+        "dataset": metas[0].dataset or "mnist",
         # as measured after the last epoch; an ensemble's own accuracy was never measured
-        "validation_accuracy": [(m.get("metrics") or {}).get("val_accuracy") for m in metas],
+        "validation_accuracy": [m.metrics.get("val_accuracy") for m in metas],
     }
 
 
@@ -201,6 +202,8 @@ def create_app(checkpoints: Sequence[str | os.PathLike], runtime: Runtime = CPU,
         except ImageError as e:
             raise Refusal(400, "bad_image", str(e)) from None
         probabilities = ensemble_proba(models, to_tensor(steps.final)[None], runtime=runtime)[0]
+        if not bool(torch.isfinite(probabilities).all()):  # finite but huge weights can overflow
+            raise HTTPException(500, NOT_FINITE)
         best = int(probabilities.argmax())
         return {
             "digit": classes[best],
