@@ -194,12 +194,24 @@ class CentreCrop(nn.Module):
         return f"size={self.size}"
 
 
-@register("fast", Recipe(model="fast", epochs=1, batch_size=256, lr=0.04, schedule="onecycle",
-                         warmup=0.3, label_smoothing=0.1, precision="bf16",
-                         model_args={"crop": 24}),
+class Standardize(nn.Module):
+    """(x - mean) / std with fixed constants (MNIST's pixel mean and spread), so that the first
+    layer, which has no batch norm, starts from zero-centred inputs."""
+
+    def __init__(self, mean: float = 0.1307, std: float = 0.3081):
+        super().__init__()
+        self.mean, self.std = mean, std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) * (1 / self.std)
+
+
+@register("fast", Recipe(model="fast", epochs=1, batch_size=192, lr=0.04, betas=(0.9, 0.99),
+                         schedule="onecycle", warmup=0.3, label_smoothing=0.1, precision="bf16",
+                         model_args={"crop": 24, "standardize": True}),
           "a small batch-normalised CNN that reaches 99% in one epoch (seconds on a CPU)")
 def fast_cnn(dropout: float = 0.0, widths: tuple[int, int, int, int] = (16, 16, 32, 64),
-             crop: int = 28) -> nn.Module:
+             crop: int = 28, standardize: bool = False) -> nn.Module:
     c1, c2, c3, c4 = widths  # multiples of 16: oneDNN's AVX-512 kernels are blocked by 16 channels
     side = crop
     for _ in range(3):  # the strided conv and two SAME pools each halve the side, rounding up
@@ -211,6 +223,7 @@ def fast_cnn(dropout: float = 0.0, widths: tuple[int, int, int, int] = (16, 16, 
     # the maps are smallest.
     return nn.Sequential(
         CentreCrop(crop),                          # (?, 24, 24, 1) with the recipe's crop
+        *([Standardize()] if standardize else []),
         nn.Conv2d(1, c1, 3, stride=2, padding=1),  # (?, 12, 12, c1)
         nn.ReLU(inplace=True),
         *bn_block(c1, c2),  # (?, 6, 6, c2)

@@ -206,7 +206,8 @@ def _train(model: nn.Module, data: Dataset, recipe: Recipe, runtime: Runtime,
         history.append(record)
         result.train_seconds += seconds
         log(f"Epoch: {epoch + 1:04d} cost = {cost:.9f}  validation accuracy = {val.accuracy:.4f}"
-            f"  ({seconds:.1f} s, {record['images_per_second']:,.0f} images/s)")
+            f"  ({seconds:.1f} s, {record['images_per_second']:,.0f} images/s"
+            + (f", threads {'/'.join(map(str, record['threads']))})" if "threads" in record else ")"))
         if out is not None:
             result.checkpoint = write_epoch(out, model, optimizer, recipe, data, history)
     return result
