@@ -57,7 +57,12 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     path = Path(path)
     if not path.is_file():
         raise MnistCnnError(f"{path}: no such checkpoint file")
-    raw = path.read_bytes()
+    return parse_checkpoint(path.read_bytes(), path)
+
+
+def parse_checkpoint(raw: bytes, path: str | os.PathLike) -> tuple[dict[str, torch.Tensor],
+                                                                   dict[str, Any]]:
+    """read_checkpoint for a file's bytes read elsewhere (`path` names it in messages)."""
     try:
         tensors = load_tensors(raw)
         header_len = int.from_bytes(raw[:8], "little")
