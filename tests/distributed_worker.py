@@ -11,9 +11,10 @@ import os
 import signal
 import sys
 
+from conftest import synthetic_arrays
+
 import mnist_cnn.data
 import mnist_cnn.training
-from conftest import synthetic_arrays
 from mnist_cnn.cli import main
 from mnist_cnn.data import DATASETS, Dataset, make_dataset
 

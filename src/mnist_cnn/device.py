@@ -222,7 +222,7 @@ def setup(device: str = "auto", precision: str = "fp32", threads: int | None = N
             dev = torch.device("cuda", launch.local_rank)
         if dev.type == "cpu" and not threads:
             threads = max(1, cpu_count() // launch.local_world_size)
-        dist.start(dev)
+        dist.start(dev, launch)
     if precision == "bf16" and not bf16_supported(dev):
         print(f"note: {dev} has no native bfloat16 arithmetic; using fp32", file=sys.stderr)
         precision = "fp32"

@@ -65,7 +65,7 @@ def timeout() -> timedelta:
     return timedelta(seconds=_env_int("MNIST_CNN_DIST_TIMEOUT", DEFAULT_TIMEOUT))
 
 
-def start(device: torch.device) -> None:
+def start(device: torch.device, launch: Launch) -> None:
     """Join the process group: gloo for CPU tensors, NCCL for CUDA ones (one GPU per rank)."""
     if dist.is_initialized():
         return
@@ -75,7 +75,12 @@ def start(device: torch.device) -> None:
     else:
         backend = "gloo"
     try:
-        dist.init_process_group(backend, timeout=timeout())
+        store, rank, world_size = next(dist.rendezvous("env://", timeout=timeout()))
+        # torchrun's store outlives a restart, and (torch 2.13) a restarted group found the dead
+        # group's gloo addresses there and failed to connect: each attempt gets its own keys
+        store = dist.PrefixStore(f"mnist-cnn/attempt-{launch.restart_count}", store)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world_size,
+                                timeout=timeout())
     except (RuntimeError, ValueError) as e:
         raise MnistCnnError(f"cannot join the torchrun process group: {e}") from None
 
