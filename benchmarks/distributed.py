@@ -102,6 +102,8 @@ def main() -> None:
                   f"{r['images_per_second']:>10,.0f}{r['val']:>8.4f}{r['test']:>8.4f}{reached:>10}"
                   f"{load:>6.1f}", flush=True)
     for (processes, threads), rs in results.items():
+        if not rs:
+            continue
         print(f"{processes} x {threads}: median images/s "
               f"{statistics.median(r['images_per_second'] for r in rs):,.0f}, median wall "
               f"{statistics.median(r['wall'] for r in rs):.2f} s, mean test accuracy "

@@ -54,11 +54,16 @@ def launch_from_env() -> Launch:
     launch = Launch(rank=_env_int("RANK", 0), world_size=_env_int("WORLD_SIZE", 1),
                     local_rank=_env_int("LOCAL_RANK", 0),
                     local_world_size=_env_int("LOCAL_WORLD_SIZE", 1),
-                    restart_count=_env_int("TORCHELASTIC_RESTART_COUNT", 0))
+                    restart_count=restart_count())
     if not 0 <= launch.rank < launch.world_size or not 0 <= launch.local_rank:
         raise MnistCnnError(f"inconsistent torchrun environment: RANK={launch.rank}, "
                             f"WORLD_SIZE={launch.world_size}, LOCAL_RANK={launch.local_rank}")
     return launch
+
+
+def restart_count() -> int:
+    """How many times torchrun has restarted this group after a failure (0 without torchrun)."""
+    return _env_int("TORCHELASTIC_RESTART_COUNT", 0)
 
 
 def timeout() -> timedelta:

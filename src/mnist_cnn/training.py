@@ -152,8 +152,7 @@ def train(model: nn.Module, data: Dataset, recipe: Recipe, runtime: Runtime,
         error = None
         if runtime.is_main:
             try:
-                restarted = distributed.launch_from_env().restart_count > 0
-                if restarted and (out / CHECKPOINT_NAME).is_file():
+                if distributed.restart_count() > 0 and (out / CHECKPOINT_NAME).is_file():
                     resume = True  # the checkpoint is this run's own, from before the failure
                 claim.enter_context(claim_run_folder(out, checkpoint_bytes(model),
                                                      CHECKPOINT_NAME, resume or overwrite))
