@@ -233,3 +233,45 @@ def test_ensemble_members_spread_over_ranks_equal_a_sequential_run(runs, monkeyp
     assert max_difference(runs / "ens-1" / "member-0" / "last.safetensors",
                           runs / "ens-1" / "member-1" / "last.safetensors") > 0
 
+
+
+# --------------------------------------------------------------------------------------------
+# what each process learns from torchrun's environment (no process group needed)
+
+
+@pytest.fixture
+def launched_as_rank_1_of_2(monkeypatch):
+    from mnist_cnn import device, distributed
+
+    for name, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1",
+                        "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(name, value)
+    joined = []
+    monkeypatch.setattr(distributed, "start", lambda dev, launch: joined.append((dev, launch)))
+    monkeypatch.setattr(device, "cpu_count", lambda: 8)
+    threads = torch.get_num_threads()
+    yield joined
+    torch.set_num_threads(threads)
+
+
+def test_each_process_takes_its_share_of_the_cores(launched_as_rank_1_of_2):
+    from mnist_cnn.device import setup
+
+    runtime = setup("cpu", distributed=True)
+    assert (runtime.rank, runtime.world_size, runtime.is_main) == (1, 2, False)
+    assert runtime.tuner is None and torch.get_num_threads() == 4  # 8 cores, 2 processes
+    assert [launch.local_rank for _, launch in launched_as_rank_1_of_2] == [1]
+    assert setup("cpu", threads=3, distributed=True).tuner is None
+    assert torch.get_num_threads() == 3
+    assert setup("cpu", threads=1).world_size == 1  # only training commands join the group
+
+
+def test_a_broken_torchrun_environment_is_a_one_line_error(launched_as_rank_1_of_2, monkeypatch):
+    from mnist_cnn.device import setup
+
+    monkeypatch.setenv("RANK", "2")
+    with pytest.raises(MnistCnnError, match="inconsistent torchrun environment"):
+        setup("cpu", distributed=True)
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(MnistCnnError, match="WORLD_SIZE"):
+        setup("cpu", distributed=True)

@@ -220,6 +220,8 @@ def setup(device: str = "auto", precision: str = "fp32", threads: int | None = N
                                     f"({torch.cuda.device_count()} here): start at most that "
                                     "many processes per machine (--nproc-per-node)")
             dev = torch.device("cuda", launch.local_rank)
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)  # NCCL's communicator and cuDNN work on this GPU
         if dev.type == "cpu" and not threads:
             threads = max(1, cpu_count() // launch.local_world_size)
         dist.start(dev, launch)

@@ -74,8 +74,7 @@ def start(device: torch.device, launch: Launch) -> None:
     """Join the process group: gloo for CPU tensors, NCCL for CUDA ones (one GPU per rank)."""
     if dist.is_initialized():
         return
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
+    if device.type == "cuda":  # device.setup has made it this process's current GPU
         backend = "cpu:gloo,cuda:nccl"  # NCCL for gradients; gloo for the small CPU messages
     else:
         backend = "gloo"
