@@ -318,7 +318,7 @@ def test_tampered_model_args_are_refused_before_building(tmp_path, model_args, p
 
 def test_untampered_model_args_still_load(tmp_path):
     model, meta = load_checkpoint(fast_checkpoint(tmp_path, widths=[16, 16, 32, 64]))
-    assert meta.recipe.model_args == {"crop": 24, "widths": [16, 16, 32, 64]}
+    assert meta.recipe.model_args == {"crop": 24, "standardize": True, "widths": [16, 16, 32, 64]}
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
 

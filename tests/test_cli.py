@@ -145,8 +145,8 @@ def test_recipe_follows_the_dataset_and_the_flags():
     def recipe(*argv):
         return recipe_from_args(build_parser().parse_args(["train", "--model", "fast", *argv]))
 
-    assert recipe().model_args == {"crop": 24}
-    assert recipe("--dataset", "fashion-mnist").model_args == {"crop": 28}
+    assert recipe().model_args == {"crop": 24, "standardize": True}
+    assert recipe("--dataset", "fashion-mnist").model_args == {"crop": 28, "standardize": True}
     assert recipe("--dataset", "fashion-mnist", "--lr", "0.01").lr == 0.01
 
 

@@ -210,7 +210,12 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], C
     """The tensors and metadata of a checkpoint, checked as a whole: every way of being wrong is
     reported as one line naming the file."""
     path = Path(path)
-    raw = read_bytes(path)
+    return parse_checkpoint(read_bytes(path), path)
+
+
+def parse_checkpoint(raw: bytes, path: str | os.PathLike
+                     ) -> tuple[dict[str, torch.Tensor], CheckpointMeta]:
+    """read_checkpoint for a file's bytes read elsewhere (`path` names it in messages)."""
     try:
         tensors = load_tensors(raw)
         header_len = int.from_bytes(raw[:8], "little")
@@ -251,6 +256,8 @@ def check_model_args(recipe: Recipe, source: str) -> None:
         if isinstance(default, tuple):
             ok = (isinstance(value, (list, tuple)) and len(value) == len(default)
                   and all(is_int(v) for v in value))
+        elif isinstance(default, bool):
+            ok = isinstance(value, bool)
         elif isinstance(default, float):
             ok = is_number(value)
         else:

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from . import data as datamod
+from . import distributed
 from .checkpoint import CheckpointMeta, load_checkpoint, read_checkpoint
 from .device import Runtime, setup
 from .ensemble import EnsembleReport, evaluate_ensemble, train_members
@@ -157,17 +158,31 @@ def show_predictions(model: torch.nn.Module, split: datamod.Split, classes: tupl
 def start_training(args: argparse.Namespace) -> tuple[Recipe, Runtime, datamod.Dataset]:
     """The recipe, runtime and data of a training command."""
     recipe = recipe_from_args(args)
-    runtime = setup(args.device, recipe.precision, args.threads, tune_allocator=True)
+    runtime = setup(args.device, recipe.precision, args.threads, tune_allocator=True,
+                    distributed=True)
     start_optimizer_import()  # overlaps the data loading
     return recipe, runtime, datamod.load_dataset(args.dataset, args.data_dir)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     recipe, runtime, data = start_training(args)
+    try:
+        train_and_test(args, recipe, runtime, data)
+        # the ranks leave together: one tearing its connections down while rank 0 still tests
+        # could crash at exit (seen once, as an abort in gloo)
+        distributed.barrier(runtime)
+    finally:
+        distributed.stop()
+
+
+def train_and_test(args: argparse.Namespace, recipe: Recipe, runtime: Runtime,
+                   data: datamod.Dataset) -> None:
     out = Path(args.out or f"runs/{recipe.model}")
-    print(f"training {recipe.model} on {data.name} ({len(data.train)} train / {len(data.val)} "
-          f"validation images) on {runtime.device}, {recipe.precision}; checkpoints in {out}")
-    print("Learning started. It takes sometime.")
+    if runtime.is_main:  # under torchrun, rank 0 speaks for the group
+        print(f"training {recipe.model} on {data.name} ({len(data.train)} train / "
+              f"{len(data.val)} validation images) on {runtime.device}, {recipe.precision}; "
+              f"checkpoints in {out}")
+        print("Learning started. It takes sometime.")
     model = build_model(recipe)
     try:
         result = train(model, data, recipe, runtime, out, resume=args.resume,
@@ -176,6 +191,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(f"\ninterrupted: {out}/last.safetensors holds the last finished epoch; continue "
               "with the same command plus --resume", file=sys.stderr)
         raise SystemExit(130) from None
+    if not runtime.is_main:
+        return
     print(f"Learning Finished! ({result.train_seconds:.1f} s of training)")
     test = evaluate(model, data.test, recipe.eval_batch_size, runtime)
     print(f"Accuracy: {test.accuracy:.4f} on the {test.count} test images")
@@ -195,8 +212,17 @@ def save_test_metrics(checkpoint: Path, metrics: dict) -> None:
 def cmd_ensemble_train(args: argparse.Namespace) -> None:
     recipe, runtime, data = start_training(args)
     out = Path(args.out or f"runs/{recipe.model}-ensemble")
-    paths = train_members(recipe, data, runtime, out, args.members, not args.no_progress,
-                          overwrite=args.overwrite)
+    try:
+        paths = train_members(recipe, data, runtime, out, args.members, not args.no_progress,
+                              overwrite=args.overwrite)
+    finally:
+        distributed.stop()
+    if not runtime.is_main:
+        return
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:  # trained by another machine into its own folder
+        raise MnistCnnError(f"{', '.join(missing)}: not here; under torchrun on several machines, "
+                            "--out must be a folder all of them share")
     print(format_ensemble(evaluate_ensemble(paths, data.test, recipe.eval_batch_size, runtime)))
 
 

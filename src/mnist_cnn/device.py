@@ -116,6 +116,14 @@ class Runtime:
     channels_last: bool = True
     # CPU threads that follow the machine's load (None: a fixed count, or not a CPU)
     tuner: ThreadTuner | None = field(default=None, compare=False)
+    # this process's place among torchrun's processes (distributed.py); rank 0 of 1 otherwise
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process logs and writes files (rank 0)."""
+        return self.rank == 0
 
     def poll_threads(self) -> None:
         """Between steps: let the thread count follow the machine's load."""
@@ -191,16 +199,34 @@ def bf16_supported(device: torch.device) -> bool:
 
 
 def setup(device: str = "auto", precision: str = "fp32", threads: int | None = None,
-          tune_allocator: bool = False) -> Runtime:
+          tune_allocator: bool = False, distributed: bool = False) -> Runtime:
     """Choose the device and precision, and set the CPU up; call once per process.
 
     `threads` fixes the CPU thread count; by default it follows the machine's load (ThreadTuner).
     `tune_allocator` keeps freed memory in the process (tune_cpu_allocator): right for training,
     wrong for a long-lived server, whose memory must go back after a burst of requests.
+    With `distributed`, a process started by torchrun joins its process group: one GPU per
+    process (LOCAL_RANK), or on CPUs an equal share of the cores for each of the machine's
+    processes (a load-following count would fight its own siblings).
     """
+    from . import distributed as dist  # torch.distributed loads only where it is needed
+
     if precision not in ("fp32", "bf16"):
         raise MnistCnnError(f"unknown precision {precision!r}: use fp32 or bf16")
+    launch = dist.launch_from_env() if distributed else dist.Launch()
     dev = choose_device(device)
+    if launch.world_size > 1:
+        if dev.type == "cuda" and dev.index is None:
+            if launch.local_rank >= torch.cuda.device_count():
+                raise MnistCnnError(f"local rank {launch.local_rank} has no GPU of its own "
+                                    f"({torch.cuda.device_count()} here): start at most that "
+                                    "many processes per machine (--nproc-per-node)")
+            dev = torch.device("cuda", launch.local_rank)
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)  # NCCL's communicator and cuDNN work on this GPU
+        if dev.type == "cpu" and not threads:
+            threads = max(1, cpu_count() // launch.local_world_size)
+        dist.start(dev, launch)
     if precision == "bf16" and not bf16_supported(dev):
         print(f"note: {dev} has no native bfloat16 arithmetic; using fp32", file=sys.stderr)
         precision = "fp32"
@@ -216,7 +242,7 @@ def setup(device: str = "auto", precision: str = "fp32", threads: int | None = N
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32; bf16 is the fast option
         torch.backends.cudnn.allow_tf32 = False
-    return Runtime(dev, precision, tuner=tuner)
+    return Runtime(dev, precision, tuner=tuner, rank=launch.rank, world_size=launch.world_size)
 
 
 # --------------------------------------------------------------------------------------------

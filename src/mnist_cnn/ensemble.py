@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from . import distributed
 from .checkpoint import CheckpointMeta, load_checkpoint
 from .data import Dataset, Split
 from .device import Runtime
@@ -61,6 +64,9 @@ def evaluate_ensemble(paths: Sequence[str | os.PathLike], split: Split, batch_si
     return EnsembleReport(members, metrics_from_proba(average_probabilities(probs), split.labels))
 
 
+MEMBERS_WAIT = timedelta(days=2)  # how long the first rank done waits for the others
+
+
 def train_members(recipe: Recipe, data: Dataset, runtime: Runtime, out_dir: str | os.PathLike,
                   members: int, progress: bool = True,
                   log: Callable[[str], None] = print, overwrite: bool = False) -> list[Path]:
@@ -68,15 +74,30 @@ def train_members(recipe: Recipe, data: Dataset, runtime: Runtime, out_dir: str 
 
     Resumable member by member: finished members are skipped, an interrupted one resumes;
     with `overwrite`, every member starts afresh instead.
+
+    Under torchrun the members are spread over the ranks (member k on rank k % world size), each
+    trained as a single process would, without gradient sync, so the members are those of a
+    sequential run; all ranks return once every member is trained.
     """
+    alone = dataclasses.replace(runtime, rank=0, world_size=1)
+    if runtime.world_size > 1:
+        rank_log = log
+
+        def log(line: str) -> None:
+            rank_log(f"rank {runtime.rank}: {line}")
+
     paths = []
     for k in range(members):
         member_recipe = recipe.replace(seed=recipe.seed + k)
         member_dir = Path(out_dir) / f"member-{k}"
         checkpoint = member_dir / CHECKPOINT_NAME
-        log(f"member {k + 1}/{members} (seed {member_recipe.seed}) in {member_dir}")
-        train(build_model(member_recipe), data, member_recipe, runtime, member_dir,
-              resume=checkpoint.is_file() and not overwrite, progress=progress, log=log,
-              overwrite=overwrite)
         paths.append(checkpoint)
+        if k % runtime.world_size != runtime.rank:
+            continue
+        log(f"member {k + 1}/{members} (seed {member_recipe.seed}) in {member_dir}")
+        train(build_model(member_recipe), data, member_recipe, alone, member_dir,
+              resume=checkpoint.is_file() and not overwrite,
+              progress=progress and runtime.is_main, log=log, overwrite=overwrite)
+    # ranks may finish a whole member apart; a rank that dies ends the group (torchrun) sooner
+    distributed.barrier(runtime, wait=MEMBERS_WAIT)
     return paths

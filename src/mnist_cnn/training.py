@@ -25,11 +25,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from . import distributed
 from .checkpoint import (
     CheckpointMeta,
     load_optimizer_state,
     load_weights,
-    read_checkpoint,
+    parse_checkpoint,
+    read_bytes,
     save_checkpoint,
 )
 from .data import Dataset
@@ -95,6 +97,15 @@ def lr_factor(recipe: Recipe, step: int, total_steps: int) -> float:
     return max(1e-3, 1 - (progress - recipe.warmup) / (1 - recipe.warmup))
 
 
+def shard(perm: torch.Tensor, i: int, batch_size: int, rank: int = 0, world_size: int = 1
+          ) -> torch.Tensor:
+    """This rank's part of the epoch's global batch `i`: the batch cut into `world_size`
+    consecutive slices, so that all ranks together take exactly the batch one process would."""
+    per_rank = batch_size // world_size
+    start = i * batch_size + rank * per_rank
+    return perm[start:start + per_rank]
+
+
 def epoch_permutation(seed: int, epoch: int, n: int, device: torch.device) -> torch.Tensor:
     """Shuffle order derived from (seed, epoch) alone, so a resumed run shuffles identically."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -125,24 +136,51 @@ def checkpoint_bytes(model: nn.Module) -> int:
     return 4 * weights + 8 * 2**20
 
 
+def quiet(_line: str) -> None:
+    pass
+
+
 def train(model: nn.Module, data: Dataset, recipe: Recipe, runtime: Runtime,
           out_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
           log: Callable[[str], None] = print, overwrite: bool = False) -> TrainResult:
     """Train `model`; with `out_dir`, checkpoint every epoch there (see the module docstring).
 
     The folder is checked and locked before the first step (files.claim_run_folder): a folder
-    holding another run's checkpoint is refused unless `resume` or `overwrite`.
+    holding another run's checkpoint is refused unless `resume` or `overwrite`. Under torchrun,
+    rank 0 alone claims it and the others wait for its verdict; a group that torchrun restarted
+    after a failure resumes from the checkpoint there by itself.
     """
+    if not runtime.is_main:
+        log = quiet
     if out_dir is None:
         return _train(model, data, recipe, runtime, None, resume, progress, log)
-    with claim_run_folder(out_dir, checkpoint_bytes(model), CHECKPOINT_NAME, resume or overwrite):
-        return _train(model, data, recipe, runtime, out_dir, resume, progress, log)
+    out = Path(out_dir)
+    with contextlib.ExitStack() as claim:
+        error = None
+        if runtime.is_main:
+            try:
+                if distributed.restart_count() > 0 and (out / CHECKPOINT_NAME).is_file():
+                    resume = True  # the checkpoint is this run's own, from before the failure
+                claim.enter_context(claim_run_folder(out, checkpoint_bytes(model),
+                                                     CHECKPOINT_NAME, resume or overwrite))
+            except MnistCnnError as e:
+                error = e
+        ok, resume = distributed.broadcast_ints([error is None, resume], runtime)
+        if error is not None:
+            raise error
+        if not ok:
+            raise MnistCnnError(f"{out}: rank 0 could not use the run folder (its message says why)")
+        return _train(model, data, recipe, runtime, out, bool(resume), progress, log)
 
 
 def _train(model: nn.Module, data: Dataset, recipe: Recipe, runtime: Runtime,
            out_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
            log: Callable[[str], None] = print) -> TrainResult:
     recipe.validate()
+    world, rank = runtime.world_size, runtime.rank
+    if recipe.batch_size % world:
+        raise MnistCnnError(f"the global batch of {recipe.batch_size} does not split evenly over "
+                            f"{world} processes; choose a batch size that is a multiple of {world}")
     out = Path(out_dir) if out_dir is not None else None
     model.to(runtime.device, memory_format=runtime.memory_format)
     optimizer = make_optimizer(recipe, model)
@@ -158,8 +196,12 @@ def _train(model: nn.Module, data: Dataset, recipe: Recipe, runtime: Runtime,
     torch.manual_seed(recipe.seed)  # dropout's randomness
     done, history = 0, []  # steps done so far, one record per epoch
     if resume:
-        done, history = resume_from(out, model, optimizer, recipe, data, log)
+        done, history = resume_from(out, model, optimizer, recipe, data, log, runtime)
     augment = make_augmenter(recipe, runtime)
+    net = wrap_for_ranks(model, runtime)
+    if world > 1:
+        log(f"{world} processes: global batch {recipe.batch_size}, "
+            f"{recipe.batch_size // world} per process")
 
     result = TrainResult(model, history, out / CHECKPOINT_NAME if resume else None)
     for epoch in range(done // steps_per_epoch, num_epochs):
@@ -174,17 +216,18 @@ def _train(model: nn.Module, data: Dataset, recipe: Recipe, runtime: Runtime,
         loss_sum = torch.zeros((), device=runtime.device)
         started = time.perf_counter()
         bar = tqdm(range(first, last), desc=f"epoch {epoch + 1}/{num_epochs}", leave=False,
-                   disable=not progress or not sys.stderr.isatty(), unit="batch")
+                   disable=not progress or not runtime.is_main or not sys.stderr.isatty(),
+                   unit="batch")
         for i in bar:
             step = epoch * steps_per_epoch + i
             for group in optimizer.param_groups:
                 group["lr"] = recipe.lr * lr_factor(recipe, step, total_steps)
-            idx = perm[i * recipe.batch_size:(i + 1) * recipe.batch_size]
+            idx = shard(perm, i, recipe.batch_size, rank, world)
             x = runtime.to_batch(as_input(images[idx]))
             if augment is not None:
                 x = augment(x, step)
             with runtime.autocast():
-                loss = F.cross_entropy(model(x), labels[idx],
+                loss = F.cross_entropy(net(x), labels[idx],
                                        label_smoothing=recipe.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -193,24 +236,44 @@ def _train(model: nn.Module, data: Dataset, recipe: Recipe, runtime: Runtime,
             runtime.poll_threads()
         runtime.synchronize()  # so the epoch's time includes the GPU's queued work
         seconds = time.perf_counter() - started
-        cost = float(loss_sum) / steps
-        val = evaluate(model, data.val, recipe.eval_batch_size, runtime)
+        cost = float(distributed.sum_over_ranks(loss_sum, runtime)) / (steps * world)
         done = epoch * steps_per_epoch + last
+        result.train_seconds += seconds
+        if not runtime.is_main:
+            continue  # rank 0 alone validates, logs and writes; the others wait at their next step
+        val = evaluate(model, data.val, recipe.eval_batch_size, runtime)
         if history and history[-1]["epoch"] == epoch + 1:
             history.pop()  # the partial epoch's record gives way to the completed one
         record = {"epoch": epoch + 1, "step": done, "cost": cost, "val_accuracy": val.accuracy,
                   "val_loss": val.loss, "lr": optimizer.param_groups[0]["lr"],
                   "train_seconds": seconds, "images_per_second": steps * recipe.batch_size / seconds}
+        if world > 1:
+            record["world_size"] = world
         if runtime.tuner is not None:  # the thread counts the load led to, this epoch
             record["threads"] = runtime.tuner.reset_used()
         history.append(record)
-        result.train_seconds += seconds
         log(f"Epoch: {epoch + 1:04d} cost = {cost:.9f}  validation accuracy = {val.accuracy:.4f}"
             f"  ({seconds:.1f} s, {record['images_per_second']:,.0f} images/s"
             + (f", threads {'/'.join(map(str, record['threads']))})" if "threads" in record else ")"))
         if out is not None:
             result.checkpoint = write_epoch(out, model, optimizer, recipe, data, history)
     return result
+
+
+def wrap_for_ranks(model: nn.Module, runtime: Runtime) -> nn.Module:
+    """The model as the steps call it: under torchrun, wrapped in DistributedDataParallel, which
+    averages the gradients over the ranks during the backward pass.
+
+    Batch norm keeps per-rank statistics, without SyncBatchNorm (README: "More than one
+    machine" has the measurements). Its running averages start from rank 0's and are not sent
+    again every step: only rank 0's are ever used (validation, checkpoints).
+    """
+    if runtime.world_size == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids, forward_sync_buffers=False)
 
 
 def make_augmenter(recipe: Recipe, runtime: Runtime):
@@ -222,8 +285,9 @@ def make_augmenter(recipe: Recipe, runtime: Runtime):
     generator = torch.Generator(runtime.device)
 
     def augment(x: torch.Tensor, step: int) -> torch.Tensor:
-        # seeded per step, so that a resumed run augments exactly as an uninterrupted one
-        generator.manual_seed(recipe.seed * 1_000_003 + step)
+        # seeded per step, so that a resumed run augments exactly as an uninterrupted one; each
+        # rank draws its own (rank 0 as a single process does)
+        generator.manual_seed(recipe.seed * 1_000_003 + step + runtime.rank * 2**53)
         return augment_batch(x, config, generator)
 
     return augment
@@ -244,12 +308,14 @@ def write_epoch(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, r
 
 
 def resume_from(out: Path | None, model: nn.Module, optimizer: torch.optim.Optimizer,
-                recipe: Recipe, data: Dataset, log: Callable[[str], None]
-                ) -> tuple[int, list[dict[str, Any]]]:
-    if out is None or not (out / CHECKPOINT_NAME).is_file():
+                recipe: Recipe, data: Dataset, log: Callable[[str], None],
+                runtime: Runtime) -> tuple[int, list[dict[str, Any]]]:
+    raw = None if out is None else distributed.read_on_rank0(out / CHECKPOINT_NAME, runtime,
+                                                             read_bytes)
+    if raw is None:  # under torchrun every rank gets rank 0's file, so all stop here alike
         raise MnistCnnError(f"--resume: no {CHECKPOINT_NAME} in {out} to resume from")
     path = out / CHECKPOINT_NAME
-    tensors, meta = read_checkpoint(path)  # checked as a whole, against the network too
+    tensors, meta = parse_checkpoint(raw, path)  # checked as a whole, against the network too
     check_resumable(meta.recipe, recipe, data, meta, str(path))
     load_weights(model, tensors, str(path))
     load_optimizer_state(optimizer, tensors, meta, str(path))

@@ -1,0 +1,42 @@
+"""The mnist-cnn command as torchrun starts it in test_distributed.py.
+
+The data is the tiny synthetic dataset (the command itself only loads checksummed MNIST files).
+With KILL_AT=RANK:STEP, that rank kills itself (SIGKILL, as a crash or the OOM killer would) when
+it reaches that step, in the group's first attempt only: a test of torchrun's restarts.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+from conftest import synthetic_arrays
+
+import mnist_cnn.data
+import mnist_cnn.training
+from mnist_cnn.cli import main
+from mnist_cnn.data import DATASETS, Dataset, make_dataset
+
+
+def tiny_dataset(*_args, **_kwargs) -> Dataset:
+    """600 train / 100 validation / 200 test synthetic images, as conftest's fixture."""
+    return make_dataset(synthetic_arrays(), DATASETS["mnist"], "synthetic", val_size=100)
+
+
+def kill_at(rank: int, step: int) -> None:
+    real = mnist_cnn.training.lr_factor
+
+    def lr_factor(recipe, at: int, total: int) -> float:  # called once per step
+        if at == step and int(os.environ["RANK"]) == rank:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(recipe, at, total)
+
+    mnist_cnn.training.lr_factor = lr_factor
+
+
+if __name__ == "__main__":
+    mnist_cnn.data.load_dataset = tiny_dataset
+    if os.environ.get("KILL_AT") and os.environ.get("TORCHELASTIC_RESTART_COUNT") == "0":
+        kill_at(*map(int, os.environ["KILL_AT"].split(":")))
+    sys.exit(main(sys.argv[1:]))
