@@ -15,6 +15,7 @@ from pathlib import Path
 
 from mnist_cnn import build_model, evaluate, load_checkpoint, load_dataset, recipe_for, setup, train
 from mnist_cnn.checkpoint import read_checkpoint
+from mnist_cnn.device import format_environment
 from mnist_cnn.ensemble import evaluate_ensemble, train_members
 from mnist_cnn.training import CHECKPOINT_NAME
 
@@ -38,6 +39,7 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=5)
     parser.add_argument("--skip", default="", help="comma-separated rows not to train: deep,deep-augment")
     args = parser.parse_args()
+    print(format_environment(), "\n", flush=True)
     runs = Path(args.runs)
     data = load_dataset("mnist")
     rows = []

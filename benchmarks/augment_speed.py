@@ -11,6 +11,7 @@ import time
 import torch
 
 from mnist_cnn.augment import augment_batch, preset
+from mnist_cnn.device import format_environment
 
 WARMUP = 3
 ITERS = 20
@@ -31,6 +32,7 @@ def images_per_second(batch_size: int, preset_name: str) -> float:
 
 
 def main() -> None:
+    print(format_environment(), "\n", flush=True)
     for threads in sorted({torch.get_num_threads(), 1}, reverse=True):
         torch.set_num_threads(threads)
         print(f"augment_batch on CPU, {threads} thread(s), median of {ITERS} batches")

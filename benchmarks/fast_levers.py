@@ -14,6 +14,7 @@ import dataclasses
 import statistics
 
 from mnist_cnn import build_model, evaluate, load_dataset, recipe_for, setup, train
+from mnist_cnn.device import format_environment
 
 # name -> (recipe changes, runtime changes); model_args replace the recipe's as a whole
 VARIANTS: dict[str, tuple[dict, dict]] = {
@@ -33,6 +34,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args()
+    print(format_environment(), "\n", flush=True)
 
     data = load_dataset("mnist")
     base = recipe_for("fast")

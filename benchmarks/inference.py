@@ -26,7 +26,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter
 
 from mnist_cnn.data import load_dataset
-from mnist_cnn.device import setup
+from mnist_cnn.device import format_environment, setup
 from mnist_cnn.errors import MnistCnnError
 from mnist_cnn.evaluation import predict_proba
 from mnist_cnn.export import export_onnx, onnx_proba, onnx_session
@@ -93,6 +93,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, help="CPU threads (default: setup's choice)")
     args = parser.parse_args()
+    print(format_environment(), "\n", flush=True)
     runtime = setup("cpu", threads=args.threads)
     images, png = test_images(), photo_png()
     print(f"CPU inference, {torch.get_num_threads()} thread(s); torch {torch.__version__}, "

@@ -32,6 +32,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from mnist_cnn.checkpoint import save_checkpoint
+from mnist_cnn.device import format_environment
 from mnist_cnn.models import build_model, recipe_for
 
 
@@ -134,6 +135,7 @@ def main() -> None:
     parser.add_argument("--slow", type=int, default=50, help="slow clients")
     parser.add_argument("--serve-args", default="", help="extra `serve` flags, quoted")
     args = parser.parse_args()
+    print(format_environment(), "\n", flush=True)
 
     body = huge_png(args.side)
     with tempfile.TemporaryDirectory() as tmp:

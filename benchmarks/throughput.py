@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnist_cnn import build_model, evaluate, load_dataset, recipe_for, setup, train
+from mnist_cnn.device import format_environment
 from mnist_cnn.models import as_input
 
 
@@ -90,6 +91,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=0.2, help="training measured per config")
     parser.add_argument("--worker", nargs=2, metavar=("MODEL", "VARIANT"))
     args = parser.parse_args()
+    print(format_environment(), "\n", flush=True)
     if args.worker:
         print(json.dumps(worker(*args.worker, args.epochs)))
         return
