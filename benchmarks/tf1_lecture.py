@@ -3,9 +3,9 @@
 Standalone on purpose: it needs only numpy and TensorFlow (never the mnist_cnn package), so it runs in
 its own environment, kept apart from the project's PyTorch one:
 
-    python3 -m venv /work/tfvenv && /work/tfvenv/bin/pip install tensorflow-cpu numpy
-    /work/tfvenv/bin/python benchmarks/tf1_lecture.py --model simple --epochs 1
-    /work/tfvenv/bin/python benchmarks/tf1_lecture.py --model deep --epochs 0.3 --threads 2
+    python3 -m venv .venv-tf && .venv-tf/bin/pip install tensorflow-cpu numpy
+    .venv-tf/bin/python benchmarks/tf1_lecture.py --model simple --epochs 1
+    .venv-tf/bin/python benchmarks/tf1_lecture.py --model deep --epochs 0.3 --threads 2
 
 The networks, initialisations, optimiser and loop follow the lecture: placeholders X [None, 784],
 Y [None, 10] and keep_prob; 3x3 SAME convolutions (weights N(0, 0.01)), ReLU, 2x2 SAME max-pooling;

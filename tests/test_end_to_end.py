@@ -17,13 +17,15 @@ def accuracy_of(out: Path) -> float:
 
 
 # Accuracy moves in its last digits with the seed and with the kernels oneDNN picks (CPU model,
-# thread count, precision): measured here, the simple CNN's runs span 98.63% to 98.95% (README,
-# "Results on any machine"). So each bar is held by the mean of runs that differ in seed and
-# alternate the faithful fp32 with bf16 autocast, and every run must clear a floor far below it.
+# thread count, precision): measured here, single runs of the simple CNN span 98.63% to 98.95%,
+# a spread as wide as its margin over the bar (README, "Results on any machine"). So each bar is
+# held by the mean of runs that differ in seed and precision (the faithful fp32 and bf16
+# autocast), and every run must clear a floor far below it. Deep runs in bf16 alone: an fp32 run
+# of it costs as much as two bf16 runs, and the simple CNN's runs exercise the fp32 path.
 LECTURE_RUNS = {
     # model: (bar for the mean, floor for every run, [(seed, precision), ...])
-    "simple": (0.987, 0.984, [(0, "fp32"), (1, "bf16"), (2, "fp32"), (3, "bf16")]),
-    "deep": (0.992, 0.990, [(0, "fp32"), (1, "bf16"), (2, "bf16")]),
+    "simple": (0.987, 0.984, [(seed, ("fp32", "bf16")[seed % 2]) for seed in range(6)]),
+    "deep": (0.992, 0.990, [(0, "bf16"), (1, "bf16"), (2, "bf16")]),
 }
 
 
@@ -34,8 +36,7 @@ def lecture_runs(tmp_path_factory, mnist_data_dir) -> dict[str, list[float]]:
     base = tmp_path_factory.mktemp("lecture")
     jobs = [(model, seed, precision) for model, (_, _, runs) in LECTURE_RUNS.items()
             for seed, precision in runs]
-    # the longest first, so that the cores finish together: deep fp32 takes twice deep bf16
-    jobs.sort(key=lambda job: (job[0] != "deep", job[2] != "fp32"))
+    jobs.sort(key=lambda job: job[0] != "deep")  # the longest first: the cores finish together
 
     def run(job: tuple[str, int, str]) -> float:
         model, seed, precision = job
