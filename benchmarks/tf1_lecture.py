@@ -55,7 +55,9 @@ tf.disable_v2_behavior()  # placeholders, sessions and graph-mode optimisers, as
 BATCH_SIZE = 100
 VALIDATION_SIZE = 5000  # the first 5,000 training images are held out, as the lecture's reader did
 LEARNING_RATE = 0.001
-DEFAULT_DATA_DIR = "/work/shared/data/mnist"
+# beside the checkout, as in CI (shared/data/mnist); $MNIST_DATA_DIR or --data-dir otherwise
+DEFAULT_DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared",
+                                "data", "mnist")
 FILES = {
     "train_images": "train-images-idx3-ubyte.gz",
     "train_labels": "train-labels-idx1-ubyte.gz",
