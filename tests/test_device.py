@@ -119,7 +119,9 @@ def test_threads_give_way_to_a_busy_process_and_come_back():
         assert tuner.poll() == 1
         machine.advance(0.6, others=0.1, own=1.0)  # it stopped
         assert tuner.poll() == 2 and torch.get_num_threads() == 2
-        assert tuner.reset_used() == [1, 2] and tuner.reset_used() == [2]
+        assert tuner.reset_used() == [1, 2] and tuner.reset_used() == []
+        tuner.poll()
+        assert tuner.reset_used() == [2]  # the counts that ran since the last reset
     finally:
         torch.set_num_threads(device.cpu_count())
 
@@ -128,10 +130,15 @@ def test_threads_are_checked_only_once_per_interval_and_never_drop_below_one():
     machine = FakeMachine()
     tuner = machine.tuner(cores=4)
     try:
-        machine.advance(0.2, others=3.0, own=1.0)
+        machine.advance(0.05, others=3.0, own=1.0)
         assert tuner.poll() == 4  # too soon to judge
-        machine.advance(0.4, others=3.0, own=1.0)
-        assert tuner.poll() == 1
+        machine.advance(0.1, others=3.0, own=1.0)
+        assert tuner.poll() == 1  # the first check comes after a tenth of a second
+        machine.advance(0.6, others=0.0, own=4.0)
+        machine.advance(0.2, others=0.0, own=4.0)
+        assert tuner.poll() == 4
+        machine.advance(0.3, others=3.0, own=1.0)
+        assert tuner.poll() == 4  # then once per interval (0.5 s) only
         machine.advance(0.6, others=9.0, own=0.5)  # more load than cores: still one thread
         assert tuner.poll() == 1
         machine.advance(0.6, others=1.0, own=3.0)

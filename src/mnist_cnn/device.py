@@ -62,11 +62,14 @@ class ThreadTuner:
                  clock: Callable[[], float] = time.perf_counter,
                  own_cpu: Callable[[], float] = time.process_time) -> None:
         self.cores, self.interval = cores, interval
+        # the first check comes sooner: a step at 2 threads beside a busy process can take
+        # longer than the whole wait, and the first steps of a run are its slowest
+        self.first_interval, self._checked = min(interval, 0.1), False
         self.read_busy = read_busy or (lambda: read_cpu_busy(allowed_cpus()))
         self.clock, self.own_cpu = clock, own_cpu
         self.threads = cores
         self.others = 0.0  # cores' worth of CPU that other processes used in the last interval
-        self.used: set[int] = {cores}  # every count chosen since the last `reset_used()`
+        self.used: set[int] = set()  # every count that ran a step since `reset_used()`
         self._last = self._sample()
         torch.set_num_threads(cores)
 
@@ -74,18 +77,23 @@ class ThreadTuner:
         return self.clock(), self.read_busy(), self.own_cpu()
 
     def poll(self) -> int:
-        """Check the load if `interval` has passed since the last check; the thread count."""
-        now = self.clock()
-        if now - self._last[0] < self.interval:
-            return self.threads
+        """The thread count for the next step, after checking the load if `interval` has passed
+        since the last check (the first check comes a tenth of a second after the tuner was made,
+        in practice before the first step)."""
+        wait = self.interval if self._checked else self.first_interval
+        if self.clock() - self._last[0] >= wait:
+            self._checked = True
+            self._check()
+        self.used.add(self.threads)
+        return self.threads
+
+    def _check(self) -> None:
         sample = self._sample()
         (t0, busy0, own0), (t1, busy1, own1) = self._last, sample
         self._last = sample
-        if busy0 is None or busy1 is None:
-            return self.threads  # no /proc/stat here: keep the count
-        self.others = max(0.0, (busy1 - busy0) - (own1 - own0)) / (t1 - t0)
-        self.set(self.choose(self.others))
-        return self.threads
+        if busy0 is not None and busy1 is not None:  # without /proc/stat the count stays
+            self.others = max(0.0, (busy1 - busy0) - (own1 - own0)) / (t1 - t0)
+            self.set(self.choose(self.others))
 
     def choose(self, others: float) -> int:
         taken_now = math.floor(others + 0.5)  # a core is taken once others use half of it
@@ -100,10 +108,9 @@ class ThreadTuner:
         if threads != self.threads:
             torch.set_num_threads(threads)
             self.threads = threads
-        self.used.add(threads)
 
     def reset_used(self) -> list[int]:
-        used, self.used = sorted(self.used), {self.threads}
+        used, self.used = sorted(self.used), set()
         return used
 
 

@@ -219,6 +219,7 @@ def _train(model: nn.Module, data: Dataset, recipe: Recipe, runtime: Runtime,
                    disable=not progress or not runtime.is_main or not sys.stderr.isatty(),
                    unit="batch")
         for i in bar:
+            runtime.poll_threads()  # before the step: the first one can decide the first steps
             step = epoch * steps_per_epoch + i
             for group in optimizer.param_groups:
                 group["lr"] = recipe.lr * lr_factor(recipe, step, total_steps)
@@ -233,7 +234,6 @@ def _train(model: nn.Module, data: Dataset, recipe: Recipe, runtime: Runtime,
             loss.backward()
             optimizer.step()
             loss_sum += loss.detach()
-            runtime.poll_threads()
         runtime.synchronize()  # so the epoch's time includes the GPU's queued work
         seconds = time.perf_counter() - started
         cost = float(distributed.sum_over_ranks(loss_sum, runtime)) / (steps * world)
