@@ -405,6 +405,25 @@ def load_checkpoint(path: str | os.PathLike, expect_model: str | None = None,
     return model.to(device).eval(), meta
 
 
+# A trained network shipped inside the package, so that predict and serve work right after
+# installation; benchmarks/build_pretrained.py rebuilds it from a fixed recipe and seed.
+PRETRAINED = "pretrained/mnist-best.safetensors"
+
+
+def pretrained_path() -> Path:
+    """Where the shipped checkpoint lies (package data)."""
+    path = Path(__file__).with_name(PRETRAINED.split("/")[0]) / PRETRAINED.split("/")[1]
+    if not path.is_file():
+        raise MnistCnnError(f"{path}: the model shipped with mnist-cnn is missing; reinstall "
+                            "mnist-cnn, or name a checkpoint")
+    return path
+
+
+def load_pretrained(device: torch.device | str = "cpu") -> tuple[nn.Module, CheckpointMeta]:
+    """The network shipped with mnist-cnn (the `best` recipe on MNIST), ready to predict."""
+    return load_checkpoint(pretrained_path(), device=device)
+
+
 def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
                          meta: CheckpointMeta, source: str) -> None:
     """Give `optimizer` the checkpoint's state, after checking it against the optimizer itself."""

@@ -14,7 +14,7 @@ import torch
 
 from . import data as datamod
 from . import distributed
-from .checkpoint import CheckpointMeta, load_checkpoint, read_checkpoint
+from .checkpoint import CheckpointMeta, load_checkpoint, pretrained_path, read_checkpoint
 from .device import Runtime, setup
 from .ensemble import EnsembleReport, evaluate_ensemble, train_members
 from .errors import MnistCnnError
@@ -336,7 +336,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     # one thread per upload by default: concurrent uploads are the parallelism, and a fixed count
     # keeps the thread choice out of the request threads
     runtime = setup(args.device, "fp32", args.threads or 1)
-    app = create_app(args.checkpoints, runtime, max_pixels=args.max_pixels,
+    app = create_app(args.checkpoints or [pretrained_path()], runtime, max_pixels=args.max_pixels,
                      max_concurrent=args.max_concurrent, queue_timeout=args.queue_timeout,
                      request_timeout=args.request_timeout)
     print(f"mnist-cnn: draw a digit at http://{args.host}:{args.port}/ (Ctrl-C stops)")
@@ -426,7 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="read digits from photos (one checkpoint, or several: an "
                        "ensemble)")
     p.add_argument("inputs", nargs="+", metavar="CHECKPOINT_OR_IMAGE",
-                   help="checkpoints (*.safetensors), then image files or folders of images")
+                   help="checkpoints (*.safetensors; none: the model shipped with mnist-cnn), "
+                   "then image files or folders of images")
     p.add_argument("--top-k", type=int, default=3, help="classes to show per image "
                    "(default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead")
@@ -446,8 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("serve", help="a web page to draw digits on, and its JSON API")
-    p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
-                   help="one checkpoint, or several: an ensemble")
+    p.add_argument("checkpoints", nargs="*", metavar="CHECKPOINT",
+                   help="one checkpoint, or several: an ensemble (default: the model shipped "
+                   "with mnist-cnn)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: %(default)s, this machine only)")
     p.add_argument("--port", type=PORT, default=8000, help="(default: %(default)s)")

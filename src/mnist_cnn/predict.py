@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .checkpoint import CheckpointMeta
+from .checkpoint import CheckpointMeta, pretrained_path
 from .device import Runtime
 from .ensemble import ensemble_proba, load_members
 from .errors import MnistCnnError
@@ -46,12 +46,12 @@ class Failure:
 
 
 def split_arguments(arguments: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Positional arguments -> (checkpoints, images or folders), told apart by the suffix."""
+    """Positional arguments -> (checkpoints, images or folders), told apart by the suffix; with
+    no checkpoint, the one shipped with mnist-cnn."""
     checkpoints = [a for a in arguments if a.lower().endswith(CHECKPOINT_SUFFIX)]
     images = [a for a in arguments if not a.lower().endswith(CHECKPOINT_SUFFIX)]
-    if not checkpoints:
-        raise MnistCnnError(f"no checkpoint given: name at least one {CHECKPOINT_SUFFIX} file "
-                            "before the images")
+    if not checkpoints:  # the network shipped with mnist-cnn answers
+        checkpoints = [str(pretrained_path())]
     if not images:
         raise MnistCnnError("no images given: name image files or folders after the checkpoints")
     return checkpoints, images

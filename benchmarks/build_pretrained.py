@@ -1,0 +1,44 @@
+"""Rebuild the model shipped inside the package (src/mnist_cnn/pretrained/mnist-best.safetensors).
+
+A fixed recipe and seed, so that anyone can rebuild it: the `best` network's own recipe, seed 0,
+trained on MNIST's 55,000 training images (checkpoints in runs/pretrained-best; an interrupted
+build continues where it stopped). The shipped file keeps the weights, the recipe, the data
+checksums and the training history, and adds the test accuracy measured here in fp32, which
+tests/test_pretrained.py checks again; the optimizer and RNG state (only needed to resume) stay
+behind.
+
+Usage: MNIST_DATA_DIR=../shared/data/mnist python benchmarks/build_pretrained.py
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mnist_cnn import build_model, evaluate, load_dataset, recipe_for, setup, train
+from mnist_cnn.checkpoint import PRETRAINED, load_checkpoint, save_checkpoint
+from mnist_cnn.device import format_environment
+from mnist_cnn.training import CHECKPOINT_NAME
+
+RUN = Path("runs/pretrained-best")
+SHIPPED = Path(__file__).resolve().parents[1] / "src" / "mnist_cnn" / PRETRAINED
+
+
+def main() -> None:
+    print(format_environment(), "\n", flush=True)
+    data = load_dataset("mnist")
+    recipe = recipe_for("best").replace(seed=0)
+    runtime = setup("auto", recipe.precision, tune_allocator=True)
+    train(build_model(recipe), data, recipe, runtime, RUN, resume=(RUN / CHECKPOINT_NAME).is_file(),
+          progress=False)
+    model, meta = load_checkpoint(RUN / CHECKPOINT_NAME)
+    test = evaluate(model, data.test)  # fp32, as predict and serve run it
+    print(f"test accuracy {test.accuracy:.4f} on {test.count} images")
+    shipped = meta.to_dict()
+    shipped.pop("optimizer", None)
+    shipped["metrics"] = {**shipped["metrics"], "test_accuracy": test.accuracy}
+    save_checkpoint(SHIPPED, model, shipped)
+    print(f"wrote {SHIPPED} ({SHIPPED.stat().st_size / 2**20:.1f} MiB)")
+
+
+if __name__ == "__main__":
+    main()

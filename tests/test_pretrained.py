@@ -1,0 +1,51 @@
+"""The model shipped inside the package: it loads, still scores what its metadata says, and
+answers `predict` and `serve` without a checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from fastapi.testclient import TestClient
+from PIL import Image
+from trained import run_main
+
+from mnist_cnn import evaluate, load_pretrained
+from mnist_cnn.checkpoint import pretrained_path
+
+
+def test_shipped_weights_score_what_their_metadata_says(mnist):
+    model, meta = load_pretrained()
+    assert meta.recipe.model == "best" and meta.recipe.seed == 0 and meta.dataset == "mnist"
+    assert meta.checksums == mnist.checksums  # trained on these very files
+    assert pretrained_path().stat().st_size < 4 * 2**20
+    measured = evaluate(model, mnist.test).accuracy
+    # fp32 kernels of another CPU may flip an image or two whose two best classes nearly tie
+    assert abs(measured - meta.metrics["test_accuracy"]) <= 3 / 10_000
+    assert measured >= 0.995
+
+
+def digit_photo(mnist, index: int, path) -> int:
+    """An MNIST test digit as a photo would show it: dark ink on light paper, 5 times larger."""
+    image = 255 - mnist.test.images[index, 0].numpy()
+    Image.fromarray(np.kron(image, np.ones((5, 5), np.uint8))).save(path)
+    return int(mnist.test.labels[index])
+
+
+def test_predict_needs_no_checkpoint(mnist, tmp_path):
+    labels = [digit_photo(mnist, i, tmp_path / f"{i}.png") for i in range(3)]
+    code, out, err = run_main(["predict", *(str(tmp_path / f"{i}.png") for i in range(3)),
+                               "--json", "--threads", "1"])
+    assert code == 0, err
+    answers = json.loads(out)
+    assert [int(a["digit"]) for a in answers] == labels
+
+
+def test_serve_answers_with_the_shipped_model(mnist, tmp_path):
+    from mnist_cnn.server import create_app
+
+    label = digit_photo(mnist, 7, tmp_path / "seven.png")
+    client = TestClient(create_app([pretrained_path()]))
+    assert client.get("/api/model").json()["models"] == ["best"]
+    answer = client.post("/api/predict", content=(tmp_path / "seven.png").read_bytes()).json()
+    assert int(answer["digit"]) == label
