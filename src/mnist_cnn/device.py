@@ -50,7 +50,7 @@ class ThreadTuner:
 
     PyTorch splits every operator evenly over its threads and waits for the last one, so a thread
     that shares its core with another busy process stalls all of them: with one busy process on 2
-    cores, 2 threads trained 2 to 3 times slower than 1 on an AMD EPYC (README, "Speed under load")
+    cores, 2 threads trained about twice as slowly as 1 on an AMD EPYC (README, "Speed under load")
     and up to 20 times slower on an Intel Xeon. Every `interval` seconds this reads how
     much CPU time the machine spent that this process did not (/proc/stat against our own CPU
     time), and counts a core as taken once others use half of it, and as free again when they use
