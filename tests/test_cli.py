@@ -273,3 +273,12 @@ def test_a_gzip_bomb_in_the_data_folder_is_a_quick_one_line_error(mnist_data_dir
     assert time.perf_counter() - started < 5
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "more than 60,008 bytes" in err
+
+
+def test_an_unknown_augmentation_preset_is_a_usage_error_before_any_data_loads(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--model", "fast", "--augment", "strong"])
+    assert exit_.value.code == 2
+    assert "invalid choice: 'strong'" in capsys.readouterr().err
+    args = build_parser().parse_args(["train", "--model", "fast", "--augment"])
+    assert args.augment == "standard"

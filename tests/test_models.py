@@ -231,3 +231,11 @@ def test_fast_ignores_the_blank_border_it_crops():
     ringed[:, :, :, :2] = ringed[:, :, :, -2:] = 1.0
     with torch.no_grad():
         assert torch.equal(model(x), model(ringed))
+
+
+def test_a_name_cannot_be_registered_twice():
+    from mnist_cnn.models import MODELS, register
+
+    with pytest.raises(ValueError, match="'simple' is registered already"):
+        register("simple", MODELS["simple"].recipe, "another")(lambda: None)
+    assert MODELS["simple"].description.startswith("the lecture's simple CNN")

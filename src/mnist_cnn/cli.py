@@ -14,6 +14,7 @@ import torch
 
 from . import data as datamod
 from . import distributed
+from .augment import PRESETS as AUGMENT_PRESETS
 from .checkpoint import CheckpointMeta, load_checkpoint, pretrained_path, read_checkpoint
 from .device import Runtime, setup
 from .ensemble import EnsembleReport, evaluate_ensemble, train_members
@@ -356,8 +357,8 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--schedule", choices=["constant", "onecycle", "cosine"])
     p.add_argument("--label-smoothing", type=real_number(0))
     p.add_argument("--dropout", type=float, help="drop probability (1 - keep_prob)")
-    p.add_argument("--augment", nargs="?", const="standard",
-                   help="augment training batches (preset: none, light, standard, elastic)")
+    p.add_argument("--augment", nargs="?", const="standard", choices=list(AUGMENT_PRESETS),
+                   help="augment training batches with a preset (alone: standard)")
     p.add_argument("--precision", choices=["fp32", "bf16"])
     p.add_argument("--seed", type=SEED)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

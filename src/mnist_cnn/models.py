@@ -30,6 +30,8 @@ MODELS: dict[str, ModelEntry] = {}
 
 def register(name: str, recipe: Recipe, description: str):
     def decorator(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in MODELS:  # a second network under one name would replace the first unseen
+            raise ValueError(f"a model named {name!r} is registered already")
         MODELS[name] = ModelEntry(name, build, recipe, description)
         return build
     return decorator
