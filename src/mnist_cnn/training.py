@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from . import distributed
 from .checkpoint import (
+    RNG_KEY,
     CheckpointMeta,
     load_optimizer_state,
     load_weights,
@@ -319,7 +320,7 @@ def resume_from(out: Path | None, model: nn.Module, optimizer: torch.optim.Optim
     check_resumable(meta.recipe, recipe, data, meta, str(path))
     load_weights(model, tensors, str(path))
     load_optimizer_state(optimizer, tensors, meta, str(path))
-    if "rng.torch" in tensors:
-        torch.set_rng_state(tensors["rng.torch"])
+    if RNG_KEY in tensors:
+        torch.set_rng_state(tensors[RNG_KEY])
     log(f"resuming {path} after epoch {meta.epoch} (step {meta.step})")
     return meta.step, [dict(r) for r in meta.history]
