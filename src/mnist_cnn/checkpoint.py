@@ -238,7 +238,7 @@ def parse_checkpoint(raw: bytes, path: str | os.PathLike
 def recipe_of(meta: dict[str, Any], source: str) -> Recipe:
     """The validated recipe of a checkpoint's raw metadata."""
     try:
-        return Recipe.from_dict(meta["recipe"]).validate()
+        return Recipe.from_dict(meta["recipe"])
     except (KeyError, TypeError, ValueError, MnistCnnError) as e:
         raise MnistCnnError(f"{source}: the checkpoint's recipe is malformed ({one_line(e)})"
                             ) from None

@@ -21,7 +21,7 @@ from .ensemble import EnsembleReport, evaluate_ensemble, train_members
 from .errors import MnistCnnError
 from .evaluation import ascii_digit, evaluate, format_metrics, predict_proba
 from .models import MODELS, build_model, recipe_for, summary
-from .recipes import Recipe
+from .recipes import OPTIMIZERS, PRECISIONS, SCHEDULES, Recipe
 from .server import limits as server_limits
 from .training import start_optimizer_import, train
 
@@ -72,6 +72,10 @@ PORT = whole_number(1, 65535)
 OPSET = whole_number(9, 20)  # what torch's TorchScript ONNX exporter supports
 
 
+# --------------------------------------------------------------------------------------------
+# arguments that several commands share, each declared once
+
+
 def add_data_args(p: argparse.ArgumentParser, dataset_default: str | None = "mnist") -> None:
     p.add_argument("--dataset", default=dataset_default, choices=sorted(datamod.DATASETS),
                    help="dataset name (default: %(default)s)")
@@ -79,14 +83,63 @@ def add_data_args(p: argparse.ArgumentParser, dataset_default: str | None = "mni
                    "otherwise $MNIST_DATA_DIR, the cache, or a download")
 
 
-def add_runtime_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+def add_threads_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=THREADS, help="a fixed number of CPU threads (default: the "
                    "cores available, fewer while other processes keep some busy)")
 
 
+def add_runtime_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    add_threads_arg(p)
+
+
+def add_eval_batch_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-size", type=POSITIVE, default=1000,
+                   help="images per batch; memory is bounded by it (default: %(default)s)")
+
+
+def add_recipe_args(p: argparse.ArgumentParser) -> None:
+    """A training command's flags: each overrides one field of the network's default recipe."""
+    p.add_argument("--model", required=True, choices=sorted(MODELS))
+    p.add_argument("--epochs", type=real_number(0, include_low=False))
+    p.add_argument("--batch-size", type=POSITIVE)
+    p.add_argument("--lr", type=real_number(0, include_low=False), help="(peak) learning rate")
+    p.add_argument("--optimizer", choices=OPTIMIZERS)
+    p.add_argument("--weight-decay", type=real_number(0))
+    p.add_argument("--schedule", choices=SCHEDULES)
+    p.add_argument("--label-smoothing", type=real_number(0))
+    p.add_argument("--dropout", type=float, help="drop probability (1 - keep_prob)")
+    p.add_argument("--augment", nargs="?", const="standard", choices=list(AUGMENT_PRESETS),
+                   help="augment training batches with a preset (alone: standard)")
+    p.add_argument("--precision", choices=PRECISIONS)
+    p.add_argument("--seed", type=SEED)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_data_args(p)
+    add_runtime_args(p)
+
+
+def recipe_from_args(args: argparse.Namespace) -> Recipe:
+    overrides = {field: getattr(args, field) for field in
+                 ("epochs", "batch_size", "lr", "seed", "dropout", "schedule", "precision",
+                  "augment", "optimizer", "weight_decay", "label_smoothing")
+                 if getattr(args, field, None) is not None}
+    return recipe_for(args.model, args.dataset).replace(**overrides)
+
+
+def data_for(args: argparse.Namespace, meta: CheckpointMeta) -> datamod.Dataset:
+    """The dataset named by --dataset, else the one the checkpoint was trained on."""
+    return datamod.load_dataset(args.dataset or meta.dataset or "mnist", args.data_dir)
+
+
 # --------------------------------------------------------------------------------------------
-# data
+# Each command: its arguments, then what it does. build_parser() at the end lists them.
+
+
+def data_command(sub) -> None:
+    p = sub.add_parser("data", help="fetch or describe a dataset")
+    p.add_argument("action", choices=["fetch", "info"])
+    add_data_args(p)
+    p.set_defaults(func=cmd_data)
 
 
 def cmd_data(args: argparse.Namespace) -> None:
@@ -102,8 +155,11 @@ def cmd_data(args: argparse.Namespace) -> None:
         print(f"sha256    {stem:<24} {digest}  (verified)")
 
 
-# --------------------------------------------------------------------------------------------
-# env, summary, models
+def env_command(sub) -> None:
+    p = sub.add_parser("env", help="what decides the figures here: CPU, instruction sets, cores, "
+                       "torch and oneDNN versions, GPUs")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead")
+    p.set_defaults(func=cmd_env)
 
 
 def cmd_env(args: argparse.Namespace) -> None:
@@ -113,10 +169,21 @@ def cmd_env(args: argparse.Namespace) -> None:
     print(json.dumps(env, indent=2) if args.json else format_environment(env))
 
 
+def models_command(sub) -> None:
+    p = sub.add_parser("models", help="list the registered networks")
+    p.set_defaults(func=cmd_models)
+
+
 def cmd_models(args: argparse.Namespace) -> None:
     for entry in MODELS.values():
         params = sum(p.numel() for p in build_model(entry.name).parameters())
         print(f"{entry.name:<8} {params:>10,} parameters  {entry.description}")
+
+
+def summary_command(sub) -> None:
+    p = sub.add_parser("summary", help="print each layer's output shape and parameter count")
+    p.add_argument("--model", required=True, choices=sorted(MODELS))
+    p.set_defaults(func=cmd_summary)
 
 
 def cmd_summary(args: argparse.Namespace) -> None:
@@ -128,41 +195,16 @@ def cmd_summary(args: argparse.Namespace) -> None:
 # train
 
 
-def recipe_from_args(args: argparse.Namespace) -> Recipe:
-    overrides = {field: getattr(args, field) for field in
-                 ("epochs", "batch_size", "lr", "seed", "dropout", "schedule", "precision",
-                  "augment", "optimizer", "weight_decay", "label_smoothing")
-                 if getattr(args, field, None) is not None}
-    return recipe_for(args.model, args.dataset).replace(**overrides).validate()
-
-
-def data_for(args: argparse.Namespace, meta: CheckpointMeta) -> datamod.Dataset:
-    """The dataset named by --dataset, else the one the checkpoint was trained on."""
-    return datamod.load_dataset(args.dataset or meta.dataset or "mnist", args.data_dir)
-
-
-def show_predictions(model: torch.nn.Module, split: datamod.Split, classes: tuple[str, ...],
-                     count: int, seed: int, runtime) -> None:
-    """Random test digits drawn as text, with label and prediction (as the lecture does)."""
-    if count <= 0:
-        return
-    picks = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:count]
-    probs = predict_proba(model, split.images[picks], runtime=runtime)
-    for i, p in zip(picks.tolist(), probs):
-        label, guess = int(split.labels[i]), int(p.argmax())
-        mark = "right" if label == guess else "WRONG"
-        print(f"\ntest image #{i}: label {classes[label]}, prediction {classes[guess]} "
-              f"({float(p.max()):.1%}) {mark}")
-        print(ascii_digit(split.images[i]))
-
-
-def start_training(args: argparse.Namespace) -> tuple[Recipe, Runtime, datamod.Dataset]:
-    """The recipe, runtime and data of a training command."""
-    recipe = recipe_from_args(args)
-    runtime = setup(args.device, recipe.precision, args.threads, tune_allocator=True,
-                    distributed=True)
-    start_optimizer_import()  # overlaps the data loading
-    return recipe, runtime, datamod.load_dataset(args.dataset, args.data_dir)
+def train_command(sub) -> None:
+    p = sub.add_parser("train", help="train a network (defaults: its recipe)")
+    add_recipe_args(p)
+    p.add_argument("--out", help="run directory (default: runs/MODEL)")
+    claim = p.add_mutually_exclusive_group()
+    claim.add_argument("--resume", action="store_true", help="continue the run in --out")
+    claim.add_argument("--overwrite", action="store_true",
+                       help="replace the run already in --out (refused otherwise)")
+    p.add_argument("--show", type=COUNT, default=0, help="show N test digits with predictions")
+    p.set_defaults(func=cmd_train)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -174,6 +216,15 @@ def cmd_train(args: argparse.Namespace) -> None:
         distributed.barrier(runtime)
     finally:
         distributed.stop()
+
+
+def start_training(args: argparse.Namespace) -> tuple[Recipe, Runtime, datamod.Dataset]:
+    """The recipe, runtime and data of a training command."""
+    recipe = recipe_from_args(args)
+    runtime = setup(args.device, recipe.precision, args.threads, tune_allocator=True,
+                    distributed=True)
+    start_optimizer_import()  # overlaps the data loading
+    return recipe, runtime, datamod.load_dataset(args.dataset, args.data_dir)
 
 
 def train_and_test(args: argparse.Namespace, recipe: Recipe, runtime: Runtime,
@@ -206,8 +257,42 @@ def save_test_metrics(checkpoint: Path, metrics: dict) -> None:
     (checkpoint.parent / "test_metrics.json").write_text(json.dumps(metrics) + "\n")
 
 
+def show_predictions(model: torch.nn.Module, split: datamod.Split, classes: tuple[str, ...],
+                     count: int, seed: int, runtime) -> None:
+    """Random test digits drawn as text, with label and prediction (as the lecture does)."""
+    if count <= 0:
+        return
+    picks = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:count]
+    probs = predict_proba(model, split.images[picks], runtime=runtime)
+    for i, p in zip(picks.tolist(), probs):
+        label, guess = int(split.labels[i]), int(p.argmax())
+        mark = "right" if label == guess else "WRONG"
+        print(f"\ntest image #{i}: label {classes[label]}, prediction {classes[guess]} "
+              f"({float(p.max()):.1%}) {mark}")
+        print(ascii_digit(split.images[i]))
+
+
 # --------------------------------------------------------------------------------------------
 # ensemble
+
+
+def ensemble_command(sub) -> None:
+    p = sub.add_parser("ensemble", help="train or evaluate an ensemble of networks")
+    ens = p.add_subparsers(dest="action", required=True)
+    q = ens.add_parser("train", help="train N members with seeds S, S+1, ... (resumable)")
+    add_recipe_args(q)
+    q.add_argument("--members", type=POSITIVE, required=True)
+    q.add_argument("--out", help="ensemble directory (default: runs/MODEL-ensemble)")
+    q.add_argument("--overwrite", action="store_true",
+                   help="retrain every member (by default finished members are kept and an "
+                   "interrupted one resumes)")
+    q.set_defaults(func=cmd_ensemble_train)
+    q = ens.add_parser("evaluate", help="each member's and the averaged ensemble's accuracy")
+    q.add_argument("checkpoints", nargs="+")
+    add_eval_batch_arg(q)
+    add_data_args(q, dataset_default=None)
+    add_runtime_args(q)
+    q.set_defaults(func=cmd_ensemble_evaluate)
 
 
 def cmd_ensemble_train(args: argparse.Namespace) -> None:
@@ -247,6 +332,17 @@ def format_ensemble(report: EnsembleReport) -> str:
 # evaluate
 
 
+def evaluate_command(sub) -> None:
+    p = sub.add_parser("evaluate", help="test accuracy, per-class accuracy, confusion matrix")
+    p.add_argument("checkpoint")
+    add_eval_batch_arg(p)
+    p.add_argument("--show", type=COUNT, default=1, help="random test digits to show")
+    p.add_argument("--seed", type=SEED, default=0, help="which random digits to show")
+    add_data_args(p, dataset_default=None)
+    add_runtime_args(p)
+    p.set_defaults(func=cmd_evaluate)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     runtime = setup(args.device, "fp32", args.threads)
     model, meta = load_checkpoint(args.checkpoint, device=runtime.device)
@@ -263,7 +359,22 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# predict, export
+# predict, export, plot, serve
+
+
+def predict_command(sub) -> None:
+    p = sub.add_parser("predict", help="read digits from photos (one checkpoint, or several: an "
+                       "ensemble)")
+    p.add_argument("inputs", nargs="+", metavar="CHECKPOINT_OR_IMAGE",
+                   help="checkpoints (*.safetensors; none: the model shipped with mnist-cnn), "
+                   "then image files or folders of images")
+    p.add_argument("--top-k", type=int, default=3, help="classes to show per image "
+                   "(default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead")
+    p.add_argument("--save-preprocessed", metavar="DIR",
+                   help="also write each image as the network sees it (28x28 PNG) into DIR")
+    add_runtime_args(p)
+    p.set_defaults(func=cmd_predict)
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -285,9 +396,21 @@ def cmd_predict(args: argparse.Namespace) -> None:
         raise MnistCnnError(f"{len(failures)} of {len(results)} images could not be read")
 
 
+def export_command(sub) -> None:
+    p = sub.add_parser("export", help="write a checkpoint as ONNX (softmax outputs) + JSON sidecar")
+    p.add_argument("checkpoint", help="a .safetensors checkpoint written by train")
+    p.add_argument("--onnx", required=True, metavar="PATH", help="where to write the ONNX model")
+    p.add_argument("--opset", type=OPSET, default=17, help="ONNX opset (default: %(default)s)")
+    p.add_argument("--no-check", action="store_true",
+                   help="skip comparing ONNX Runtime with PyTorch on the test set")
+    add_threads_arg(p)
+    add_data_args(p, dataset_default=None)
+    p.set_defaults(func=cmd_export)
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     from . import export  # imported here: onnx and onnxruntime load slowly
-    from .files import ensure_writable_folder, write_atomically
+    from .files import ensure_writable_folder
 
     runtime = setup("cpu", "fp32", args.threads)
     model, meta = load_checkpoint(args.checkpoint, device=runtime.device)
@@ -297,21 +420,22 @@ def cmd_export(args: argparse.Namespace) -> None:
         raise MnistCnnError(f"{args.onnx}: is a folder; --onnx names the file to write")
     ensure_writable_folder(Path(args.onnx).parent, Path(args.checkpoint).stat().st_size,
                            what="folder of --onnx")
-    onnx_model = export.onnx_bytes(model, args.opset)
-    accuracy = None
-    if not args.no_check:  # check before writing, so a bad export never replaces a good file
-        data = data_for(args, meta)
-        parity = export.check_parity(model, onnx_model, data.test.images, data.test.labels)
-        print(export.format_parity(parity))
-        if not parity["ok"]:
-            raise MnistCnnError(f"the ONNX model disagrees with PyTorch (needed: the same class "
-                                f"everywhere, max |Δp| < {export.PARITY_TOLERANCE:g}); "
-                                f"{args.onnx} not written")
-        accuracy = parity["accuracy"]
-    write_atomically(args.onnx, onnx_model)
-    sidecar = export.write_sidecar(args.onnx, export.describe(meta, args.checkpoint, args.opset,
-                                                              accuracy))
-    print(f"wrote {args.onnx} ({len(onnx_model) / 1024:,.0f} KiB, opset {args.opset}) and {sidecar}")
+    test = None if args.no_check else data_for(args, meta).test
+    sidecar = export.export_checkpoint(model, meta, args.checkpoint, args.onnx, args.opset, test)
+    size = Path(args.onnx).stat().st_size
+    print(f"wrote {args.onnx} ({size / 1024:,.0f} KiB, opset {args.opset}) and {sidecar}")
+
+
+def plot_command(sub) -> None:
+    p = sub.add_parser("plot", help="draw training curves, confusion matrix, mistakes, filters, "
+                       "feature maps (and a photo's preprocessing) as PNG files")
+    p.add_argument("checkpoint", help="a .safetensors checkpoint written by train")
+    p.add_argument("--out", help="folder for the PNG files (default: plots/ beside the checkpoint)")
+    p.add_argument("--image", metavar="PHOTO", help="also show how this photo is read")
+    add_eval_batch_arg(p)
+    add_data_args(p, dataset_default=None)
+    add_runtime_args(p)
+    p.set_defaults(func=cmd_plot)
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
@@ -328,125 +452,7 @@ def cmd_plot(args: argparse.Namespace) -> None:
         print(f"wrote {path}")
 
 
-def cmd_serve(args: argparse.Namespace) -> None:
-    import uvicorn  # imported here: only this command serves
-
-    from .server import create_app
-    from .server.serving import server_config
-
-    # one thread per upload by default: concurrent uploads are the parallelism, and a fixed count
-    # keeps the thread choice out of the request threads
-    runtime = setup(args.device, "fp32", args.threads or 1)
-    app = create_app(args.checkpoints or [pretrained_path()], runtime, max_pixels=args.max_pixels,
-                     max_concurrent=args.max_concurrent, queue_timeout=args.queue_timeout,
-                     request_timeout=args.request_timeout)
-    print(f"mnist-cnn: draw a digit at http://{args.host}:{args.port}/ (Ctrl-C stops)")
-    uvicorn.Server(server_config(app, args.host, args.port, args.request_timeout)).run()
-
-
-# --------------------------------------------------------------------------------------------
-
-
-def add_recipe_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, choices=sorted(MODELS))
-    p.add_argument("--epochs", type=real_number(0, include_low=False))
-    p.add_argument("--batch-size", type=POSITIVE)
-    p.add_argument("--lr", type=real_number(0, include_low=False), help="(peak) learning rate")
-    p.add_argument("--optimizer", choices=["adam", "adamw", "sgd"])
-    p.add_argument("--weight-decay", type=real_number(0))
-    p.add_argument("--schedule", choices=["constant", "onecycle", "cosine"])
-    p.add_argument("--label-smoothing", type=real_number(0))
-    p.add_argument("--dropout", type=float, help="drop probability (1 - keep_prob)")
-    p.add_argument("--augment", nargs="?", const="standard", choices=list(AUGMENT_PRESETS),
-                   help="augment training batches with a preset (alone: standard)")
-    p.add_argument("--precision", choices=["fp32", "bf16"])
-    p.add_argument("--seed", type=SEED)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_data_args(p)
-    add_runtime_args(p)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mnist-cnn", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("data", help="fetch or describe a dataset")
-    p.add_argument("action", choices=["fetch", "info"])
-    add_data_args(p)
-    p.set_defaults(func=cmd_data)
-
-    p = sub.add_parser("env", help="what decides the figures here: CPU, instruction sets, cores, "
-                       "torch and oneDNN versions, GPUs")
-    p.add_argument("--json", action="store_true", help="print one JSON document instead")
-    p.set_defaults(func=cmd_env)
-
-    p = sub.add_parser("models", help="list the registered networks")
-    p.set_defaults(func=cmd_models)
-
-    p = sub.add_parser("summary", help="print each layer's output shape and parameter count")
-    p.add_argument("--model", required=True, choices=sorted(MODELS))
-    p.set_defaults(func=cmd_summary)
-
-    p = sub.add_parser("train", help="train a network (defaults: its recipe)")
-    add_recipe_args(p)
-    p.add_argument("--out", help="run directory (default: runs/MODEL)")
-    claim = p.add_mutually_exclusive_group()
-    claim.add_argument("--resume", action="store_true", help="continue the run in --out")
-    claim.add_argument("--overwrite", action="store_true",
-                       help="replace the run already in --out (refused otherwise)")
-    p.add_argument("--show", type=COUNT, default=0, help="show N test digits with predictions")
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("ensemble", help="train or evaluate an ensemble of networks")
-    ens = p.add_subparsers(dest="action", required=True)
-    q = ens.add_parser("train", help="train N members with seeds S, S+1, ... (resumable)")
-    add_recipe_args(q)
-    q.add_argument("--members", type=POSITIVE, required=True)
-    q.add_argument("--out", help="ensemble directory (default: runs/MODEL-ensemble)")
-    q.add_argument("--overwrite", action="store_true",
-                   help="retrain every member (by default finished members are kept and an "
-                   "interrupted one resumes)")
-    q.set_defaults(func=cmd_ensemble_train)
-    q = ens.add_parser("evaluate", help="each member's and the averaged ensemble's accuracy")
-    q.add_argument("checkpoints", nargs="+")
-    q.add_argument("--batch-size", type=POSITIVE, default=1000)
-    add_data_args(q, dataset_default=None)
-    add_runtime_args(q)
-    q.set_defaults(func=cmd_ensemble_evaluate)
-
-    p = sub.add_parser("evaluate", help="test accuracy, per-class accuracy, confusion matrix")
-    p.add_argument("checkpoint")
-    p.add_argument("--batch-size", type=POSITIVE, default=1000,
-                   help="images per batch; memory is bounded by it (default: %(default)s)")
-    p.add_argument("--show", type=COUNT, default=1, help="random test digits to show")
-    p.add_argument("--seed", type=SEED, default=0, help="which random digits to show")
-    add_data_args(p, dataset_default=None)
-    add_runtime_args(p)
-    p.set_defaults(func=cmd_evaluate)
-
-    p = sub.add_parser("predict", help="read digits from photos (one checkpoint, or several: an "
-                       "ensemble)")
-    p.add_argument("inputs", nargs="+", metavar="CHECKPOINT_OR_IMAGE",
-                   help="checkpoints (*.safetensors; none: the model shipped with mnist-cnn), "
-                   "then image files or folders of images")
-    p.add_argument("--top-k", type=int, default=3, help="classes to show per image "
-                   "(default: %(default)s)")
-    p.add_argument("--json", action="store_true", help="print one JSON document instead")
-    p.add_argument("--save-preprocessed", metavar="DIR",
-                   help="also write each image as the network sees it (28x28 PNG) into DIR")
-    add_runtime_args(p)
-    p.set_defaults(func=cmd_predict)
-
-    p = sub.add_parser("plot", help="draw training curves, confusion matrix, mistakes, filters, "
-                       "feature maps (and a photo's preprocessing) as PNG files")
-    p.add_argument("checkpoint", help="a .safetensors checkpoint written by train")
-    p.add_argument("--out", help="folder for the PNG files (default: plots/ beside the checkpoint)")
-    p.add_argument("--image", metavar="PHOTO", help="also show how this photo is read")
-    p.add_argument("--batch-size", type=POSITIVE, default=1000)
-    add_data_args(p, dataset_default=None)
-    add_runtime_args(p)
-    p.set_defaults(func=cmd_plot)
-
+def serve_command(sub) -> None:
     p = sub.add_parser("serve", help="a web page to draw digits on, and its JSON API")
     p.add_argument("checkpoints", nargs="*", metavar="CHECKPOINT",
                    help="one checkpoint, or several: an ensemble (default: the model shipped "
@@ -467,16 +473,35 @@ def build_parser() -> argparse.ArgumentParser:
     add_runtime_args(p)
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("export", help="write a checkpoint as ONNX (softmax outputs) + JSON sidecar")
-    p.add_argument("checkpoint", help="a .safetensors checkpoint written by train")
-    p.add_argument("--onnx", required=True, metavar="PATH", help="where to write the ONNX model")
-    p.add_argument("--opset", type=OPSET, default=17, help="ONNX opset (default: %(default)s)")
-    p.add_argument("--no-check", action="store_true",
-                   help="skip comparing ONNX Runtime with PyTorch on the test set")
-    p.add_argument("--threads", type=THREADS,
-                   help="a fixed number of CPU threads (default: follows the load)")
-    add_data_args(p, dataset_default=None)
-    p.set_defaults(func=cmd_export)
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn  # imported here: only this command serves
+
+    from .server import create_app
+    from .server.serving import server_config
+
+    # one thread per upload by default: concurrent uploads are the parallelism, and a fixed count
+    # keeps the thread choice out of the request threads
+    runtime = setup(args.device, "fp32", args.threads or 1)
+    app = create_app(args.checkpoints or [pretrained_path()], runtime, max_pixels=args.max_pixels,
+                     max_concurrent=args.max_concurrent, queue_timeout=args.queue_timeout,
+                     request_timeout=args.request_timeout)
+    print(f"mnist-cnn: draw a digit at http://{args.host}:{args.port}/ (Ctrl-C stops)")
+    uvicorn.Server(server_config(app, args.host, args.port, args.request_timeout)).run()
+
+
+# --------------------------------------------------------------------------------------------
+
+COMMANDS = (data_command, env_command, models_command, summary_command, train_command,
+            ensemble_command, evaluate_command, predict_command, plot_command, serve_command,
+            export_command)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mnist-cnn", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add_command in COMMANDS:
+        add_command(sub)
     return parser
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .errors import MnistCnnError
+from .recipes import PRECISIONS, Precision
 
 
 def read_cpu_busy(cpus: set[int] | None = None) -> float | None:
@@ -118,7 +119,7 @@ class ThreadTuner:
 @dataclass(frozen=True)
 class Runtime:
     device: torch.device
-    precision: str = "fp32"  # fp32 | bf16
+    precision: Precision = "fp32"
     # oneDNN's convolutions (CPU) and cuDNN's tensor-core paths both prefer NHWC; False (NCHW)
     # is kept for measuring that choice (benchmarks/fast_levers.py).
     channels_last: bool = True
@@ -219,8 +220,8 @@ def setup(device: str = "auto", precision: str = "fp32", threads: int | None = N
     """
     from . import distributed as dist  # torch.distributed loads only where it is needed
 
-    if precision not in ("fp32", "bf16"):
-        raise MnistCnnError(f"unknown precision {precision!r}: use fp32 or bf16")
+    if precision not in PRECISIONS:
+        raise MnistCnnError(f"unknown precision {precision!r}: use {' or '.join(PRECISIONS)}")
     launch = dist.launch_from_env() if distributed else dist.Launch()
     dev = choose_device(device)
     if launch.world_size > 1:

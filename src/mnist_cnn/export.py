@@ -14,6 +14,7 @@ import io
 import json
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from torch import nn
 
 from . import __version__, imaging
 from .checkpoint import CheckpointMeta
+from .data import Split
 from .errors import MnistCnnError
 from .evaluation import predict_proba
 from .files import write_atomically
@@ -76,6 +78,28 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, opset: int = OPSET) -
     path = Path(path)
     write_atomically(path, onnx_bytes(model, opset))
     return path
+
+
+def export_checkpoint(model: nn.Module, meta: CheckpointMeta, checkpoint: str | os.PathLike,
+                      path: str | os.PathLike, opset: int = OPSET, check: Split | None = None,
+                      log: Callable[[str], None] = print) -> Path:
+    """A trained checkpoint's network as `path` (ONNX, + softmax) and its JSON sidecar.
+
+    With `check` (the test split), ONNX Runtime and PyTorch are first compared on all of it; if
+    they disagree nothing is written, so a bad export never replaces a good file, and the
+    sidecar records the exported model's own test accuracy. Returns the sidecar's path.
+    """
+    onnx_model = onnx_bytes(model, opset)
+    accuracy = None
+    if check is not None:
+        parity = check_parity(model, onnx_model, check.images, check.labels)
+        log(format_parity(parity))
+        if not parity["ok"]:
+            raise MnistCnnError(f"the ONNX model disagrees with PyTorch (needed: the same class "
+                                f"everywhere, max |Δp| < {PARITY_TOLERANCE:g}); {path} not written")
+        accuracy = parity["accuracy"]
+    write_atomically(path, onnx_model)
+    return write_sidecar(path, describe(meta, checkpoint, opset, accuracy))
 
 
 def sidecar_path(onnx_path: str | os.PathLike) -> Path:

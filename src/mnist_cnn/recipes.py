@@ -5,9 +5,19 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
+from .augment import PRESETS
 from .errors import MnistCnnError
+
+# Each option's names, defined once: the recipe's types, its validation and the CLI's choices
+# all come from these (augmentation presets are augment.PRESETS, which defines them).
+Optimizer = Literal["adam", "adamw", "sgd"]
+Schedule = Literal["constant", "onecycle", "cosine"]
+Precision = Literal["fp32", "bf16"]
+OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 
 @dataclass(frozen=True)
@@ -15,21 +25,24 @@ class Recipe:
     model: str
     epochs: float = 15  # fractions train on the first part of the last epoch
     batch_size: int = 100
-    optimizer: str = "adam"  # adam | adamw | sgd
+    optimizer: Optimizer = "adam"
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     weight_decay: float = 0.0
     momentum: float = 0.9  # sgd only
-    schedule: str = "constant"  # constant | onecycle | cosine
+    schedule: Schedule = "constant"
     warmup: float = 0.25  # onecycle: fraction of steps spent rising
     label_smoothing: float = 0.0
     dropout: float = 0.0  # probability of dropping (the lecture's keep_prob 0.7 is dropout 0.3)
-    augment: str = "none"  # an augmentation preset: none | light | standard | elastic
-    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    augment: str = "none"  # an augmentation preset (augment.PRESETS)
+    precision: Precision = "fp32"  # bf16: autocast
     seed: int = 0
     eval_batch_size: int = 1000
     model_args: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()  # a recipe that exists is a valid one, however it was made
 
     def replace(self, **changes: Any) -> Recipe:
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
@@ -57,10 +70,10 @@ class Recipe:
             (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
             (0 < self.warmup < 1, "warmup must be in (0, 1)"),
             (0 <= self.label_smoothing < 1, "label smoothing must be in [0, 1)"),
-            (self.optimizer in ("adam", "adamw", "sgd"), f"unknown optimizer {self.optimizer!r}"),
-            (self.schedule in ("constant", "onecycle", "cosine"),
-             f"unknown schedule {self.schedule!r}"),
-            (self.precision in ("fp32", "bf16"), f"unknown precision {self.precision!r}"),
+            (self.optimizer in OPTIMIZERS, f"unknown optimizer {self.optimizer!r}"),
+            (self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}"),
+            (self.precision in PRECISIONS, f"unknown precision {self.precision!r}"),
+            (self.augment in PRESETS, f"unknown augmentation preset {self.augment!r}"),
             (self.eval_batch_size > 0, "evaluation batch size must be positive"),
             (self.eps > 0, "eps must be positive"),
             (self.weight_decay >= 0, "weight decay must not be negative"),

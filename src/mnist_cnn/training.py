@@ -177,7 +177,6 @@ def train(model: nn.Module, data: Dataset, recipe: Recipe, runtime: Runtime,
 def _train(model: nn.Module, data: Dataset, recipe: Recipe, runtime: Runtime,
            out_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
            log: Callable[[str], None] = print) -> TrainResult:
-    recipe.validate()
     world, rank = runtime.world_size, runtime.rank
     if recipe.batch_size % world:
         raise MnistCnnError(f"the global batch of {recipe.batch_size} does not split evenly over "
