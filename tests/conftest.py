@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnist_cnn.data import DATASETS, FILES, Dataset, load_dataset, make_dataset
+from mnist_cnn.data import Dataset, load_dataset, make_dataset
+from mnist_cnn.sources import DATASETS, FILES
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MNIST_DIR = Path(__file__).resolve().parents[2] / "shared/data/mnist"

@@ -16,7 +16,8 @@ from conftest import synthetic_arrays
 import mnist_cnn.data
 import mnist_cnn.training
 from mnist_cnn.cli import main
-from mnist_cnn.data import DATASETS, Dataset, make_dataset
+from mnist_cnn.data import Dataset, make_dataset
+from mnist_cnn.sources import DATASETS
 
 
 def tiny_dataset(*_args, **_kwargs) -> Dataset:

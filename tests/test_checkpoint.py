@@ -423,7 +423,8 @@ RESUME_IN_A_SUBPROCESS = """
 import sys
 sys.path.insert(0, sys.argv[2])
 from conftest import synthetic_arrays
-from mnist_cnn.data import DATASETS, make_dataset
+from mnist_cnn.data import make_dataset
+from mnist_cnn.sources import DATASETS
 from mnist_cnn.device import setup
 from mnist_cnn.errors import MnistCnnError
 from mnist_cnn.models import build_model, recipe_for

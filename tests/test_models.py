@@ -239,3 +239,14 @@ def test_a_name_cannot_be_registered_twice():
     with pytest.raises(ValueError, match="'simple' is registered already"):
         register("simple", MODELS["simple"].recipe, "another")(lambda: None)
     assert MODELS["simple"].description.startswith("the lecture's simple CNN")
+
+
+def test_building_a_network_leaves_the_callers_random_state_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    first = build_model(recipe_for("deep").replace(seed=5))
+    assert torch.equal(torch.rand(3), expected)  # the caller's stream goes on where it was
+    second = build_model(recipe_for("deep").replace(seed=5))
+    for a, b in zip(first.state_dict().values(), second.state_dict().values()):
+        assert torch.equal(a, b)  # and the network still comes from its recipe's seed alone

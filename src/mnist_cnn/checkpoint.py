@@ -26,11 +26,11 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch import nn
 
-from .data import DATASETS, dataset_info
 from .errors import MnistCnnError
 from .files import write_atomically
 from .models import build_model, model_entry
 from .recipes import Recipe
+from .sources import DATASETS, dataset_info
 
 FORMAT = "mnist-cnn-checkpoint"
 VERSION = 1

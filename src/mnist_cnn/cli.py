@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from . import data as datamod
-from . import distributed
+from . import distributed, sources
 from .augment import PRESETS as AUGMENT_PRESETS
 from .checkpoint import CheckpointMeta, load_checkpoint, pretrained_path, read_checkpoint
 from .device import Runtime, setup
@@ -77,7 +77,7 @@ OPSET = whole_number(9, 20)  # what torch's TorchScript ONNX exporter supports
 
 
 def add_data_args(p: argparse.ArgumentParser, dataset_default: str | None = "mnist") -> None:
-    p.add_argument("--dataset", default=dataset_default, choices=sorted(datamod.DATASETS),
+    p.add_argument("--dataset", default=dataset_default, choices=sorted(sources.DATASETS),
                    help="dataset name (default: %(default)s)")
     p.add_argument("--data-dir", help="folder holding the four IDX files (raw or .gz); "
                    "otherwise $MNIST_DATA_DIR, the cache, or a download")
@@ -144,7 +144,7 @@ def data_command(sub) -> None:
 
 def cmd_data(args: argparse.Namespace) -> None:
     if args.action == "fetch":
-        directory = datamod.locate(args.dataset, args.data_dir, download=True)
+        directory = sources.locate(args.dataset, args.data_dir, download=True)
         print(f"{args.dataset}: available in {directory}")
     ds = datamod.load_dataset(args.dataset, args.data_dir, download=args.action == "fetch")
     print(f"dataset   {ds.name}\nsource    {ds.source}")

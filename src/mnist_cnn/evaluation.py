@@ -72,14 +72,15 @@ def metrics_from_proba(probs: torch.Tensor, labels: torch.Tensor) -> Metrics:
 
 
 def evaluate(model: nn.Module, split: Split, batch_size: int = 1000,
-             runtime: Runtime = CPU, num_classes: int = 10) -> Metrics:
+             runtime: Runtime = CPU) -> Metrics:
     """Accuracy, mean cross-entropy, per-class accuracy and confusion matrix of a split."""
-    predicted, loss_sum, start = [], 0.0, 0
+    predicted, loss_sum, start, num_classes = [], 0.0, 0, 0
     for logits in iterate_logits(model, split.images, batch_size, runtime):
         labels = split.labels[start:start + len(logits)].to(logits.device)
         loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
         predicted.append(logits.argmax(1).cpu())
         start += len(logits)
+        num_classes = logits.shape[1]  # the network's outputs say how many classes there are
     return metrics_from_predictions(torch.cat(predicted), split.labels, loss_sum, num_classes)
 
 
