@@ -328,3 +328,11 @@ def test_stale_temporary_files_are_removed(tiny_dataset, runtime, tmp_path):
     run(SIMPLE.replace(epochs=0.2), tiny_dataset, runtime, tmp_path)
     assert not any(p.exists() for p in stale)
     assert kept.read_text() == "mine"
+
+
+def test_training_leaves_the_callers_random_state_alone(tiny_dataset, runtime):
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    run(DEEP.replace(epochs=0.5), tiny_dataset, runtime)  # dropout draws from the global RNG
+    assert torch.equal(torch.rand(3), expected)

@@ -15,7 +15,7 @@ import math
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,61 +174,105 @@ def train(model: nn.Module, data: Dataset, recipe: Recipe, runtime: Runtime,
         return _train(model, data, recipe, runtime, out, bool(resume), progress, log)
 
 
+@dataclass(frozen=True)
+class StepPlan:
+    """Which steps a run takes: `recipe.epochs` may end inside an epoch (a fraction), and a
+    resumed run may start inside one that an earlier, shorter run left partial."""
+    steps_per_epoch: int
+    total_steps: int
+
+    @classmethod
+    def of(cls, recipe: Recipe, train_size: int) -> StepPlan:
+        steps_per_epoch = train_size // recipe.batch_size
+        if steps_per_epoch == 0:
+            raise MnistCnnError(f"batch size {recipe.batch_size} exceeds the {train_size} "
+                                "training images")
+        return cls(steps_per_epoch, max(1, round(recipe.epochs * steps_per_epoch)))
+
+    @property
+    def num_epochs(self) -> int:
+        return math.ceil(self.total_steps / self.steps_per_epoch)
+
+    def remaining(self, done: int) -> Iterator[tuple[int, int, int]]:
+        """(epoch, first, last): each epoch still to run, and its steps first..last-1."""
+        for epoch in range(done // self.steps_per_epoch, self.num_epochs):
+            first = max(0, done - epoch * self.steps_per_epoch)
+            last = min(self.steps_per_epoch, self.total_steps - epoch * self.steps_per_epoch)
+            if first < last:
+                yield epoch, first, last
+
+
 def _train(model: nn.Module, data: Dataset, recipe: Recipe, runtime: Runtime,
            out_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
            log: Callable[[str], None] = print) -> TrainResult:
-    world, rank = runtime.world_size, runtime.rank
+    world = runtime.world_size
     if recipe.batch_size % world:
         raise MnistCnnError(f"the global batch of {recipe.batch_size} does not split evenly over "
                             f"{world} processes; choose a batch size that is a multiple of {world}")
     out = Path(out_dir) if out_dir is not None else None
     model.to(runtime.device, memory_format=runtime.memory_format)
     optimizer = make_optimizer(recipe, model)
-    images = data.train.images.to(runtime.device)
-    labels = data.train.labels.to(runtime.device)
-    steps_per_epoch = len(labels) // recipe.batch_size
-    if steps_per_epoch == 0:
-        raise MnistCnnError(f"batch size {recipe.batch_size} exceeds the {len(labels)} "
-                            "training images")
-    total_steps = max(1, round(recipe.epochs * steps_per_epoch))
-    num_epochs = math.ceil(total_steps / steps_per_epoch)
+    plan = StepPlan.of(recipe, len(data.train))
+    # dropout draws from torch's global RNG: seeded here, and the caller's state restored after
+    devices = [runtime.device] if runtime.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(recipe.seed)
+        done, history = 0, []  # steps done so far, one record per epoch
+        if resume:
+            done, history = resume_from(out, model, optimizer, recipe, data, log, runtime)
+        if world > 1:
+            log(f"{world} processes: global batch {recipe.batch_size}, "
+                f"{recipe.batch_size // world} per process")
+        result = TrainResult(model, history, out / CHECKPOINT_NAME if resume else None)
+        run = EpochRunner(model, optimizer, recipe, runtime, data, plan, progress)
+        for epoch, first, last in plan.remaining(done):
+            cost, seconds = run(epoch, first, last)
+            result.train_seconds += seconds
+            if not runtime.is_main:
+                continue  # rank 0 alone validates, logs and writes; the others wait at its next step
+            record = end_of_epoch(model, optimizer, data, recipe, runtime, epoch,
+                                  epoch * plan.steps_per_epoch + last, last - first, cost, seconds,
+                                  history)
+            log(format_epoch(record))
+            if out is not None:
+                result.checkpoint = write_epoch(out, model, optimizer, recipe, data, history)
+    return result
 
-    torch.manual_seed(recipe.seed)  # dropout's randomness
-    done, history = 0, []  # steps done so far, one record per epoch
-    if resume:
-        done, history = resume_from(out, model, optimizer, recipe, data, log, runtime)
-    augment = make_augmenter(recipe, runtime)
-    net = wrap_for_ranks(model, runtime)
-    if world > 1:
-        log(f"{world} processes: global batch {recipe.batch_size}, "
-            f"{recipe.batch_size // world} per process")
 
-    result = TrainResult(model, history, out / CHECKPOINT_NAME if resume else None)
-    for epoch in range(done // steps_per_epoch, num_epochs):
-        # a resumed run may start inside an epoch that an earlier, shorter run left partial
-        first = max(0, done - epoch * steps_per_epoch)
-        last = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
-        if first >= last:
-            continue
-        steps = last - first
-        perm = epoch_permutation(recipe.seed, epoch, len(labels), runtime.device)
-        model.train()
+class EpochRunner:
+    """Runs the steps of one epoch; what every epoch shares (the data on the device, the
+    augmenter, the model as the ranks call it) is set up once."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, recipe: Recipe,
+                 runtime: Runtime, data: Dataset, plan: StepPlan, progress: bool) -> None:
+        self.model, self.optimizer, self.recipe, self.runtime = model, optimizer, recipe, runtime
+        self.plan, self.progress = plan, progress
+        self.images = data.train.images.to(runtime.device)
+        self.labels = data.train.labels.to(runtime.device)
+        self.augment = make_augmenter(recipe, runtime)
+        self.net = wrap_for_ranks(model, runtime)
+
+    def __call__(self, epoch: int, first: int, last: int) -> tuple[float, float]:
+        """Steps first..last-1 of `epoch`: (mean training loss over all ranks, seconds)."""
+        recipe, runtime, optimizer = self.recipe, self.runtime, self.optimizer
+        perm = epoch_permutation(recipe.seed, epoch, len(self.labels), runtime.device)
+        self.model.train()
         loss_sum = torch.zeros((), device=runtime.device)
         started = time.perf_counter()
-        bar = tqdm(range(first, last), desc=f"epoch {epoch + 1}/{num_epochs}", leave=False,
-                   disable=not progress or not runtime.is_main or not sys.stderr.isatty(),
-                   unit="batch")
+        bar = tqdm(range(first, last), desc=f"epoch {epoch + 1}/{self.plan.num_epochs}",
+                   leave=False, unit="batch",
+                   disable=not self.progress or not runtime.is_main or not sys.stderr.isatty())
         for i in bar:
             runtime.poll_threads()  # before the step: the first one can decide the first steps
-            step = epoch * steps_per_epoch + i
+            step = epoch * self.plan.steps_per_epoch + i
             for group in optimizer.param_groups:
-                group["lr"] = recipe.lr * lr_factor(recipe, step, total_steps)
-            idx = shard(perm, i, recipe.batch_size, rank, world)
-            x = runtime.to_batch(as_input(images[idx]))
-            if augment is not None:
-                x = augment(x, step)
+                group["lr"] = recipe.lr * lr_factor(recipe, step, self.plan.total_steps)
+            idx = shard(perm, i, recipe.batch_size, runtime.rank, runtime.world_size)
+            x = runtime.to_batch(as_input(self.images[idx]))
+            if self.augment is not None:
+                x = self.augment(x, step)
             with runtime.autocast():
-                loss = F.cross_entropy(net(x), labels[idx],
+                loss = F.cross_entropy(self.net(x), self.labels[idx],
                                        label_smoothing=recipe.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -236,28 +280,34 @@ def _train(model: nn.Module, data: Dataset, recipe: Recipe, runtime: Runtime,
             loss_sum += loss.detach()
         runtime.synchronize()  # so the epoch's time includes the GPU's queued work
         seconds = time.perf_counter() - started
-        cost = float(distributed.sum_over_ranks(loss_sum, runtime)) / (steps * world)
-        done = epoch * steps_per_epoch + last
-        result.train_seconds += seconds
-        if not runtime.is_main:
-            continue  # rank 0 alone validates, logs and writes; the others wait at their next step
-        val = evaluate(model, data.val, recipe.eval_batch_size, runtime)
-        if history and history[-1]["epoch"] == epoch + 1:
-            history.pop()  # the partial epoch's record gives way to the completed one
-        record = {"epoch": epoch + 1, "step": done, "cost": cost, "val_accuracy": val.accuracy,
-                  "val_loss": val.loss, "lr": optimizer.param_groups[0]["lr"],
-                  "train_seconds": seconds, "images_per_second": steps * recipe.batch_size / seconds}
-        if world > 1:
-            record["world_size"] = world
-        if runtime.tuner is not None:  # the thread counts the load led to, this epoch
-            record["threads"] = runtime.tuner.reset_used()
-        history.append(record)
-        log(f"Epoch: {epoch + 1:04d} cost = {cost:.9f}  validation accuracy = {val.accuracy:.4f}"
-            f"  ({seconds:.1f} s, {record['images_per_second']:,.0f} images/s"
-            + (f", threads {'/'.join(map(str, record['threads']))})" if "threads" in record else ")"))
-        if out is not None:
-            result.checkpoint = write_epoch(out, model, optimizer, recipe, data, history)
-    return result
+        cost = float(distributed.sum_over_ranks(loss_sum, runtime))
+        return cost / ((last - first) * runtime.world_size), seconds
+
+
+def end_of_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Dataset,
+                 recipe: Recipe, runtime: Runtime, epoch: int, done: int, steps: int, cost: float,
+                 seconds: float, history: list[dict[str, Any]]) -> dict[str, Any]:
+    """Validate, and append the epoch's record to `history` (replacing a partial epoch's)."""
+    val = evaluate(model, data.val, recipe.eval_batch_size, runtime)
+    if history and history[-1]["epoch"] == epoch + 1:
+        history.pop()  # the partial epoch's record gives way to the completed one
+    record = {"epoch": epoch + 1, "step": done, "cost": cost, "val_accuracy": val.accuracy,
+              "val_loss": val.loss, "lr": optimizer.param_groups[0]["lr"],
+              "train_seconds": seconds, "images_per_second": steps * recipe.batch_size / seconds}
+    if runtime.world_size > 1:
+        record["world_size"] = runtime.world_size
+    if runtime.tuner is not None:  # the thread counts the load led to, this epoch
+        record["threads"] = runtime.tuner.reset_used()
+    history.append(record)
+    return record
+
+
+def format_epoch(record: dict[str, Any]) -> str:
+    """The lecture's line, plus validation accuracy, time, speed and threads."""
+    threads = f", threads {'/'.join(map(str, record['threads']))}" if "threads" in record else ""
+    return (f"Epoch: {record['epoch']:04d} cost = {record['cost']:.9f}  validation accuracy = "
+            f"{record['val_accuracy']:.4f}  ({record['train_seconds']:.1f} s, "
+            f"{record['images_per_second']:,.0f} images/s{threads})")
 
 
 def wrap_for_ranks(model: nn.Module, runtime: Runtime) -> nn.Module:
