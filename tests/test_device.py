@@ -1,6 +1,8 @@
 """Device handling lives in one small place; CPU and GPU runs go through the same code."""
 
 import inspect
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -198,3 +200,23 @@ def test_environment_names_what_decides_the_figures():
     text = device.format_environment(env)
     for key in ("cpu:", "cpu features:", "oneDNN:", "CUDA devices:"):
         assert key in text
+
+
+def test_importing_the_library_changes_nothing_process_wide():
+    """Threads, the RNG, running threads and the environment are the caller's: only setup()
+    (which the command line calls) tunes the process."""
+    code = """
+import os, threading, torch
+before = (torch.get_num_threads(), torch.random.get_rng_state(), threading.active_count(),
+          dict(os.environ))
+import mnist_cnn, mnist_cnn.cli, mnist_cnn.predict, mnist_cnn.server, mnist_cnn.ensemble
+from mnist_cnn import build_model
+build_model("best")
+after = (torch.get_num_threads(), torch.random.get_rng_state(), threading.active_count(),
+         dict(os.environ))
+assert before[0] == after[0] and torch.equal(before[1], after[1]), "threads or RNG changed"
+assert before[2:] == after[2:], "a thread was started or the environment changed"
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
