@@ -93,9 +93,12 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
     add_threads_arg(p)
 
 
-def add_eval_batch_arg(p: argparse.ArgumentParser) -> None:
+def add_evaluation_args(p: argparse.ArgumentParser) -> None:
+    """The flags of a command that runs trained networks over a test set."""
     p.add_argument("--batch-size", type=POSITIVE, default=1000,
                    help="images per batch; memory is bounded by it (default: %(default)s)")
+    add_data_args(p, dataset_default=None)  # default: the dataset the checkpoint was trained on
+    add_runtime_args(p)
 
 
 def add_recipe_args(p: argparse.ArgumentParser) -> None:
@@ -289,9 +292,7 @@ def ensemble_command(sub) -> None:
     q.set_defaults(func=cmd_ensemble_train)
     q = ens.add_parser("evaluate", help="each member's and the averaged ensemble's accuracy")
     q.add_argument("checkpoints", nargs="+")
-    add_eval_batch_arg(q)
-    add_data_args(q, dataset_default=None)
-    add_runtime_args(q)
+    add_evaluation_args(q)
     q.set_defaults(func=cmd_ensemble_evaluate)
 
 
@@ -335,11 +336,9 @@ def format_ensemble(report: EnsembleReport) -> str:
 def evaluate_command(sub) -> None:
     p = sub.add_parser("evaluate", help="test accuracy, per-class accuracy, confusion matrix")
     p.add_argument("checkpoint")
-    add_eval_batch_arg(p)
     p.add_argument("--show", type=COUNT, default=1, help="random test digits to show")
     p.add_argument("--seed", type=SEED, default=0, help="which random digits to show")
-    add_data_args(p, dataset_default=None)
-    add_runtime_args(p)
+    add_evaluation_args(p)
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -432,9 +431,7 @@ def plot_command(sub) -> None:
     p.add_argument("checkpoint", help="a .safetensors checkpoint written by train")
     p.add_argument("--out", help="folder for the PNG files (default: plots/ beside the checkpoint)")
     p.add_argument("--image", metavar="PHOTO", help="also show how this photo is read")
-    add_eval_batch_arg(p)
-    add_data_args(p, dataset_default=None)
-    add_runtime_args(p)
+    add_evaluation_args(p)
     p.set_defaults(func=cmd_plot)
 
 
