@@ -9,6 +9,8 @@ in the checkpoint's metadata (`CheckpointMeta.digit_threshold`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
@@ -27,6 +29,15 @@ def is_digit(probabilities: torch.Tensor, threshold: float | None) -> torch.Tens
     if threshold is None:
         return torch.ones_like(scores, dtype=torch.bool)
     return scores >= threshold
+
+
+def ensemble_threshold(thresholds: Sequence[float | None]) -> float | None:
+    """The threshold for the averaged softmax of networks with these thresholds: the lowest (the
+    average of members that disagree is less sure than any one of them, so that one still refuses
+    such images), or None unless every member was calibrated."""
+    if not thresholds or any(t is None for t in thresholds):
+        return None
+    return min(thresholds)
 
 
 def calibrate_threshold(digit_scores: np.ndarray | torch.Tensor, accept: float = 0.99) -> float:
