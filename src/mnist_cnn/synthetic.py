@@ -75,8 +75,8 @@ def photograph(ink: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     # paper lit from one side: a linear gradient of brightness across the photo
     angle = rng.uniform(0, 2 * np.pi)
     ramp = np.cos(angle) * cols / canvas.width + np.sin(angle) * rows / canvas.height
-    paper = rng.uniform(170, 245) + rng.uniform(0, 50) * (ramp - ramp.mean())
-    ink_level = rng.uniform(10, 80)
+    paper = rng.uniform(180, 245) + rng.uniform(0, 30) * (ramp - ramp.mean())
+    ink_level = rng.uniform(10, 60)
     photo = paper * (1 - strength) + ink_level * strength
     photo = ndimage.gaussian_filter(photo, rng.uniform(0.3, 1.5))
     photo += rng.normal(0, rng.uniform(1, 8), photo.shape)
@@ -87,15 +87,14 @@ def photograph(ink: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def handwritten(ink: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A glyph made to look less typeset: sheared, squeezed, its strokes thinned or thickened."""
+    """A glyph made to look less typeset: sheared, squeezed, its strokes thickened."""
     image = Image.fromarray(np.pad(ink, 8))
     shear, squeeze = rng.uniform(-0.3, 0.3), rng.uniform(0.75, 1.25)
     image = image.transform(image.size, Image.AFFINE, (squeeze, shear, -shear * image.height / 2,
                                                        0, 1, 0), Image.BILINEAR)
-    size = int(rng.choice([1, 3, 5]))  # stroke width: thinner, as is, thicker
+    size = int(rng.choice([1, 3, 5]))  # stroke width: as is, or thicker (thinner breaks serifs)
     if size > 1:
-        image = image.filter(ImageFilter.MaxFilter(size) if rng.random() < 0.6
-                             else ImageFilter.MinFilter(size))
+        image = image.filter(ImageFilter.MaxFilter(size))
     return np.asarray(image)
 
 
@@ -169,3 +168,28 @@ def scribble(rng: np.random.Generator, size: int = 64) -> np.ndarray:
         draw.line([tuple(p) for p in path], fill=255, width=int(rng.integers(2, 6)),
                   joint="curve")
     return np.asarray(canvas)
+
+
+def outlier_pool(count: int, seed: int) -> np.ndarray:
+    """Non-digits for outlier exposure, as predict sees them: (count, 28, 28) uint8 photos of
+    letters (the last third of the fonts: the others are kept for calibration and the report),
+    shapes and scribbles, preprocessed."""
+    from .imaging import ImageError, preprocess  # imaging is not needed to draw
+
+    rng = np.random.default_rng(seed)
+    fonts = font_paths()[2::3]
+    pool = []
+    while len(pool) < count:
+        kind = rng.integers(3)
+        if kind == 0:
+            ink = letter(str(rng.choice(list(NOT_DIGIT_LETTERS))), fonts[rng.integers(len(fonts))],
+                         rng)
+        elif kind == 1:
+            ink = shape(str(rng.choice(SHAPES)), rng)
+        else:
+            ink = scribble(rng)
+        try:
+            pool.append(preprocess(photograph(ink, rng)).final)
+        except ImageError:
+            continue
+    return np.stack(pool)

@@ -199,6 +199,7 @@ def _train(model: nn.Module, data: Dataset, recipe: Recipe, runtime: Runtime,
     if resume:
         done, history = resume_from(out, model, optimizer, recipe, data, log, runtime)
     augment = make_augmenter(recipe, runtime)
+    outliers = make_outliers(recipe, runtime)
     net = wrap_for_ranks(model, runtime)
     if world > 1:
         log(f"{world} processes: global batch {recipe.batch_size}, "
@@ -228,9 +229,15 @@ def _train(model: nn.Module, data: Dataset, recipe: Recipe, runtime: Runtime,
             x = runtime.to_batch(as_input(images[idx]))
             if augment is not None:
                 x = augment(x, step)
+            if outliers is not None:  # one forward pass for digits and non-digits together
+                x = torch.cat([x, outliers(step)])
             with runtime.autocast():
-                loss = F.cross_entropy(net(x), labels[idx],
+                logits = net(x)
+                loss = F.cross_entropy(logits[:len(idx)], labels[idx],
                                        label_smoothing=recipe.label_smoothing)
+                if outliers is not None:  # cross-entropy to the uniform distribution
+                    loss = loss - recipe.outlier_exposure * F.log_softmax(
+                        logits[len(idx):].float(), dim=1).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -292,6 +299,29 @@ def make_augmenter(recipe: Recipe, runtime: Runtime):
         return augment_batch(x, config, generator)
 
     return augment
+
+
+def make_outliers(recipe: Recipe, runtime: Runtime):
+    """With outlier exposure, a function giving each step half a batch of non-digits, drawn
+    (seeded per step, like augmentation) from a pool generated once."""
+    if recipe.outlier_exposure == 0:
+        return None
+    from .synthetic import outlier_pool  # only runs with outlier exposure need it
+
+    pool = torch.from_numpy(outlier_pool(OUTLIER_POOL, recipe.seed + 10_000))[:, None]
+    pool = pool.to(runtime.device)
+    generator = torch.Generator().manual_seed(0)
+
+    def outliers(step: int) -> torch.Tensor:
+        generator.manual_seed(recipe.seed * 1_000_003 + step + runtime.rank * 2**53)
+        idx = torch.randint(len(pool), (max(1, recipe.batch_size // 2 // runtime.world_size),),
+                            generator=generator).to(runtime.device)
+        return runtime.to_batch(as_input(pool[idx]))
+
+    return outliers
+
+
+OUTLIER_POOL = 6000  # non-digits generated for outlier exposure (about 20 s)
 
 
 def write_epoch(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, recipe: Recipe,
