@@ -104,3 +104,28 @@ def test_outlier_pool_is_deterministic_and_looks_like_predicts_input():
     assert a.shape == (12, 28, 28) and a.dtype == np.uint8
     assert np.array_equal(a, b) and not np.array_equal(a, outlier_pool(12, seed=4))
     assert (a.reshape(12, -1).max(1) == 255).all()  # preprocessed: the ink is stretched to 255
+
+
+def test_outlier_exposure_makes_the_network_unsure_of_non_digits(tiny_dataset, monkeypatch):
+    from mnist_cnn import training
+    from mnist_cnn.device import setup
+    from mnist_cnn.models import build_model, recipe_for
+
+    monkeypatch.setattr(training, "OUTLIER_POOL", 200)  # a small pool: seconds, not minutes
+    runtime = setup("cpu", threads=1)
+    pool = torch.from_numpy(outlier_pool(200, seed=10_000))[:, None]  # the pool seed 0 trains on
+    sure = []
+    for weight in (0.0, 1.0):
+        recipe = recipe_for("simple").replace(epochs=3, batch_size=50, lr=2e-3,
+                                              outlier_exposure=weight)
+        model = training.train(build_model(recipe), tiny_dataset, recipe, runtime,
+                               progress=False, log=lambda _: None).model.eval()
+        sure.append(float(confidence(predict_proba(model, pool)).mean()))
+    assert sure[1] < sure[0] - 0.2, sure
+
+
+def test_a_negative_outlier_exposure_is_refused():
+    from mnist_cnn.models import recipe_for
+
+    with pytest.raises(MnistCnnError, match="outlier exposure"):
+        recipe_for("simple").replace(outlier_exposure=-1.0).validate()
