@@ -79,6 +79,31 @@ def test_metadata_is_preserved(tmp_path):
     assert loaded.to_dict() == {"format": "mnist-cnn-checkpoint", "version": 1, **meta}
 
 
+def test_digit_threshold_round_trip(tmp_path):
+    path = tmp_path / "c.safetensors"
+    meta = {"recipe": recipe_for("simple").to_dict(), "digit_threshold": 0.8125}
+    save_checkpoint(path, build_model("simple"), meta)
+    _, loaded = load_checkpoint(path)
+    assert loaded.digit_threshold == 0.8125
+    assert loaded.to_dict()["digit_threshold"] == 0.8125
+    # a checkpoint that was never calibrated has none, and does not write the key
+    save_checkpoint(path, build_model("simple"), {"recipe": recipe_for("simple").to_dict()})
+    _, loaded = load_checkpoint(path)
+    assert loaded.digit_threshold is None and "digit_threshold" not in loaded.to_dict()
+
+
+@pytest.mark.parametrize("threshold", [float("nan"), float("inf"), -0.1, 1.5, "0.9", True, [0.9]])
+def test_a_bad_digit_threshold_is_refused(tmp_path, threshold):
+    path = tmp_path / "c.safetensors"
+    meta = {"format": "mnist-cnn-checkpoint", "version": 1,
+            "recipe": recipe_for("simple").to_dict(), "digit_threshold": threshold}
+    tensors = {f"model.{k}": v for k, v in build_model("simple").state_dict().items()}
+    # json.dumps writes NaN and Infinity, which Python's reader takes back: they must be refused
+    path.write_bytes(save_tensors(tensors, metadata={META_KEY: json.dumps(meta)}))
+    with pytest.raises(MnistCnnError, match="'digit_threshold' must be a probability"):
+        load_checkpoint(path)
+
+
 def test_optimizer_and_rng_state_are_stored(tmp_path):
     model = build_model("simple")
     optimizer = torch.optim.Adam(model.parameters())

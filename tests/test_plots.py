@@ -19,6 +19,7 @@ from mnist_cnn.plots import (
     misclassified,
     mistakes,
     preprocessing_steps,
+    roc_curve,
     save,
     training_curves,
 )
@@ -47,6 +48,17 @@ def test_training_curves_plot_the_history():
     assert accuracy_ax.get_lines()[0].get_ydata().tolist() == [95.0, 98.0]
     with pytest.raises(MnistCnnError, match="no training history"):
         training_curves([])
+
+
+def test_roc_curve_of_digits_against_non_digits():
+    digits, others = np.array([0.9, 0.8, 0.7, 0.6]), np.array([0.65, 0.3, 0.2, 0.1])
+    figure = roc_curve(digits, others, threshold=0.7)
+    curve, point = figure.axes[0].get_lines()[:2]
+    # one non-digit (0.65) scores above one digit (0.6): an area of 15/16
+    assert curve.get_label() == "ROC (area 0.9375)"
+    assert list(point.get_xdata()) == [0.0] and list(point.get_ydata()) == [0.75]
+    perfect = roc_curve(digits, others - 0.6).axes[0].get_lines()[0].get_label()
+    assert perfect == "ROC (area 1.0000)"
 
 
 def test_confusion_matrix_hides_the_diagonal_and_counts_errors():

@@ -16,7 +16,7 @@ import torch
 from PIL import Image, ImageFilter
 from trained import run_main, trained
 
-from mnist_cnn.checkpoint import load_checkpoint
+from mnist_cnn.checkpoint import load_checkpoint, save_checkpoint
 from mnist_cnn.device import setup
 from mnist_cnn.ensemble import ensemble_proba
 from mnist_cnn.evaluation import predict_proba
@@ -161,6 +161,38 @@ def test_format_result():
     assert format_result(Failure("a.txt", "not an image")) == "a.txt: error: not an image"
 
 
+def test_format_result_of_a_non_digit():
+    p = Prediction("photo.png", "4", 4, 0.31, [{"class": "4", "probability": 0.31},
+                                               {"class": "9", "probability": 0.2}], True, False)
+    assert format_result(p) == "photo.png: not a digit (closest: 4, 31.0%)  alternatives: 9 (20.0%)"
+
+
+def with_threshold(checkpoint: Path, threshold: float, path: Path) -> Path:
+    model, meta = load_checkpoint(checkpoint)
+    save_checkpoint(path, model, {**meta.to_dict(), "digit_threshold": threshold})
+    return path
+
+
+def test_cli_says_not_a_digit_below_the_checkpoints_threshold(models, photos, tmp_path):
+    files = [str(p) for p in photos[0][:4]]
+    probabilities = []
+    for threshold in (0.0, 1.0):
+        checkpoint = with_threshold(models.checkpoint, threshold, tmp_path / f"{threshold}.safetensors")
+        code, out, _ = run_main(["predict", str(checkpoint), *files, "--json", *ONE_CPU])
+        results = json.loads(out)
+        assert code == 0 and len(results) == 4
+        # at 0 everything is a digit; at 1 nothing is (no answer is 100% sure in float32 here)
+        assert [r["is_digit"] for r in results] == [threshold == 0.0] * 4
+        probabilities.append([r["probability"] for r in results])
+        _, text, _ = run_main(["predict", str(checkpoint), *files, "--top-k", "1", *ONE_CPU])
+        if threshold == 1.0:
+            assert all(re.fullmatch(r"\S+: not a digit \(closest: \d, \d+\.\d%\)", line)
+                       for line in text.splitlines()), text
+        else:
+            assert "not a digit" not in text
+    assert probabilities[0] == probabilities[1]  # the closest class is still given
+
+
 def test_unique_names_for_saved_images():
     used: set[str] = set()
     assert [unique_name(Path(p), used) for p in ("a/x.png", "b/x.jpg", "y.jpeg", "x.gif")] == [
@@ -205,7 +237,8 @@ def test_cli_json(models, mixed_folder):
     assert len(good) == 3 and len(bad) == 5
     assert all(set(r) == {"file", "error"} for r in bad)
     for r in good:
-        assert set(r) == {"file", "digit", "index", "probability", "top_k", "inverted"}
+        assert set(r) == {"file", "digit", "index", "probability", "top_k", "inverted", "is_digit"}
+        assert r["is_digit"] is True  # this checkpoint was never calibrated: it refuses nothing
         probabilities = [t["probability"] for t in r["top_k"]]
         assert len(probabilities) == 4 and probabilities == sorted(probabilities, reverse=True)
         assert r["digit"] == r["top_k"][0]["class"] and r["probability"] == probabilities[0]

@@ -24,6 +24,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from trained import run_main, trained
 
+from mnist_cnn.checkpoint import load_checkpoint, save_checkpoint
 from mnist_cnn.ensemble import ensemble_proba, load_members
 from mnist_cnn.imaging import load_and_preprocess, to_tensor
 from mnist_cnn.predict import load_models, predict_images
@@ -85,6 +86,20 @@ def test_answers_match_the_command_line(client, models, runtime, tmp_path):
         assert answer["inverted"] is True
         seen = decode_data_url(answer["preprocessed"])
         assert np.array_equal(seen, load_and_preprocess(path).final)
+
+
+def test_is_digit_follows_the_checkpoints_threshold(models, runtime, tmp_path):
+    body = paper_png(models.data.test.images[0, 0].numpy())
+    answer = TestClient(create_app([models.checkpoint], runtime)).post(
+        "/api/predict", content=body).json()
+    assert answer["is_digit"] is True  # never calibrated: refuses nothing
+    model, meta = load_checkpoint(models.checkpoint)
+    for threshold, expected in ((answer["probability"], True), (1.0, False)):
+        path = tmp_path / "calibrated.safetensors"
+        save_checkpoint(path, model, {**meta.to_dict(), "digit_threshold": threshold})
+        again = TestClient(create_app([path], runtime)).post("/api/predict", content=body).json()
+        assert again["is_digit"] is expected
+        assert again["digit"] == answer["digit"]  # the closest class is still given
 
 
 def test_an_ensemble_averages_its_members(models, runtime):

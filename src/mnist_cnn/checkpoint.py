@@ -62,6 +62,9 @@ class CheckpointMeta:
     metrics: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
     param_groups: list[dict[str, Any]] | None = None  # the optimizer's, as torch saves them
+    # below this largest class probability an image is "not a digit" (novelty.py); None: the
+    # network was never calibrated, and refuses nothing
+    digit_threshold: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # other JSON keys, kept as they were
 
     def class_names(self) -> tuple[str, ...]:
@@ -74,7 +77,8 @@ class CheckpointMeta:
                              "recipe": self.recipe.to_dict()}
         optional = {"dataset": self.dataset, "checksums": self.checksums,
                     "classes": list(self.classes) if self.classes is not None else None,
-                    "epoch": self.epoch, "step": self.step}
+                    "epoch": self.epoch, "step": self.step,
+                    "digit_threshold": self.digit_threshold}
         d.update({k: v for k, v in optional.items() if v is not None})
         if self.metrics:
             d["metrics"] = self.metrics
@@ -128,11 +132,14 @@ class CheckpointMeta:
                     isinstance(g, dict) and isinstance(g.get("params"), list)
                     and all(is_int(i) and i >= 0 for i in g["params"]) for g in param_groups)):
                 raise bad("'optimizer' must hold param_groups, each with its params' indices")
+        threshold = d.get("digit_threshold")
+        if threshold is not None and not (is_number(threshold) and 0 <= threshold <= 1):
+            raise bad(f"'digit_threshold' must be a probability (0 to 1), not {short(threshold)}")
         known = {f.name for f in dataclasses.fields(cls)} | {"optimizer"}
         return cls(recipe=recipe, format=d["format"], version=d["version"], dataset=dataset,
                    checksums=checksums, classes=tuple(classes) if classes else None,
                    epoch=d.get("epoch"), step=d.get("step"), metrics=metrics, history=history,
-                   param_groups=param_groups,
+                   param_groups=param_groups, digit_threshold=threshold,
                    extra={k: v for k, v in d.items() if k not in known})
 
 

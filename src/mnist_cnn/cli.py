@@ -381,9 +381,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
     checkpoints, images = predict.split_arguments(args.inputs)
     runtime = setup(args.device, "fp32", args.threads)
-    models, classes = predict.load_models(checkpoints, runtime.device)
+    models, classes, threshold = predict.load_predictor(checkpoints, runtime.device)
     results = predict.predict_images(models, images, args.top_k, classes, runtime,
-                                     args.save_preprocessed)
+                                     args.save_preprocessed, digit_threshold=threshold)
     failures = [r for r in results if isinstance(r, predict.Failure)]
     for result in results:  # in the order given; errors to stderr, so stdout stays clean
         failed = isinstance(result, predict.Failure)

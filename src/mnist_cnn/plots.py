@@ -82,6 +82,30 @@ def training_curves(history: Sequence[dict]) -> Figure:
 # Errors
 
 
+def roc_curve(digit_scores: np.ndarray, other_scores: np.ndarray,
+              threshold: float | None = None) -> Figure:
+    """"Not a digit" as a detector: the share of digits accepted against the share of
+    non-digits accepted, for every threshold on the score (higher = more digit-like)."""
+    digits, others = np.sort(np.asarray(digit_scores)), np.sort(np.asarray(other_scores))
+    cuts = np.unique(np.concatenate([digits, others, [np.inf]]))
+    # accepted: score >= cut
+    true_rate = 1 - np.searchsorted(digits, cuts, side="left") / len(digits)
+    false_rate = 1 - np.searchsorted(others, cuts, side="left") / len(others)
+    area = float(np.trapezoid(true_rate[::-1], false_rate[::-1]))
+    figure = Figure(figsize=(5, 5), layout="constrained")
+    ax = figure.subplots()
+    ax.plot(false_rate, true_rate, label=f"ROC (area {area:.4f})")
+    if threshold is not None:
+        ax.plot([np.mean(others >= threshold)], [np.mean(digits >= threshold)], "o",
+                label=f"threshold {threshold:.3f}")
+    ax.plot([0, 1], [0, 1], ":", color="gray")
+    ax.set(xlabel=f"non-digits accepted (of {len(others)})",
+           ylabel=f"digits accepted (of {len(digits)})", xlim=(0, 1), ylim=(0, 1.01),
+           title="Digit or not: the network's confidence")
+    ax.legend(loc="lower right")
+    return figure
+
+
 def confusion_matrix(confusion: Sequence[Sequence[int]], classes: Sequence[str]) -> Figure:
     """Counts of (true, predicted) pairs; the diagonal is hidden so that the errors show."""
     counts = np.asarray(confusion)

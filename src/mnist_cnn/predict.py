@@ -24,6 +24,7 @@ from .ensemble import ensemble_proba, load_members
 from .errors import MnistCnnError
 from .files import write_atomically
 from .imaging import IMAGE_SUFFIXES, ImageError, collect_images, load_and_preprocess, to_tensor
+from .novelty import ensemble_threshold, is_digit
 
 CHECKPOINT_SUFFIX = ".safetensors"
 NOT_FINITE = "the network's outputs are not finite numbers: its weights are damaged"
@@ -37,6 +38,7 @@ class Prediction:
     probability: float
     top_k: list[dict]  # [{"class": name, "probability": p}, ...], most likely first
     inverted: bool  # True when the photo was dark ink on light paper
+    is_digit: bool = True  # False: it looks like no digit (`digit` is then only the closest)
 
 
 @dataclass
@@ -60,8 +62,16 @@ def split_arguments(arguments: Sequence[str]) -> tuple[list[str], list[str]]:
 def load_models(checkpoints: Sequence[str | os.PathLike], device: torch.device | str = "cpu"
                 ) -> tuple[list[nn.Module], tuple[str, ...]]:
     """The networks (one, or an ensemble with the same classes) and their class names."""
+    models, classes, _ = load_predictor(checkpoints, device)
+    return models, classes
+
+
+def load_predictor(checkpoints: Sequence[str | os.PathLike], device: torch.device | str = "cpu"
+                   ) -> tuple[list[nn.Module], tuple[str, ...], float | None]:
+    """load_models, and the threshold below which an image is "not a digit" (None: never)."""
     members = load_members(checkpoints, device)
-    return [model for model, _ in members], class_names(members[0][1])
+    threshold = ensemble_threshold([meta.digit_threshold for _, meta in members])
+    return [model for model, _ in members], class_names(members[0][1]), threshold
 
 
 def class_names(meta: CheckpointMeta) -> tuple[str, ...]:
@@ -71,8 +81,10 @@ def class_names(meta: CheckpointMeta) -> tuple[str, ...]:
 def predict_images(models: Sequence[nn.Module], paths: Sequence[str | os.PathLike], top_k: int,
                    classes: Sequence[str], runtime: Runtime,
                    save_dir: str | os.PathLike | None = None,
-                   batch_size: int = 1000) -> list[Prediction | Failure]:
-    """One result per image (folders expanded), in order; unreadable images become Failures."""
+                   batch_size: int = 1000, digit_threshold: float | None = None
+                   ) -> list[Prediction | Failure]:
+    """One result per image (folders expanded), in order; unreadable images become Failures.
+    Below `digit_threshold` (novelty.is_digit) a Prediction says it is not a digit."""
     if top_k < 1:
         raise MnistCnnError(f"top-k must be at least 1, not {top_k}")
     files = collect_images(list(paths))
@@ -102,11 +114,12 @@ def predict_images(models: Sequence[nn.Module], paths: Sequence[str | os.PathLik
         probs = ensemble_proba(models, torch.stack(tensors), batch_size, runtime)
         if not bool(torch.isfinite(probs).all()):  # finite but huge weights can overflow
             raise MnistCnnError(NOT_FINITE)
+        digits = is_digit(probs, digit_threshold).tolist()
         for row, i in enumerate(good):
             top = ranked(probs[row], classes, top_k)
             best = classes.index(top[0]["class"])
             results[i] = Prediction(display_name(files[i]), top[0]["class"], best, top[0]["probability"],
-                                    top, inverted[row])
+                                    top, inverted[row], digits[row])
     return [r for r in results if r is not None]
 
 
@@ -143,10 +156,14 @@ def save_png(final: np.ndarray, path: Path) -> None:
 
 
 def format_result(result: Prediction | Failure) -> str:
-    """`photo.png: 7 (98.2%)  alternatives: 1 (1.1%), 9 (0.4%)`, or `photo.txt: error: ...`."""
+    """`photo.png: 7 (98.2%)  alternatives: 1 (1.1%), 9 (0.4%)`, `photo.png: not a digit (closest:
+    4, 31.0%)  alternatives: ...`, or `photo.txt: error: ...`."""
     if isinstance(result, Failure):
         return f"{result.file}: error: {result.error}"
-    line = f"{result.file}: {result.digit} ({result.probability:.1%})"
+    if result.is_digit:
+        line = f"{result.file}: {result.digit} ({result.probability:.1%})"
+    else:
+        line = f"{result.file}: not a digit (closest: {result.digit}, {result.probability:.1%})"
     alternatives = ", ".join(f"{t['class']} ({t['probability']:.1%})" for t in result.top_k[1:])
     return f"{line}  alternatives: {alternatives}" if alternatives else line
 

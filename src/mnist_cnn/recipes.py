@@ -40,6 +40,9 @@ class Recipe:
     seed: int = 0
     eval_batch_size: int = 1000
     model_args: dict[str, Any] = field(default_factory=dict)
+    # weight of a cross-entropy-to-uniform loss on synthetic non-digits (synthetic.outlier_pool),
+    # so that the network is unsure of what looks like no digit (novelty.py); 0: none
+    outlier_exposure: float = 0.0
 
     def __post_init__(self) -> None:
         self.validate()  # a recipe that exists is a valid one, however it was made
@@ -76,6 +79,7 @@ class Recipe:
             (self.augment in PRESETS, f"unknown augmentation preset {self.augment!r}"),
             (self.eval_batch_size > 0, "evaluation batch size must be positive"),
             (self.eps > 0, "eps must be positive"),
+            (self.outlier_exposure >= 0, "outlier exposure must not be negative"),
             (self.weight_decay >= 0, "weight decay must not be negative"),
             (0 <= self.momentum < 1, "momentum must be in [0, 1)"),
             (all(0 <= b < 1 for b in self.betas), "betas must be in [0, 1)"),
@@ -107,6 +111,6 @@ class Recipe:
 
 MAX_EPOCHS = 100_000
 NUMBER_FIELDS = ("epochs", "lr", "eps", "weight_decay", "momentum", "warmup", "label_smoothing",
-                 "dropout")
+                 "dropout", "outlier_exposure")
 INT_FIELDS = ("batch_size", "seed", "eval_batch_size")
 STR_FIELDS = ("model", "optimizer", "schedule", "augment", "precision")

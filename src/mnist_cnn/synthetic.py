@@ -1,4 +1,5 @@
-"""Images made here, not taken from MNIST: font glyphs to build test sets from.
+"""Images made here, not taken from MNIST: font glyphs, shapes, scribbles and their photographs,
+to build test sets from.
 
 The fonts are the ones matplotlib ships (DejaVu, STIX, Computer Modern), so every machine with
 mnist-cnn installed has the same ones and a seed gives the same images everywhere.
@@ -6,13 +7,15 @@ mnist-cnn installed has the same ones and a seed gives the same images everywher
 
 from __future__ import annotations
 
+import io
 import os
 from functools import cache
 from pathlib import Path
 
 import matplotlib
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from scipy import ndimage
 
 # text faces with digits and Latin letters (the symbol-only STIX and cm fonts are left out)
 FONT_FILES = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf",
@@ -43,3 +46,150 @@ def render_glyph(text: str, font: str | os.PathLike, height: int = 64) -> np.nda
     if rows.size == 0:
         return ink
     return ink[rows.min():rows.max() + 1, cols.min():cols.max() + 1].copy()
+
+
+# --------------------------------------------------------------------------------------------
+# Photographs, digits and non-digits, to measure and calibrate "not a digit" (novelty.py).
+# Every generator takes a numpy Generator: the same seed gives the same images.
+
+# letters that look like no digit (not O, o, l, I, S, s, Z, z, B, g, q, b, G, J, ...)
+NOT_DIGIT_LETTERS = "AEFHKMNPRTUVWXYaefhkmnrtwx"
+SHAPES = ("triangle", "square", "star", "cross", "plus", "arrow", "heart", "grid", "zigzag",
+          "house", "spiral", "check")
+
+
+def photograph(ink: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """White-on-black ink (any size) -> a gray photo of it: dark ink on light, unevenly lit
+    paper, scaled up, slightly rotated, blurred, noisy, and through a JPEG round trip."""
+    height = int(rng.integers(60, 160))
+    scale = height / max(ink.shape)
+    image = Image.fromarray(ink).resize((max(1, round(ink.shape[1] * scale)),
+                                         max(1, round(ink.shape[0] * scale))), Image.BILINEAR)
+    image = image.rotate(float(rng.uniform(-12, 12)), Image.BILINEAR, expand=True)
+    margin = int(rng.integers(height // 4, height // 2 + 2))
+    canvas = Image.new("L", (image.width + 2 * margin, image.height + 2 * margin), 0)
+    canvas.paste(image, (margin + int(rng.integers(-margin // 3, margin // 3 + 1)),
+                         margin + int(rng.integers(-margin // 3, margin // 3 + 1))))
+    strength = np.asarray(canvas, dtype=np.float32) / 255.0
+    rows, cols = np.mgrid[0:canvas.height, 0:canvas.width].astype(np.float32)
+    # paper lit from one side: a linear gradient of brightness across the photo
+    angle = rng.uniform(0, 2 * np.pi)
+    ramp = np.cos(angle) * cols / canvas.width + np.sin(angle) * rows / canvas.height
+    paper = rng.uniform(180, 245) + rng.uniform(0, 30) * (ramp - ramp.mean())
+    ink_level = rng.uniform(10, 60)
+    photo = paper * (1 - strength) + ink_level * strength
+    photo = ndimage.gaussian_filter(photo, rng.uniform(0.3, 1.5))
+    photo += rng.normal(0, rng.uniform(1, 8), photo.shape)
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(photo, 0, 255).astype(np.uint8)).save(
+        buffer, format="JPEG", quality=int(rng.integers(50, 95)))
+    return np.asarray(Image.open(buffer).convert("L"))
+
+
+def handwritten(ink: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A glyph made to look less typeset: sheared, squeezed, its strokes thickened."""
+    image = Image.fromarray(np.pad(ink, 8))
+    shear, squeeze = rng.uniform(-0.3, 0.3), rng.uniform(0.75, 1.25)
+    image = image.transform(image.size, Image.AFFINE, (squeeze, shear, -shear * image.height / 2,
+                                                       0, 1, 0), Image.BILINEAR)
+    size = int(rng.choice([1, 3, 5]))  # stroke width: as is, or thicker (thinner breaks serifs)
+    if size > 1:
+        image = image.filter(ImageFilter.MaxFilter(size))
+    return np.asarray(image)
+
+
+def letter(char: str, font: str | os.PathLike, rng: np.random.Generator) -> np.ndarray:
+    return handwritten(render_glyph(char, font, 64), rng)
+
+
+def _jitter(points: np.ndarray, rng: np.random.Generator, amount: float = 3.0) -> list[tuple]:
+    return [tuple(p) for p in points + rng.normal(0, amount, points.shape)]
+
+
+def shape(kind: str, rng: np.random.Generator, size: int = 64) -> np.ndarray:
+    """A shape drawn by hand, white on black (`kind` one of SHAPES)."""
+    canvas = Image.new("L", (size + 16, size + 16), 0)
+    draw = ImageDraw.Draw(canvas)
+    width = int(rng.integers(3, 8))
+    s, o = size, 8
+
+    def line(points) -> None:
+        draw.line(_jitter(np.asarray(points, dtype=float) * s + o, rng), fill=255, width=width,
+                  joint="curve")
+
+    if kind == "triangle":
+        line([(0.5, 0), (1, 1), (0, 1), (0.5, 0)])
+    elif kind == "square":
+        line([(0, 0), (1, 0), (1, 1), (0, 1), (0, 0)])
+    elif kind == "star":
+        angles = np.pi / 2 + np.arange(6) * 4 * np.pi / 5
+        line(np.stack([0.5 + 0.5 * np.cos(angles), 0.5 - 0.5 * np.sin(angles)], 1))
+    elif kind == "cross":
+        line([(0, 0), (1, 1)])
+        line([(1, 0), (0, 1)])
+    elif kind == "plus":
+        line([(0.5, 0), (0.5, 1)])
+        line([(0, 0.5), (1, 0.5)])
+    elif kind == "arrow":
+        line([(0, 0.5), (1, 0.5)])
+        line([(0.65, 0.2), (1, 0.5), (0.65, 0.8)])
+    elif kind == "heart":
+        t = np.linspace(0, 2 * np.pi, 40)
+        x, y = 16 * np.sin(t) ** 3, 13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t)
+        line(np.stack([0.5 + x / 34, 0.45 - y / 34], 1))
+    elif kind == "grid":
+        for f in (0.0, 0.5, 1.0):
+            line([(f, 0), (f, 1)])
+            line([(0, f), (1, f)])
+    elif kind == "zigzag":
+        line([(i / 5, i % 2) for i in range(6)])
+    elif kind == "house":
+        line([(0, 1), (0, 0.4), (0.5, 0), (1, 0.4), (1, 1), (0, 1), (1, 0.4), (0, 0.4), (1, 1)])
+    elif kind == "spiral":
+        t = np.linspace(0, 5 * np.pi, 60)
+        line(np.stack([0.5 + t * np.cos(t) / 34, 0.5 + t * np.sin(t) / 34], 1))
+    elif kind == "check":
+        line([(0, 0.6), (0.35, 1), (1, 0)])
+    else:
+        raise ValueError(f"unknown shape {kind!r}")
+    return np.asarray(canvas)
+
+
+def scribble(rng: np.random.Generator, size: int = 64) -> np.ndarray:
+    """Random smooth strokes, white on black: a pen wandering with a drifting heading."""
+    canvas = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(canvas)
+    for _ in range(int(rng.integers(1, 4))):
+        steps = int(rng.integers(30, 90))
+        heading = rng.uniform(0, 2 * np.pi) + np.cumsum(rng.normal(0, 0.35, steps))
+        path = np.cumsum(np.stack([np.cos(heading), np.sin(heading)], 1) * size / 25, 0)
+        path = path - path.min(0)
+        path = path / max(path.max(), 1e-6) * (size - 8) + 4
+        draw.line([tuple(p) for p in path], fill=255, width=int(rng.integers(2, 6)),
+                  joint="curve")
+    return np.asarray(canvas)
+
+
+def outlier_pool(count: int, seed: int) -> np.ndarray:
+    """Non-digits for outlier exposure, as predict sees them: (count, 28, 28) uint8 photos of
+    letters (the last third of the fonts: the others are kept for calibration and the report),
+    shapes and scribbles, preprocessed."""
+    from .imaging import ImageError, preprocess  # imaging is not needed to draw
+
+    rng = np.random.default_rng(seed)
+    fonts = font_paths()[2::3]
+    pool = []
+    while len(pool) < count:
+        kind = rng.integers(3)
+        if kind == 0:
+            ink = letter(str(rng.choice(list(NOT_DIGIT_LETTERS))), fonts[rng.integers(len(fonts))],
+                         rng)
+        elif kind == 1:
+            ink = shape(str(rng.choice(SHAPES)), rng)
+        else:
+            ink = scribble(rng)
+        try:
+            pool.append(preprocess(photograph(ink, rng)).final)
+        except ImageError:
+            continue
+    return np.stack(pool)

@@ -250,6 +250,7 @@ class EpochRunner:
         self.images = data.train.images.to(runtime.device)
         self.labels = data.train.labels.to(runtime.device)
         self.augment = make_augmenter(recipe, runtime)
+        self.outliers = make_outliers(recipe, runtime)
         self.net = wrap_for_ranks(model, runtime)
 
     def __call__(self, epoch: int, first: int, last: int) -> tuple[float, float]:
@@ -271,9 +272,15 @@ class EpochRunner:
             x = runtime.to_batch(as_input(self.images[idx]))
             if self.augment is not None:
                 x = self.augment(x, step)
+            if self.outliers is not None:  # one forward pass for digits and non-digits together
+                x = torch.cat([x, self.outliers(step)])
             with runtime.autocast():
-                loss = F.cross_entropy(self.net(x), self.labels[idx],
+                logits = self.net(x)
+                loss = F.cross_entropy(logits[:len(idx)], self.labels[idx],
                                        label_smoothing=recipe.label_smoothing)
+                if self.outliers is not None:  # cross-entropy to the uniform distribution
+                    loss = loss - recipe.outlier_exposure * F.log_softmax(
+                        logits[len(idx):].float(), dim=1).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -341,6 +348,29 @@ def make_augmenter(recipe: Recipe, runtime: Runtime):
         return augment_batch(x, config, generator)
 
     return augment
+
+
+def make_outliers(recipe: Recipe, runtime: Runtime):
+    """With outlier exposure, a function giving each step half a batch of non-digits, drawn
+    (seeded per step, like augmentation) from a pool generated once."""
+    if recipe.outlier_exposure == 0:
+        return None
+    from .synthetic import outlier_pool  # only runs with outlier exposure need it
+
+    pool = torch.from_numpy(outlier_pool(OUTLIER_POOL, recipe.seed + 10_000))[:, None]
+    pool = pool.to(runtime.device)
+    generator = torch.Generator().manual_seed(0)
+
+    def outliers(step: int) -> torch.Tensor:
+        generator.manual_seed(recipe.seed * 1_000_003 + step + runtime.rank * 2**53)
+        idx = torch.randint(len(pool), (max(1, recipe.batch_size // 2 // runtime.world_size),),
+                            generator=generator).to(runtime.device)
+        return runtime.to_batch(as_input(pool[idx]))
+
+    return outliers
+
+
+OUTLIER_POOL = 6000  # non-digits generated for outlier exposure (about 20 s)
 
 
 def write_epoch(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, recipe: Recipe,

@@ -3,8 +3,9 @@
     GET  /              the drawing page (static/index.html)
     GET  /api/model     which network answers: name, dataset, classes, test accuracy
     POST /api/predict   body: one image (PNG, JPEG, ...; the page sends its canvas as PNG)
-                        -> the class, every class's probability, and the 28x28 image the
-                           network saw (a PNG data URL)
+                        -> the class, every class's probability, whether it looks like a
+                           digit at all ("is_digit"), and the 28x28 image the network saw
+                           (a PNG data URL)
     GET  /healthz, /readyz, /metrics   liveness, readiness, Prometheus metrics (HEAD too)
 
 Uploads go through the path of `mnist-cnn predict` (imaging.py), shrunk first when over
@@ -45,6 +46,7 @@ from ..device import Runtime
 from ..ensemble import ensemble_proba, load_members
 from ..evaluation import CPU
 from ..imaging import FIELD, ImageError, TooManyPixels, load_and_preprocess, to_tensor
+from ..novelty import ensemble_threshold, is_digit
 from ..predict import NOT_FINITE, class_names, ranked
 from .limits import (
     MAX_CONCURRENT,
@@ -186,6 +188,7 @@ def create_app(checkpoints: Sequence[str | os.PathLike], runtime: Runtime = CPU,
     members = load_members(checkpoints, runtime.device)
     models = [model for model, _ in members]
     classes = class_names(members[0][1])
+    threshold = ensemble_threshold([meta.digit_threshold for _, meta in members])
     info = {**describe_models([meta for _, meta in members]), "classes": list(classes)}
     page = resources.files(__package__).joinpath("static/index.html").read_text(encoding="utf-8")
     metrics = Metrics()
@@ -209,6 +212,7 @@ def create_app(checkpoints: Sequence[str | os.PathLike], runtime: Runtime = CPU,
             "digit": classes[best],
             "index": best,
             "probability": float(probabilities[best]),
+            "is_digit": bool(is_digit(probabilities, threshold)),
             "probabilities": [float(p) for p in probabilities],
             "top_k": ranked(probabilities, classes, len(classes)),
             "inverted": steps.inverted,
