@@ -170,24 +170,47 @@ def scribble(rng: np.random.Generator, size: int = 64) -> np.ndarray:
     return np.asarray(canvas)
 
 
+def silhouette(rng: np.random.Generator, size: int = 64) -> np.ndarray:
+    """A filled, textured outline, white on black: what a photographed object (a shoe, a bag, a
+    shirt) becomes after the MNIST preprocessing. Never thin (it could pass for a 1) and never
+    with a hole (a 0)."""
+    count = int(rng.integers(5, 12))
+    angles = np.sort(rng.uniform(0, 2 * np.pi, count))
+    radii = rng.uniform(0.45, 1.0, count)
+    aspect = rng.uniform(0.6, 1.6)  # width over height
+    points = np.stack([aspect * radii * np.cos(angles), radii * np.sin(angles)], 1)
+    points = points / np.abs(points).max() * (size / 2 - 2) + size / 2
+    canvas = Image.new("L", (size, size), 0)
+    ImageDraw.Draw(canvas).polygon([tuple(p) for p in points], fill=255)
+    ink = np.asarray(canvas, dtype=np.float32)
+    rows, cols = np.mgrid[0:size, 0:size]
+    period = rng.uniform(3, 10)
+    texture = [np.ones((size, size)), 0.5 + 0.5 * (rows // period % 2),
+               0.5 + 0.5 * ((rows + cols) // period % 2), rng.uniform(0.4, 1.0, (size, size))]
+    ink *= texture[int(rng.integers(len(texture)))] * rng.uniform(0.5, 1.0)
+    return ink.astype(np.uint8)
+
+
 def outlier_pool(count: int, seed: int) -> np.ndarray:
     """Non-digits for outlier exposure, as predict sees them: (count, 28, 28) uint8 photos of
     letters (the last third of the fonts: the others are kept for calibration and the report),
-    shapes and scribbles, preprocessed."""
+    shapes, scribbles and textured silhouettes, preprocessed."""
     from .imaging import ImageError, preprocess  # imaging is not needed to draw
 
     rng = np.random.default_rng(seed)
     fonts = font_paths()[2::3]
     pool = []
     while len(pool) < count:
-        kind = rng.integers(3)
+        kind = rng.integers(4)
         if kind == 0:
             ink = letter(str(rng.choice(list(NOT_DIGIT_LETTERS))), fonts[rng.integers(len(fonts))],
                          rng)
         elif kind == 1:
             ink = shape(str(rng.choice(SHAPES)), rng)
-        else:
+        elif kind == 2:
             ink = scribble(rng)
+        else:
+            ink = silhouette(rng)
         try:
             pool.append(preprocess(photograph(ink, rng)).final)
         except ImageError:
