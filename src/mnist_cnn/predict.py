@@ -23,7 +23,14 @@ from .device import Runtime
 from .ensemble import ensemble_proba, load_members
 from .errors import MnistCnnError
 from .files import write_atomically
-from .imaging import IMAGE_SUFFIXES, ImageError, collect_images, load_and_preprocess, to_tensor
+from .imaging import (
+    IMAGE_SUFFIXES,
+    ImageError,
+    collect_images,
+    load_and_preprocess,
+    load_image,
+    to_tensor,
+)
 
 CHECKPOINT_SUFFIX = ".safetensors"
 NOT_FINITE = "the network's outputs are not finite numbers: its weights are damaged"
@@ -37,6 +44,14 @@ class Prediction:
     probability: float
     top_k: list[dict]  # [{"class": name, "probability": p}, ...], most likely first
     inverted: bool  # True when the photo was dark ink on light paper
+
+
+@dataclass
+class NumberPrediction:
+    file: str
+    number: str  # the digits read, left to right
+    digits: list[dict]  # per digit: {"digit", "index", "probability", "box", "top_k"}
+    inverted: bool
 
 
 @dataclass
@@ -110,6 +125,29 @@ def predict_images(models: Sequence[nn.Module], paths: Sequence[str | os.PathLik
     return [r for r in results if r is not None]
 
 
+def predict_numbers(models: Sequence[nn.Module], paths: Sequence[str | os.PathLike], top_k: int,
+                    classes: Sequence[str], runtime: Runtime) -> list[NumberPrediction | Failure]:
+    """Each image read as a row of digits (numbers.py), in order; unreadable ones as Failures."""
+    from .numbers import read_number  # numbers.py imports this module
+
+    if top_k < 1:
+        raise MnistCnnError(f"top-k must be at least 1, not {top_k}")
+    files = collect_images(list(paths))
+    if not files:
+        raise MnistCnnError("no images found (folders are searched for files ending in "
+                            f"{', '.join(sorted(IMAGE_SUFFIXES))})")
+    results: list[NumberPrediction | Failure] = []
+    for path in files:
+        try:
+            reading = read_number(load_image(path), models, classes, runtime, top_k, str(path))
+        except ImageError as e:
+            results.append(Failure(display_name(path), str(e).removeprefix(f"{path}: ")))
+            continue
+        results.append(NumberPrediction(display_name(path), reading.number, reading.digits,
+                                        reading.inverted))
+    return results
+
+
 def display_name(path: str | os.PathLike) -> str:
     """The path as printable UTF-8 text: bytes that are not UTF-8 (which Python keeps as lone
     surrogates, invalid in JSON and unprintable) are shown as \\xNN escapes."""
@@ -142,14 +180,18 @@ def save_png(final: np.ndarray, path: Path) -> None:
         raise MnistCnnError(f"{path}: cannot write the preprocessed image ({e.strerror})") from None
 
 
-def format_result(result: Prediction | Failure) -> str:
-    """`photo.png: 7 (98.2%)  alternatives: 1 (1.1%), 9 (0.4%)`, or `photo.txt: error: ...`."""
+def format_result(result: Prediction | NumberPrediction | Failure) -> str:
+    """`photo.png: 7 (98.2%)  alternatives: 1 (1.1%), 9 (0.4%)`, or `photo.txt: error: ...`;
+    a number: `row.png: 307  (3 99.1%, 0 97.0%, 7 99.8%)`."""
     if isinstance(result, Failure):
         return f"{result.file}: error: {result.error}"
+    if isinstance(result, NumberPrediction):
+        each = ", ".join(f"{d['digit']} {d['probability']:.1%}" for d in result.digits)
+        return f"{result.file}: {result.number}  ({each})"
     line = f"{result.file}: {result.digit} ({result.probability:.1%})"
     alternatives = ", ".join(f"{t['class']} ({t['probability']:.1%})" for t in result.top_k[1:])
     return f"{line}  alternatives: {alternatives}" if alternatives else line
 
 
-def as_json(results: Sequence[Prediction | Failure]) -> list[dict]:
+def as_json(results: Sequence[Prediction | NumberPrediction | Failure]) -> list[dict]:
     return [asdict(r) for r in results]

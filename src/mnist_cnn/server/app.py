@@ -5,6 +5,8 @@
     POST /api/predict   body: one image (PNG, JPEG, ...; the page sends its canvas as PNG)
                         -> the class, every class's probability, and the 28x28 image the
                            network saw (a PNG data URL)
+    POST /api/predict?number=1   the image read as a row of digits (numbers.py): the number,
+                        and each digit's class, probability, box (in the upload's pixels), top_k
     GET  /healthz, /readyz, /metrics   liveness, readiness, Prometheus metrics (HEAD too)
 
 Uploads go through the path of `mnist-cnn predict` (imaging.py), shrunk first when over
@@ -43,8 +45,17 @@ from starlette.concurrency import run_in_threadpool
 from ..checkpoint import CheckpointMeta
 from ..device import Runtime
 from ..ensemble import ensemble_proba, load_members
+from ..errors import MnistCnnError
 from ..evaluation import CPU
-from ..imaging import FIELD, ImageError, TooManyPixels, load_and_preprocess, to_tensor
+from ..imaging import (
+    FIELD,
+    ImageError,
+    TooManyPixels,
+    load_and_preprocess,
+    load_image,
+    to_tensor,
+)
+from ..numbers import read_number
 from ..predict import NOT_FINITE, class_names, ranked
 from .limits import (
     MAX_CONCURRENT,
@@ -215,6 +226,20 @@ def create_app(checkpoints: Sequence[str | os.PathLike], runtime: Runtime = CPU,
             "preprocessed": png_data_url(steps.final),
         }
 
+    def read_row(body: bytes) -> dict:
+        try:
+            image = load_image(body, max_pixels, UPLOAD, work_pixels)
+            # boxes in the upload's pixels: undo the shrinking (the header alone gives the size)
+            scale = max(Image.open(io.BytesIO(body)).size) / max(image.size)
+            reading = read_number(image, models, classes, runtime, len(classes), UPLOAD, scale)
+        except TooManyPixels as e:
+            raise Refusal(400, "too_many_pixels", str(e)) from None
+        except ImageError as e:
+            raise Refusal(400, "bad_image", str(e)) from None
+        except MnistCnnError as e:  # the network's outputs are not finite
+            raise HTTPException(500, str(e)) from None
+        return {"number": reading.number, "digits": reading.digits, "inverted": reading.inverted}
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         nonlocal ready
@@ -256,7 +281,7 @@ def create_app(checkpoints: Sequence[str | os.PathLike], runtime: Runtime = CPU,
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/api/predict")
-    async def predict(request: Request) -> dict:
+    async def predict(request: Request, number: bool = False) -> dict:
         nonlocal working
         body = await read_body(request, max_upload_bytes, request_timeout)
         if not body:
@@ -269,7 +294,7 @@ def create_app(checkpoints: Sequence[str | os.PathLike], runtime: Runtime = CPU,
         working += 1
         try:
             # preprocessing and the network are CPU work: off the event loop
-            return await run_in_threadpool(classify, body)
+            return await run_in_threadpool(read_row if number else classify, body)
         finally:
             working -= 1
             slots.release()
