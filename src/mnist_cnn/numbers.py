@@ -186,7 +186,9 @@ def split_wide(piece: Piece, ink: np.ndarray, height: float, proba: Proba,
     for c in cut_columns(piece, ink, height):
         left = tight(piece.top, piece.left, piece.mask[:, :c])
         right = tight(piece.top, piece.left + c, piece.mask[:, c:])
-        if left is not None and right is not None:
+        # a cut leaving a fragment (a curl's tip, a bar's end) on one side parts no two digits
+        if (left is not None and right is not None
+                and min(left.height, right.height) >= FRAGMENT * height):
             options.append((left, right))
     if not options:
         return [piece]
@@ -218,6 +220,9 @@ def segment(image: Image.Image | np.ndarray, proba: Proba, source: str = "<image
         raise ImageError(f"{source}: ink too small to be digits ({span} px in a "
                          f"{gray.shape[1]}x{gray.shape[0]} image, needed: {smallest:.0f} px)")
     height = digit_height(pieces)
+    if height < MIN_INK_SIDE:  # a line, a 1-pixel-high image: no digit is this flat
+        raise ImageError(f"{source}: ink too flat to be digits ({height:.0f} px high, needed: "
+                         f"{MIN_INK_SIDE} px)")
     pieces = merge_fragments(pieces, height)
     pieces = [p for p in pieces if max(p.height, p.width) >= SMALL * height]
     if len(pieces) > MAX_DIGITS:
