@@ -370,6 +370,8 @@ def predict_command(sub) -> None:
     p.add_argument("--top-k", type=int, default=3, help="classes to show per image "
                    "(default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead")
+    p.add_argument("--number", action="store_true", help="read each image as a row of digits "
+                   "(a number): the digit string, each digit's probability and box")
     p.add_argument("--save-preprocessed", metavar="DIR",
                    help="also write each image as the network sees it (28x28 PNG) into DIR")
     add_runtime_args(p)
@@ -382,8 +384,15 @@ def cmd_predict(args: argparse.Namespace) -> None:
     checkpoints, images = predict.split_arguments(args.inputs)
     runtime = setup(args.device, "fp32", args.threads)
     models, classes, threshold = predict.load_predictor(checkpoints, runtime.device)
-    results = predict.predict_images(models, images, args.top_k, classes, runtime,
-                                     args.save_preprocessed, digit_threshold=threshold)
+    if args.number:
+        if args.save_preprocessed:
+            raise MnistCnnError("--save-preprocessed shows one digit's 28x28 image; it does not "
+                                "apply to --number")
+        results = predict.predict_numbers(models, images, args.top_k, classes, runtime,
+                                          digit_threshold=threshold)
+    else:
+        results = predict.predict_images(models, images, args.top_k, classes, runtime,
+                                         args.save_preprocessed, digit_threshold=threshold)
     failures = [r for r in results if isinstance(r, predict.Failure)]
     for result in results:  # in the order given; errors to stderr, so stdout stays clean
         failed = isinstance(result, predict.Failure)

@@ -42,9 +42,18 @@ def average_probabilities(member_probs: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack(list(member_probs)).mean(0)
 
 
+NOT_FINITE = "the network's outputs are not finite numbers: its weights are damaged"
+
+
 def ensemble_proba(models: Sequence[nn.Module], images: torch.Tensor, batch_size: int = 1000,
                    runtime: Runtime = CPU) -> torch.Tensor:
-    return average_probabilities([predict_proba(m, images, batch_size, runtime) for m in models])
+    """The members' averaged softmax (N, classes); an error, never NaN, when a network's finite
+    but huge weights overflow."""
+    probabilities = average_probabilities([predict_proba(m, images, batch_size, runtime)
+                                           for m in models])
+    if not bool(torch.isfinite(probabilities).all()):
+        raise MnistCnnError(NOT_FINITE)
+    return probabilities
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -104,3 +104,10 @@ def ascii_digit(image: torch.Tensor) -> str:
     img = image.reshape(image.shape[-2], image.shape[-1]).to(torch.int64)
     return "\n".join("".join(shades[int(v) * (len(shades) - 1) // 255] * 2 for v in row)
                      for row in img)
+
+
+def ranked(probabilities: torch.Tensor, classes: Sequence[str], k: int) -> list[dict]:
+    """The k likeliest classes of one image, most likely first: [{"class", "probability"}]."""
+    top_p, top_i = probabilities.topk(min(k, len(probabilities)))
+    return [{"class": classes[c], "probability": float(p)}
+            for p, c in zip(top_p.tolist(), top_i.tolist())]

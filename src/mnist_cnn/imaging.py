@@ -259,13 +259,41 @@ def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
 
 def preprocess(image: Image.Image | np.ndarray, source: str = "<image>") -> Preprocessed:
     """Turn a picture of one digit into the MNIST convention, keeping every step to look at."""
+    gray = as_gray(image, source)
+    ink, _, inverted, threshold = extract_ink(gray, source)
+    ink = _drop_specks(ink)
+
+    rows = np.flatnonzero(ink.any(axis=1))
+    cols = np.flatnonzero(ink.any(axis=0))
+    cropped = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    # scaled up to 20 px, a dot or a speck would be read as some digit ("0" for a single pixel)
+    smallest = max(MIN_INK_SIDE, MIN_INK_SHARE * max(gray.shape))
+    if max(cropped.shape) < smallest:
+        raise ImageError(
+            f"{source}: ink too small to be a digit ({cropped.shape[1]}x{cropped.shape[0]} px in "
+            f"a {gray.shape[1]}x{gray.shape[0]} image, needed: {smallest:.0f} px); a blank image, "
+            "or write the digit larger")
+
+    scaled = _scale_to_box(cropped)
+    final = _paste_by_centre_of_mass(scaled)
+    return Preprocessed(gray, inverted, ink, cropped, scaled, final, float(threshold))
+
+
+def as_gray(image: Image.Image | np.ndarray, source: str = "<image>") -> np.ndarray:
+    """A Pillow image or an array -> a uint8 HxW grayscale array of its own."""
     if isinstance(image, Image.Image):
         gray = np.asarray(_to_gray(image)).copy()
     else:
         gray = _array_to_gray(np.asarray(image), source).copy()
     if gray.size == 0:
         raise ImageError(f"{source}: empty image")
+    return gray
 
+
+def extract_ink(gray: np.ndarray, source: str = "<image>"
+                ) -> tuple[np.ndarray, np.ndarray, bool, float]:
+    """Grayscale -> (ink: white on black, background suppressed; solid: the pixels past the
+    threshold; inverted; threshold), the steps every image goes through before its crop."""
     # Polarity: the border is mostly background; if it falls in the bright class, invert
     hist = np.bincount(gray.ravel(), minlength=256)
     threshold = otsu_threshold(hist)
@@ -294,24 +322,9 @@ def preprocess(image: Image.Image | np.ndarray, source: str = "<image>") -> Prep
     ink = (work.astype(np.float32) - floor) * (255.0 / (ink_level - floor))
     np.clip(ink, 0, 255, out=ink)
     # Keep faint pixels only next to solid ink: paper noise elsewhere would inflate the box
-    ink[~_dilate(work > threshold, EDGE_RADIUS)] = 0
-    ink = np.rint(ink).astype(np.uint8)
-    ink = _drop_specks(ink)
-
-    rows = np.flatnonzero(ink.any(axis=1))
-    cols = np.flatnonzero(ink.any(axis=0))
-    cropped = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
-    # scaled up to 20 px, a dot or a speck would be read as some digit ("0" for a single pixel)
-    smallest = max(MIN_INK_SIDE, MIN_INK_SHARE * max(gray.shape))
-    if max(cropped.shape) < smallest:
-        raise ImageError(
-            f"{source}: ink too small to be a digit ({cropped.shape[1]}x{cropped.shape[0]} px in "
-            f"a {gray.shape[1]}x{gray.shape[0]} image, needed: {smallest:.0f} px); a blank image, "
-            "or write the digit larger")
-
-    scaled = _scale_to_box(cropped)
-    final = _paste_by_centre_of_mass(scaled)
-    return Preprocessed(gray, inverted, ink, cropped, scaled, final, float(threshold))
+    solid = work > threshold
+    ink[~_dilate(solid, EDGE_RADIUS)] = 0
+    return np.rint(ink).astype(np.uint8), solid, inverted, float(threshold)
 
 
 def _drop_specks(ink: np.ndarray) -> np.ndarray:
@@ -337,6 +350,11 @@ def _scale_to_box(cropped: np.ndarray) -> np.ndarray:
     if peak > 0:
         scaled *= 255.0 / peak
     return np.rint(scaled).astype(np.uint8)
+
+
+def mnist_field(cropped: np.ndarray) -> np.ndarray:
+    """Ink cropped to its bounding box -> the 28x28 MNIST field (scaled, pasted by mass)."""
+    return _paste_by_centre_of_mass(_scale_to_box(cropped))
 
 
 def centre_of_mass(image: np.ndarray) -> tuple[float, float]:

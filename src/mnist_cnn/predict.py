@@ -22,12 +22,20 @@ from .checkpoint import CheckpointMeta, pretrained_path
 from .device import Runtime
 from .ensemble import ensemble_proba, load_members
 from .errors import MnistCnnError
+from .evaluation import ranked
 from .files import write_atomically
-from .imaging import IMAGE_SUFFIXES, ImageError, collect_images, load_and_preprocess, to_tensor
+from .imaging import (
+    IMAGE_SUFFIXES,
+    ImageError,
+    collect_images,
+    load_and_preprocess,
+    load_image,
+    to_tensor,
+)
 from .novelty import ensemble_threshold, is_digit
+from .numbers import read_number
 
 CHECKPOINT_SUFFIX = ".safetensors"
-NOT_FINITE = "the network's outputs are not finite numbers: its weights are damaged"
 
 
 @dataclass
@@ -39,6 +47,15 @@ class Prediction:
     top_k: list[dict]  # [{"class": name, "probability": p}, ...], most likely first
     inverted: bool  # True when the photo was dark ink on light paper
     is_digit: bool = True  # False: it looks like no digit (`digit` is then only the closest)
+
+
+@dataclass
+class NumberPrediction:
+    file: str
+    number: str  # the digits read, left to right
+    digits: list[dict]  # per digit: {"digit", "index", "probability", "is_digit", "box", "top_k"}
+    inverted: bool
+    is_digit: bool = True  # False when some piece looks like no digit
 
 
 @dataclass
@@ -112,8 +129,6 @@ def predict_images(models: Sequence[nn.Module], paths: Sequence[str | os.PathLik
 
     if good:
         probs = ensemble_proba(models, torch.stack(tensors), batch_size, runtime)
-        if not bool(torch.isfinite(probs).all()):  # finite but huge weights can overflow
-            raise MnistCnnError(NOT_FINITE)
         digits = is_digit(probs, digit_threshold).tolist()
         for row, i in enumerate(good):
             top = ranked(probs[row], classes, top_k)
@@ -123,17 +138,33 @@ def predict_images(models: Sequence[nn.Module], paths: Sequence[str | os.PathLik
     return [r for r in results if r is not None]
 
 
+def predict_numbers(models: Sequence[nn.Module], paths: Sequence[str | os.PathLike], top_k: int,
+                    classes: Sequence[str], runtime: Runtime, digit_threshold: float | None = None
+                    ) -> list[NumberPrediction | Failure]:
+    """Each image read as a row of digits (numbers.py), in order; unreadable ones as Failures."""
+    if top_k < 1:
+        raise MnistCnnError(f"top-k must be at least 1, not {top_k}")
+    files = collect_images(list(paths))
+    if not files:
+        raise MnistCnnError("no images found (folders are searched for files ending in "
+                            f"{', '.join(sorted(IMAGE_SUFFIXES))})")
+    results: list[NumberPrediction | Failure] = []
+    for path in files:
+        try:
+            reading = read_number(load_image(path), models, classes, runtime, top_k, str(path),
+                                  digit_threshold=digit_threshold)
+        except ImageError as e:
+            results.append(Failure(display_name(path), str(e).removeprefix(f"{path}: ")))
+            continue
+        results.append(NumberPrediction(display_name(path), reading.number, reading.digits,
+                                        reading.inverted, reading.is_digit))
+    return results
+
+
 def display_name(path: str | os.PathLike) -> str:
     """The path as printable UTF-8 text: bytes that are not UTF-8 (which Python keeps as lone
     surrogates, invalid in JSON and unprintable) are shown as \\xNN escapes."""
     return os.fsencode(path).decode("utf-8", errors="backslashreplace")
-
-
-def ranked(probabilities: torch.Tensor, classes: Sequence[str], k: int) -> list[dict]:
-    """The k likeliest classes of one image, most likely first: [{"class", "probability"}]."""
-    top_p, top_i = probabilities.topk(min(k, len(probabilities)))
-    return [{"class": classes[c], "probability": float(p)}
-            for p, c in zip(top_p.tolist(), top_i.tolist())]
 
 
 def unique_name(source: Path, used: set[str]) -> str:
@@ -155,11 +186,16 @@ def save_png(final: np.ndarray, path: Path) -> None:
         raise MnistCnnError(f"{path}: cannot write the preprocessed image ({e.strerror})") from None
 
 
-def format_result(result: Prediction | Failure) -> str:
+def format_result(result: Prediction | NumberPrediction | Failure) -> str:
     """`photo.png: 7 (98.2%)  alternatives: 1 (1.1%), 9 (0.4%)`, `photo.png: not a digit (closest:
-    4, 31.0%)  alternatives: ...`, or `photo.txt: error: ...`."""
+    4, 31.0%)  alternatives: ...`, or `photo.txt: error: ...`; a number: `row.png: 307  (3 99.1%,
+    0 97.0%, 7 99.8%)`, a piece that looks like no digit marked `(not a digit)`."""
     if isinstance(result, Failure):
         return f"{result.file}: error: {result.error}"
+    if isinstance(result, NumberPrediction):
+        each = ", ".join(f"{d['digit']} {d['probability']:.1%}"
+                         + ("" if d["is_digit"] else " (not a digit)") for d in result.digits)
+        return f"{result.file}: {result.number}  ({each})"
     if result.is_digit:
         line = f"{result.file}: {result.digit} ({result.probability:.1%})"
     else:
@@ -168,5 +204,5 @@ def format_result(result: Prediction | Failure) -> str:
     return f"{line}  alternatives: {alternatives}" if alternatives else line
 
 
-def as_json(results: Sequence[Prediction | Failure]) -> list[dict]:
+def as_json(results: Sequence[Prediction | NumberPrediction | Failure]) -> list[dict]:
     return [asdict(r) for r in results]

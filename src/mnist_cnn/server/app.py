@@ -6,6 +6,9 @@
                         -> the class, every class's probability, whether it looks like a
                            digit at all ("is_digit"), and the 28x28 image the network saw
                            (a PNG data URL)
+    POST /api/predict?number=1   the image read as a row of digits (numbers.py): the number,
+                        and each digit's class, probability, is_digit, box (in the upload's
+                        pixels), top_k
     GET  /healthz, /readyz, /metrics   liveness, readiness, Prometheus metrics (HEAD too)
 
 Uploads go through the path of `mnist-cnn predict` (imaging.py), shrunk first when over
@@ -44,10 +47,19 @@ from starlette.concurrency import run_in_threadpool
 from ..checkpoint import CheckpointMeta
 from ..device import Runtime
 from ..ensemble import ensemble_proba, load_members
-from ..evaluation import CPU
-from ..imaging import FIELD, ImageError, TooManyPixels, load_and_preprocess, to_tensor
+from ..errors import MnistCnnError
+from ..evaluation import CPU, ranked
+from ..imaging import (
+    FIELD,
+    ImageError,
+    TooManyPixels,
+    load_and_preprocess,
+    load_image,
+    to_tensor,
+)
 from ..novelty import ensemble_threshold, is_digit
-from ..predict import NOT_FINITE, class_names, ranked
+from ..numbers import read_number
+from ..predict import class_names
 from .limits import (
     MAX_CONCURRENT,
     MAX_PIXELS,
@@ -204,9 +216,11 @@ def create_app(checkpoints: Sequence[str | os.PathLike], runtime: Runtime = CPU,
             raise Refusal(400, "too_many_pixels", str(e)) from None
         except ImageError as e:
             raise Refusal(400, "bad_image", str(e)) from None
-        probabilities = ensemble_proba(models, to_tensor(steps.final)[None], runtime=runtime)[0]
-        if not bool(torch.isfinite(probabilities).all()):  # finite but huge weights can overflow
-            raise HTTPException(500, NOT_FINITE)
+        try:
+            probabilities = ensemble_proba(models, to_tensor(steps.final)[None],
+                                           runtime=runtime)[0]
+        except MnistCnnError as e:  # the network's outputs are not finite
+            raise HTTPException(500, str(e)) from None
         best = int(probabilities.argmax())
         return {
             "digit": classes[best],
@@ -218,6 +232,22 @@ def create_app(checkpoints: Sequence[str | os.PathLike], runtime: Runtime = CPU,
             "inverted": steps.inverted,
             "preprocessed": png_data_url(steps.final),
         }
+
+    def read_row(body: bytes) -> dict:
+        try:
+            image = load_image(body, max_pixels, UPLOAD, work_pixels)
+            # boxes in the upload's pixels: undo the shrinking (the header alone gives the size)
+            scale = max(Image.open(io.BytesIO(body)).size) / max(image.size)
+            reading = read_number(image, models, classes, runtime, len(classes), UPLOAD, scale,
+                                  digit_threshold=threshold)
+        except TooManyPixels as e:
+            raise Refusal(400, "too_many_pixels", str(e)) from None
+        except ImageError as e:
+            raise Refusal(400, "bad_image", str(e)) from None
+        except MnistCnnError as e:  # the network's outputs are not finite
+            raise HTTPException(500, str(e)) from None
+        return {"number": reading.number, "digits": reading.digits, "is_digit": reading.is_digit,
+                "inverted": reading.inverted}
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -260,7 +290,7 @@ def create_app(checkpoints: Sequence[str | os.PathLike], runtime: Runtime = CPU,
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/api/predict")
-    async def predict(request: Request) -> dict:
+    async def predict(request: Request, number: bool = False) -> dict:
         nonlocal working
         body = await read_body(request, max_upload_bytes, request_timeout)
         if not body:
@@ -273,7 +303,7 @@ def create_app(checkpoints: Sequence[str | os.PathLike], runtime: Runtime = CPU,
         working += 1
         try:
             # preprocessing and the network are CPU work: off the event loop
-            return await run_in_threadpool(classify, body)
+            return await run_in_threadpool(read_row if number else classify, body)
         finally:
             working -= 1
             slots.release()
