@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import json
 import os
 import shutil
 import socket
@@ -233,7 +234,7 @@ DESKTOP = {"viewport": {"width": 1280, "height": 800}}
 
 
 def phone(browser) -> dict:
-    """A phone-sized touch screen (393 x 727 CSS pixels, touch, mobile viewport)."""
+    """A phone-sized touch screen (393 x 727 CSS pixels, touch, a mobile browser's viewport)."""
     device = dict(browser.devices["Pixel 5"])
     del device["default_browser_type"]
     return device
@@ -255,11 +256,11 @@ def on_pad(page, x: float, y: float) -> tuple[float, float]:
             box["y"] + border + y * (box["height"] - 2 * border) / height)
 
 
-def mouse_stroke(page, points) -> None:
+def mouse_stroke(page, points, steps: int = 8) -> None:
     page.mouse.move(*on_pad(page, *points[0]))
     page.mouse.down()
     for x, y in points[1:]:
-        page.mouse.move(*on_pad(page, x, y), steps=8)
+        page.mouse.move(*on_pad(page, x, y), steps=steps)
     page.mouse.up()
 
 
@@ -324,6 +325,28 @@ def test_drawing_in_a_browser(browser, live_server, client):
     page.context.close()
 
 
+def answering(**response):
+    """A route handler answering every request with `response` (Route.fulfill's arguments)."""
+    return lambda route: route.fulfill(**response)
+
+
+def test_refusals_and_failures_are_shown_as_text(browser, live_server):
+    page = open_page(browser, live_server, DESKTOP)
+    busy = "busy: 4 images are being read; try again in a second"
+    for status, content_type, body, shown in [
+        (503, "application/json", json.dumps({"detail": busy}), busy),
+        (502, "text/html", "<html>Bad gateway</html>", "The server answered 502 Bad Gateway."),
+    ]:
+        page.route("**/api/predict", answering(status=status, content_type=content_type, body=body))
+        page.click("#clear")
+        mouse_stroke(page, [(140, 40), (140, 240)])
+        page.wait_for_function("document.getElementById('status').textContent !== ''")
+        assert page.text_content("#status") == shown
+        assert page.text_content("#answer") == ""
+        page.unroute("**/api/predict")
+    page.context.close()
+
+
 @pytest.mark.parametrize("device", ["desktop", "phone"])
 def test_the_first_view_invites_drawing(browser, shipped_server, models, device):
     page = open_page(browser, shipped_server, DESKTOP if device == "desktop" else phone(browser))
@@ -381,9 +404,10 @@ def test_drawing_with_a_finger(browser, shipped_server):
 def test_a_drawn_scribble_is_not_a_digit(browser, shipped_server):
     # needs the server side of issue 12 part 2 ("is_digit" in the answer)
     page = open_page(browser, shipped_server, DESKTOP)
-    generator = np.random.default_rng(0)
-    scribble = [tuple(p) for p in generator.uniform(20, 260, size=(14, 2))]
-    answer = answer_to_last_stroke(page, lambda: mouse_stroke(page, scribble))
+    t = np.linspace(0, 6 * np.pi, 80)  # one wandering stroke, crossing itself
+    scribble = np.stack([140 + 85 * np.sin(1.3 * t) * np.cos(0.5 * t),
+                         140 + 85 * np.sin(0.7 * t + 1)], 1).tolist()
+    answer = answer_to_last_stroke(page, lambda: mouse_stroke(page, scribble, steps=2))
     assert answer["is_digit"] is False
     assert page.text_content("#answer") == "not a digit"
     # the closest class is still shown
