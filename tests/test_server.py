@@ -405,9 +405,9 @@ def test_drawing_with_a_finger(browser, shipped_server):
 def test_a_drawn_scribble_is_not_a_digit(browser, shipped_server):
     # needs the server side of issue 12 part 2 ("is_digit" in the answer)
     page = open_page(browser, shipped_server, DESKTOP)
-    t = np.linspace(0, 6 * np.pi, 80)  # one wandering stroke, crossing itself
-    scribble = np.stack([140 + 85 * np.sin(1.3 * t) * np.cos(0.5 * t),
-                         140 + 85 * np.sin(0.7 * t + 1)], 1).tolist()
+    t = np.linspace(0, 8 * np.pi, 160)  # one stroke looping over the pad, crossing itself
+    scribble = np.stack([140 + 110 * np.sin(1.7 * t) * np.cos(0.5 * t),
+                         140 + 110 * np.sin(2.9 * t + 1)], 1).tolist()
     answer = answer_to_last_stroke(page, lambda: mouse_stroke(page, scribble, steps=2))
     assert answer.get("is_digit") is False, {k: v for k, v in answer.items() if k != "preprocessed"}
     assert page.text_content("#answer") == "not a digit"
