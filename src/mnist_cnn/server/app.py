@@ -1,7 +1,7 @@
 """A web page to draw a digit on, and the small JSON API behind it.
 
     GET  /              the drawing page (static/index.html)
-    GET  /api/model     which network answers: name, dataset, classes, test accuracy
+    GET  /api/model     which network answers: name, dataset, classes, accuracies
     POST /api/predict   body: one image (PNG, JPEG, ...; the page sends its canvas as PNG)
                         -> the class, every class's probability, whether it looks like a
                            digit at all ("is_digit"), and the 28x28 image the network saw
@@ -80,6 +80,8 @@ def describe_models(metas: Sequence[CheckpointMeta]) -> dict:
         "dataset": metas[0].dataset or "mnist",
         # as measured after the last epoch; an ensemble's own accuracy was never measured
         "validation_accuracy": [m.metrics.get("val_accuracy") for m in metas],
+        # measured on the test set when the checkpoint was made (the shipped model records it)
+        "test_accuracy": [m.metrics.get("test_accuracy") for m in metas],
     }
 
 
