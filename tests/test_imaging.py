@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw, ImageFont
+from scipy import ndimage
 
 from mnist_cnn.errors import MnistCnnError
 from mnist_cnn.imaging import (
@@ -22,7 +23,6 @@ from mnist_cnn.imaging import (
     ImageError,
     Preprocessed,
     TooManyPixels,
-    centre_of_mass,
     collect_images,
     load_and_preprocess,
     load_image,
@@ -93,7 +93,7 @@ def assert_mnist_like(p: Preprocessed, inverted: bool = True) -> None:
     assert p.final.shape == (28, 28) and p.final.dtype == np.uint8
     assert p.inverted is inverted
     assert p.final.max() == 255 and p.final[0].max() == 0  # white ink, black margins
-    row, col = centre_of_mass(p.final)
+    row, col = ndimage.center_of_mass(p.final)
     # Whole-pixel shifts towards (14, 14), like MNIST: always within half a pixel
     assert abs(row - 14.0) <= 0.5 + 1e-6 and abs(col - 14.0) <= 0.5 + 1e-6
     assert 19 <= max(ink_box(p.final)) <= 21

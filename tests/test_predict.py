@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageFilter
+from scipy import ndimage
 from trained import run_main, trained
 
 from mnist_cnn.checkpoint import load_checkpoint, save_checkpoint
 from mnist_cnn.device import setup
 from mnist_cnn.ensemble import ensemble_proba
 from mnist_cnn.evaluation import predict_proba
-from mnist_cnn.imaging import BOX, MNIST_CENTRE, centre_of_mass, load_and_preprocess, to_tensor
+from mnist_cnn.imaging import BOX, MNIST_CENTRE, load_and_preprocess, to_tensor
 from mnist_cnn.predict import Failure, Prediction, format_result, predict_images, unique_name
 
 PHOTOS = 200
@@ -115,7 +116,7 @@ def mixed_folder(photos, tmp_path_factory) -> Path:
 def test_photos_are_centred_and_scaled_like_mnist(photos):
     for path in photos[0][:50]:  # every size, format and tint, rotated and not
         final = load_and_preprocess(path).final
-        row, col = centre_of_mass(final)
+        row, col = ndimage.center_of_mass(final)
         assert abs(row - MNIST_CENTRE) <= 1 and abs(col - MNIST_CENTRE) <= 1, path.name
         rows = np.flatnonzero((final > 30).any(axis=1))
         cols = np.flatnonzero((final > 30).any(axis=0))

@@ -240,19 +240,6 @@ def _noise(hist: np.ndarray, median: int) -> float:
     return 1.4826 * _quantile(np.bincount(deviations, weights=hist, minlength=len(hist)), 0.5)
 
 
-def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
-    """Grow a boolean mask by `radius` pixels (square neighbourhood), with array shifts."""
-    rows = mask.copy()
-    for s in range(1, radius + 1):
-        rows[s:] |= mask[:-s]
-        rows[:-s] |= mask[s:]
-    grown = rows.copy()
-    for s in range(1, radius + 1):
-        grown[:, s:] |= rows[:, :-s]
-        grown[:, :-s] |= rows[:, s:]
-    return grown
-
-
 # --------------------------------------------------------------------------------------------
 # Preprocessing
 
@@ -323,7 +310,8 @@ def extract_ink(gray: np.ndarray, source: str = "<image>"
     np.clip(ink, 0, 255, out=ink)
     # Keep faint pixels only next to solid ink: paper noise elsewhere would inflate the box
     solid = work > threshold
-    ink[~_dilate(solid, EDGE_RADIUS)] = 0
+    # the solid strokes grown by EDGE_RADIUS pixels in a square neighbourhood
+    ink[~ndimage.maximum_filter(solid, size=2 * EDGE_RADIUS + 1, mode="constant")] = 0
     return np.rint(ink).astype(np.uint8), solid, inverted, float(threshold)
 
 
@@ -357,24 +345,22 @@ def mnist_field(cropped: np.ndarray) -> np.ndarray:
     return _paste_by_centre_of_mass(_scale_to_box(cropped))
 
 
-def centre_of_mass(image: np.ndarray) -> tuple[float, float]:
-    """(row, column) of the intensity-weighted mean position, pixel centres at integer indices."""
-    mass = image.astype(np.float64)
-    total = mass.sum()
-    row = float(mass.sum(axis=1) @ np.arange(image.shape[0]) / total)
-    col = float(mass.sum(axis=0) @ np.arange(image.shape[1]) / total)
-    return row, col
-
-
 def _paste_by_centre_of_mass(scaled: np.ndarray) -> np.ndarray:
     height, width = scaled.shape
-    row, col = centre_of_mass(scaled)
+    row, col = ndimage.center_of_mass(scaled)
     # Whole-pixel shift, as MNIST did; clamped so that no ink leaves the field
     top = int(np.clip(np.floor(MNIST_CENTRE - row + 0.5), 0, FIELD - height))
     left = int(np.clip(np.floor(MNIST_CENTRE - col + 0.5), 0, FIELD - width))
     final = np.zeros((FIELD, FIELD), dtype=np.uint8)
     final[top:top + height, left:left + width] = scaled
     return final
+
+
+def png_bytes(final: np.ndarray) -> bytes:
+    """A gray image (the 28x28 field the network sees) encoded as PNG."""
+    buffer = io.BytesIO()
+    Image.fromarray(final).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def to_tensor(final: np.ndarray) -> torch.Tensor:

@@ -7,7 +7,6 @@ than stopping the others.
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -15,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
 from .checkpoint import CheckpointMeta, pretrained_path
@@ -30,6 +28,7 @@ from .imaging import (
     collect_images,
     load_and_preprocess,
     load_image,
+    png_bytes,
     to_tensor,
 )
 from .novelty import ensemble_threshold, is_digit
@@ -178,10 +177,8 @@ def unique_name(source: Path, used: set[str]) -> str:
 
 
 def save_png(final: np.ndarray, path: Path) -> None:
-    buffer = io.BytesIO()
-    Image.fromarray(final).save(buffer, format="PNG")
     try:
-        write_atomically(path, buffer.getvalue())
+        write_atomically(path, png_bytes(final))
     except OSError as e:
         raise MnistCnnError(f"{path}: cannot write the preprocessed image ({e.strerror})") from None
 

@@ -55,6 +55,7 @@ from ..imaging import (
     TooManyPixels,
     load_and_preprocess,
     load_image,
+    png_bytes,
     to_tensor,
 )
 from ..novelty import ensemble_threshold, is_digit
@@ -86,9 +87,7 @@ def describe_models(metas: Sequence[CheckpointMeta]) -> dict:
 
 
 def png_data_url(final) -> str:
-    buffer = io.BytesIO()
-    Image.fromarray(final).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return "data:image/png;base64," + base64.b64encode(png_bytes(final)).decode()
 
 
 async def read_body(request: Request, limit: int, timeout: float) -> bytes:
