@@ -12,13 +12,12 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, run_main
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
-from trained import run_main, trained
 
 from mnist_cnn.checkpoint import META_KEY, load_checkpoint, read_checkpoint, save_checkpoint
 from mnist_cnn.errors import MnistCnnError
@@ -409,8 +408,7 @@ def test_tampered_checkpoints_are_one_line_errors(resumable, tmp_path, change, p
     assert_one_line_error(e, path)
 
 
-def test_a_checkpoint_without_an_epoch_still_evaluates(tmp_path_factory, tmp_path):
-    models = trained(tmp_path_factory)
+def test_a_checkpoint_without_an_epoch_still_evaluates(models, tmp_path):
     path = tampered(models.checkpoint, tmp_path / "c.safetensors",
                     lambda tensors, meta: meta.pop("epoch"))
     code, out, err = run_main(["evaluate", str(path), "--show", "0", "--threads", "1"])

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from trained import run_main
+from conftest import run_main
 
 from mnist_cnn.cli import build_parser, main, recipe_from_args
 

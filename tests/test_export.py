@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from trained import run_main, trained
+from conftest import run_main
 
 from mnist_cnn import export
 from mnist_cnn.checkpoint import load_checkpoint
@@ -21,12 +21,6 @@ from mnist_cnn.models import as_input, build_model
 
 ONE_CPU = ["--threads", "1"]  # the 2 cores are shared: one thread avoids fighting other jobs
 PARITY_LINE = re.compile(r"^parity: (\d+)/(\d+) same class, max \|Δp\| = (\S+)$", re.MULTILINE)
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    torch.set_num_threads(1)
-    return trained(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import gzip
 import io
-import os
 import struct
 import time
 import zlib
@@ -165,25 +163,8 @@ def test_output_is_a_fixed_point():
     assert np.abs(again.final.astype(int) - first.astype(int)).max() <= 3
 
 
-def mnist_test_images() -> np.ndarray | None:
-    candidates = [os.environ.get("MNIST_DATA_DIR", ""),
-                  str(Path.home() / ".cache" / "mnist-cnn" / "mnist"),
-                  str(Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist")]
-    for folder in filter(None, candidates):
-        for name in ("t10k-images-idx3-ubyte", "t10k-images-idx3-ubyte.gz"):
-            path = Path(folder) / name
-            if path.is_file():
-                opener = gzip.open if name.endswith(".gz") else open
-                with opener(path, "rb") as f:
-                    data = f.read(16 + 300 * 784)
-                return np.frombuffer(data, np.uint8, offset=16).reshape(-1, 28, 28)
-    return None
-
-
-def test_real_mnist_digits_round_trip():
-    digits = mnist_test_images()
-    if digits is None:
-        pytest.skip("MNIST test images not found (set MNIST_DATA_DIR)")
+def test_real_mnist_digits_round_trip(mnist):
+    digits = mnist.test.images[:300, 0].numpy()
     unchanged = 0
     for digit in digits:
         p = preprocess(digit)

@@ -7,10 +7,10 @@ import json
 
 import numpy as np
 import pytest
+from conftest import run_main
 from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw
 from scipy import ndimage
-from trained import run_main
 
 from mnist_cnn import synthetic
 from mnist_cnn.checkpoint import load_pretrained, pretrained_path

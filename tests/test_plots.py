@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import run_main
 from matplotlib.figure import Figure
 from PIL import Image
-from trained import run_main, trained
 
 from mnist_cnn.errors import MnistCnnError
 from mnist_cnn.imaging import preprocess
@@ -104,8 +104,7 @@ def test_preprocessing_steps_show_every_stage(tmp_path):
         assert image.format == "PNG" and image.width > 300
 
 
-def test_plot_command_writes_every_figure(tmp_path_factory, tmp_path):
-    models = trained(tmp_path_factory)
+def test_plot_command_writes_every_figure(models, tmp_path):
     photo = tmp_path / "seven.png"
     Image.fromarray(255 - models.data.test.images[0, 0].numpy()).resize((90, 90)).save(photo)
     code, out, err = run_main(["plot", str(models.checkpoint), "--out", str(tmp_path / "plots"),
@@ -120,8 +119,7 @@ def test_plot_command_writes_every_figure(tmp_path_factory, tmp_path):
             image.verify()
 
 
-def test_plot_command_reports_a_bad_photo(tmp_path_factory, tmp_path):
-    models = trained(tmp_path_factory)
+def test_plot_command_reports_a_bad_photo(models, tmp_path):
     bad = tmp_path / "notes.png"
     bad.write_text("not a picture")
     code, _, err = run_main(["plot", str(models.checkpoint), "--out", str(tmp_path / "p"),

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_main
 from PIL import Image, ImageFilter
 from scipy import ndimage
-from trained import run_main, trained
 
 from mnist_cnn.checkpoint import load_checkpoint, save_checkpoint
 from mnist_cnn.device import setup
@@ -69,11 +69,6 @@ def png_header_only(width: int, height: int) -> bytes:
 
 # --------------------------------------------------------------------------------------------
 # Fixtures
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    return trained(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

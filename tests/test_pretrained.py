@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 import numpy as np
+from conftest import run_main
 from fastapi.testclient import TestClient
 from PIL import Image
-from trained import run_main
 
 from mnist_cnn import evaluate, load_pretrained
 from mnist_cnn.checkpoint import pretrained_path

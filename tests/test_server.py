@@ -22,20 +22,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_main
 from fastapi.testclient import TestClient
 from PIL import Image
-from trained import run_main, trained
 
 from mnist_cnn.checkpoint import load_checkpoint, load_pretrained, pretrained_path, save_checkpoint
 from mnist_cnn.ensemble import ensemble_proba, load_members
 from mnist_cnn.imaging import load_and_preprocess, to_tensor
 from mnist_cnn.predict import load_models, predict_images
 from mnist_cnn.server import create_app
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    return trained(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
