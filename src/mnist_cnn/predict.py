@@ -94,6 +94,17 @@ def class_names(meta: CheckpointMeta) -> tuple[str, ...]:
     return meta.class_names()
 
 
+def image_files(paths: Sequence[str | os.PathLike], top_k: int) -> list[Path]:
+    """The images named (folders expanded), checked before any is read."""
+    if top_k < 1:
+        raise MnistCnnError(f"top-k must be at least 1, not {top_k}")
+    files = collect_images(list(paths))
+    if not files:
+        raise MnistCnnError("no images found (folders are searched for files ending in "
+                            f"{', '.join(sorted(IMAGE_SUFFIXES))})")
+    return files
+
+
 def predict_images(models: Sequence[nn.Module], paths: Sequence[str | os.PathLike], top_k: int,
                    classes: Sequence[str], runtime: Runtime,
                    save_dir: str | os.PathLike | None = None,
@@ -101,12 +112,7 @@ def predict_images(models: Sequence[nn.Module], paths: Sequence[str | os.PathLik
                    ) -> list[Prediction | Failure]:
     """One result per image (folders expanded), in order; unreadable images become Failures.
     Below `digit_threshold` (novelty.is_digit) a Prediction says it is not a digit."""
-    if top_k < 1:
-        raise MnistCnnError(f"top-k must be at least 1, not {top_k}")
-    files = collect_images(list(paths))
-    if not files:
-        raise MnistCnnError("no images found (folders are searched for files ending in "
-                            f"{', '.join(sorted(IMAGE_SUFFIXES))})")
+    files = image_files(paths, top_k)
     results: list[Prediction | Failure | None] = [None] * len(files)
     good: list[int] = []
     tensors: list[torch.Tensor] = []
@@ -116,8 +122,7 @@ def predict_images(models: Sequence[nn.Module], paths: Sequence[str | os.PathLik
         try:
             pre = load_and_preprocess(path)
         except ImageError as e:
-            # ImageError messages start with the file name; the caller prints it once
-            results[i] = Failure(display_name(path), str(e).removeprefix(f"{path}: "))
+            results[i] = failure(path, e)
             continue
         # keep only the 28x28 result: the full-size steps of many large photos would add up
         good.append(i)
@@ -141,23 +146,23 @@ def predict_numbers(models: Sequence[nn.Module], paths: Sequence[str | os.PathLi
                     classes: Sequence[str], runtime: Runtime, digit_threshold: float | None = None
                     ) -> list[NumberPrediction | Failure]:
     """Each image read as a row of digits (numbers.py), in order; unreadable ones as Failures."""
-    if top_k < 1:
-        raise MnistCnnError(f"top-k must be at least 1, not {top_k}")
-    files = collect_images(list(paths))
-    if not files:
-        raise MnistCnnError("no images found (folders are searched for files ending in "
-                            f"{', '.join(sorted(IMAGE_SUFFIXES))})")
+    files = image_files(paths, top_k)
     results: list[NumberPrediction | Failure] = []
     for path in files:
         try:
             reading = read_number(load_image(path), models, classes, runtime, top_k, str(path),
                                   digit_threshold=digit_threshold)
         except ImageError as e:
-            results.append(Failure(display_name(path), str(e).removeprefix(f"{path}: ")))
+            results.append(failure(path, e))
             continue
         results.append(NumberPrediction(display_name(path), reading.number, reading.digits,
                                         reading.inverted, reading.is_digit))
     return results
+
+
+def failure(path: Path, error: ImageError) -> Failure:
+    # ImageError messages start with the file name; the caller prints it once
+    return Failure(display_name(path), str(error).removeprefix(f"{path}: "))
 
 
 def display_name(path: str | os.PathLike) -> str:
