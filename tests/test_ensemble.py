@@ -227,3 +227,25 @@ def test_ensemble_train_command_errors(capsys, argv, message):
     from mnist_cnn.cli import main
     assert main(["ensemble", "train", *argv]) == 1
     assert message in capsys.readouterr().err
+
+
+def test_ensemble_train_command_with_member_specs(mnist_data_dir, tmp_path, capsys):
+    from mnist_cnn.cli import main
+    out = tmp_path / "ens"
+    argv = ["ensemble", "train", "--member", "simple:none", "--member", "fast:light:9",
+            "--epochs", "0.02", "--precision", "fp32", "--out", str(out), "--no-progress",
+            "--data-dir", str(mnist_data_dir), "--device", "cpu", "--threads", "1"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["fast-light-seed9", "simple-none-seed0"]
+    assert "greedy selection on the validation split" in printed
+    kept = [line.split()[1].rstrip(":") for line in printed.splitlines()
+            if line.startswith("  + ") and line.endswith("(kept)")]
+    assert 1 <= len(kept) <= 2
+    members = [line for line in printed.splitlines()
+               if line.startswith("member ") and ": accuracy " in line]
+    assert len(members) == len(kept)  # the test split reports the chosen members alone
+    assert all(any(name in line for name in kept) for line in members)
+    assert "(10000 test images)" in printed
+    assert main(argv) == 0  # again: nothing left to train
+    assert "Epoch:" not in capsys.readouterr().out
