@@ -1,81 +1,120 @@
-"""Accuracy beyond the lecture: deep, deep with augmentation, the `best` network and its ensemble.
+"""Accuracy beyond one network: a diverse ensemble, its members' disagreement, and what each added
+member is worth.
 
-Trains what is missing under --runs (resumable: rerunning only prints), then prints test accuracy
-(mean and spread over seeds for the ensemble members), training time on this machine and
-parameter count.
+Trains the members that are missing under --runs (resumable member by member: rerunning only
+prints), then prints, the environment first:
+- each member: validation and test accuracy, training time (per epoch and in all), parameters;
+- the disagreement table on the validation split (share of images two members classify
+  differently, and the errors they share);
+- accuracy against the number of members, in the order greedy selection adds them on the
+  validation split; the size it keeps is chosen there too. The test split is only reported.
+With --lecture, also the lecture's deep CNN without and with augmentation, for comparison.
 
-Usage: python benchmarks/accuracy.py [--runs runs/accuracy] [--members 5]
+Usage: python benchmarks/accuracy.py [--runs runs/accuracy] [--epochs 4] [--threads 1]
+           [--member best:elastic --member wide:standard ...] [--lecture]
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 from pathlib import Path
 
 from mnist_cnn import build_model, evaluate, load_checkpoint, load_dataset, recipe_for, setup, train
 from mnist_cnn.checkpoint import read_checkpoint
 from mnist_cnn.device import format_environment
-from mnist_cnn.ensemble import evaluate_ensemble, train_members
+from mnist_cnn.ensemble import (
+    average_probabilities,
+    disagreement_table,
+    greedy_selection,
+    member_probabilities,
+    member_recipes,
+    train_recipes,
+)
+from mnist_cnn.evaluation import metrics_from_proba
 from mnist_cnn.training import CHECKPOINT_NAME
 
+# Members that differ in architecture, width, augmentation and seed (hence data order).
+DEFAULT_MEMBERS = ("best:standard:0", "best:elastic:1", "best:standard:2", "wide:standard:3",
+                   "five:elastic:4", "best:light:5", "wide:elastic:6", "five:standard:7")
 
-def train_seconds(path: Path) -> float:
-    return sum(r["train_seconds"] for r in read_checkpoint(path)[1].history)
+
+def train_seconds(path: Path) -> list[float]:
+    return [r["train_seconds"] for r in read_checkpoint(path)[1].history]
 
 
-def single_run(name: str, recipe, data, runs: Path) -> Path:
-    out = runs / name
-    runtime = setup("auto", recipe.precision, tune_allocator=True)
-    checkpoint = out / CHECKPOINT_NAME
-    train(build_model(recipe), data, recipe, runtime, out, resume=checkpoint.is_file(),
-          progress=False)
-    return checkpoint
+def lecture_rows(data, runs: Path, threads: int | None) -> None:
+    print("\n| network | test accuracy | training time | parameters |")
+    print("|---|---|---|---|")
+    for name, recipe in (("deep", recipe_for("deep")),
+                         ("deep --augment", recipe_for("deep").replace(augment="standard"))):
+        out = runs / name.replace(" --", "-")
+        runtime = setup("auto", recipe.precision, threads, tune_allocator=True)
+        checkpoint = out / CHECKPOINT_NAME
+        train(build_model(recipe), data, recipe, runtime, out, resume=checkpoint.is_file(),
+              progress=False)
+        model, _ = load_checkpoint(checkpoint)
+        params = sum(p.numel() for p in model.parameters())
+        print(f"| {name} | {evaluate(model, data.test).accuracy:.4f} | "
+              f"{sum(train_seconds(checkpoint)) / 60:.1f} min | {params:,} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", default="runs/accuracy")
-    parser.add_argument("--members", type=int, default=5)
-    parser.add_argument("--skip", default="", help="comma-separated rows not to train: deep,deep-augment")
+    parser.add_argument("--member", action="append", metavar="MODEL[:AUGMENT[:SEED]]",
+                        help=f"a member (repeat; default: {' '.join(DEFAULT_MEMBERS)})")
+    parser.add_argument("--epochs", type=float, help="every member's epochs (default: its recipe)")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: follow the load)")
+    parser.add_argument("--lecture", action="store_true", help="also the lecture's deep CNN")
     args = parser.parse_args()
     print(format_environment(), "\n", flush=True)
     runs = Path(args.runs)
     data = load_dataset("mnist")
-    rows = []
 
-    best = recipe_for("best")
-    runtime = setup("auto", best.precision, tune_allocator=True)
-    members = train_members(best, data, runtime, runs / "best-ensemble", args.members,
-                            progress=False)
-    report = evaluate_ensemble(members, data.test)
-    accs = [m.accuracy for _, m in report.members]
-    params = sum(p.numel() for p in build_model(best).parameters())
-    times = [train_seconds(p) for p in members]
-    spread = f" (sd {statistics.stdev(accs):.4f}, min {min(accs):.4f}, max {max(accs):.4f})" \
-        if len(accs) > 1 else ""
-    rows.append(("best (one network)", f"{statistics.mean(accs):.4f}{spread}",
-                 statistics.mean(times), params, len(accs)))
-    rows.append((f"best, ensemble of {len(members)}", f"{report.ensemble.accuracy:.4f}", sum(times),
-                 params * len(members), 1))
+    overrides = {"epochs": args.epochs} if args.epochs else {}
+    recipes = member_recipes(args.member or DEFAULT_MEMBERS, **overrides)
+    runtime = setup("auto", recipes[0].precision, args.threads, tune_allocator=True)
+    paths = train_recipes(recipes, data, runtime, runs / "ensemble", progress=False)
+    names = [p.parent.name for p in paths]
+    val = member_probabilities(paths, data.val, runtime=runtime)
+    test = member_probabilities(paths, data.test, runtime=runtime)
 
-    skip = set(args.skip.split(","))
-    for name, recipe in (("deep", recipe_for("deep")),
-                         ("deep-augment", recipe_for("deep").replace(augment="standard"))):
-        if name in skip:
-            continue
-        checkpoint = single_run(name, recipe, data, runs)
-        model, _ = load_checkpoint(checkpoint)
-        accuracy = evaluate(model, data.test).accuracy
-        params = sum(p.numel() for p in model.parameters())
-        rows.insert(0 if name == "deep" else 1,
-                    (name.replace("-augment", " --augment"), f"{accuracy:.4f}",
-                     train_seconds(checkpoint), params, 1))
+    print(f"\nmembers ({data.name}: {len(data.val)} validation, {len(data.test)} test images)\n")
+    print("| member | epochs | validation | test | time per epoch | time in all | parameters |")
+    print("|---|---|---|---|---|---|---|")
+    for k, (name, recipe, path) in enumerate(zip(names, recipes, paths)):
+        seconds = train_seconds(path)
+        params = sum(p.numel() for p in build_model(recipe).parameters())
+        print(f"| {k + 1}. {name} | {recipe.epochs:g} | "
+              f"{metrics_from_proba(val[k], data.val.labels).accuracy:.4f} | "
+              f"{metrics_from_proba(test[k], data.test.labels).accuracy:.4f} | "
+              f"{sum(seconds) / len(seconds):.0f} s | {sum(seconds) / 60:.1f} min | {params:,} |")
 
-    print("\n| network | test accuracy | training time (2 CPU cores) | parameters | seeds |")
+    print("\ndisagreement on the validation split: above the diagonal the share of images two "
+          "members classify differently, below it the errors they share, on it each member's "
+          "errors\n")
+    print(disagreement_table(names, val, data.val.labels))
+
+    selection = greedy_selection(val, data.val.labels)
+    print("\naccuracy against the number of members, added in greedy order (chosen on the "
+          f"validation split: the first {selection.size})\n")
+    print("| members | added | validation | test | training time in all |")
     print("|---|---|---|---|---|")
-    for name, acc, seconds, params, seeds in rows:
-        print(f"| {name} | {acc} | {seconds / 60:.1f} min | {params:,} | {seeds} |")
+    minutes = 0.0
+    for k, i in enumerate(selection.order):
+        chosen = selection.order[:k + 1]
+        minutes += sum(train_seconds(paths[i])) / 60
+        test_accuracy = metrics_from_proba(average_probabilities([test[j] for j in chosen]),
+                                           data.test.labels).accuracy
+        mark = " (chosen)" if k + 1 == selection.size else ""
+        print(f"| {k + 1}{mark} | {names[i]} | "
+              f"{1 - selection.errors[k] / len(data.val):.4f} | {test_accuracy:.4f} | "
+              f"{minutes:.1f} min |")
+    everyone = metrics_from_proba(average_probabilities(test), data.test.labels).accuracy
+    print(f"\nall {len(paths)} members averaged, in listed order: test {everyone:.4f}")
+
+    if args.lecture:
+        lecture_rows(data, runs, args.threads)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,24 @@
 """Ensembles: averaging checked by hand, evaluation, and member-by-member resumable training."""
 
 import dataclasses
+import shutil
 
 import pytest
 import torch
 
 from mnist_cnn.ensemble import (
     average_probabilities,
+    disagreement,
     ensemble_proba,
     evaluate_ensemble,
+    greedy_selection,
     load_members,
+    member_name,
+    member_recipes,
+    select_members,
+    shared_errors,
     train_members,
+    train_recipes,
 )
 from mnist_cnn.errors import MnistCnnError
 from mnist_cnn.evaluation import metrics_from_proba
@@ -93,3 +101,151 @@ def test_members_of_different_datasets_are_refused(two_members, tmp_path):
         load_members([paths[0], tmp_path / "other.safetensors"])
     with pytest.raises(MnistCnnError, match="at least one"):
         load_members([])
+
+
+# --------------------------------------------------------------------------------------------
+# Diverse ensembles (issue 13)
+
+
+def test_disagreement_and_shared_errors_by_hand():
+    labels = torch.tensor([0, 1, 2, 3])
+    a = torch.eye(4)[[0, 1, 0, 0]]  # wrong on images 2 and 3
+    b = torch.eye(4)[[0, 2, 0, 3]]  # wrong on images 1 and 2
+    assert disagreement(a, b) == pytest.approx(0.5)  # images 1 and 3
+    assert shared_errors(a, b, labels) == 1  # image 2
+    assert disagreement(a, a) == 0.0
+
+
+def test_greedy_selection_adds_what_corrects_and_keeps_the_best_prefix():
+    labels = torch.zeros(4, dtype=torch.long)
+
+    def member(*p_right):  # two classes; the probability given to the right one, per image
+        right = torch.tensor(p_right)
+        return torch.stack([right, 1 - right], 1)
+
+    strong = member(0.9, 0.9, 0.9, 0.4)  # 1 error (image 3)
+    fixer = member(0.4, 0.6, 0.6, 0.9)  # 1 error (image 0), and it fixes image 3 with `strong`
+    clone = member(0.6, 0.6, 0.6, 0.3)  # `strong`'s error, and less sure where it is right
+    bad = member(0.1, 0.1, 0.1, 0.1)  # 4 errors
+    selection = greedy_selection([bad, clone, fixer, strong], labels)
+    # strong and fixer have one error each; strong's loss is lower
+    assert selection.order[:2] == [3, 2]
+    assert selection.errors[:2] == [1, 0]
+    assert selection.order[2:] == [1, 0]
+    assert selection.size == 2 and selection.chosen == [3, 2]
+
+
+def test_member_specs_give_recipes_seeds_and_folder_names():
+    recipes = member_recipes(["best:elastic", "simple", "wide:light:7", "best::5"], seed=10,
+                             epochs=2)
+    assert [(r.model, r.augment, r.seed, r.epochs) for r in recipes] == [
+        ("best", "elastic", 10, 2), ("simple", "none", 11, 2), ("wide", "light", 7, 2),
+        ("best", "standard", 5, 2)]
+    assert recipes[0].lr == recipe_for("best").lr  # the rest is the model's own recipe
+    assert [member_name(r) for r in recipes] == [
+        "best-elastic-seed10", "simple-none-seed11", "wide-light-seed7", "best-standard-seed5"]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("nosuch", "unknown model"),
+    ("best:blurry", "unknown augmentation 'blurry'"),
+    ("best:none:x", "not a whole number"),
+    ("best:none:1:2", "MODEL\\[:AUGMENT\\[:SEED\\]\\]"),
+    (":none", "MODEL\\[:AUGMENT"),
+])
+def test_bad_member_specs_are_one_line_errors(spec, message):
+    with pytest.raises(MnistCnnError, match=message):
+        member_recipes([spec])
+
+
+class SealedSplit:
+    """A test split that fails whoever touches it: model selection must not look at it."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"the test split was read ({name})")
+
+    def __len__(self):
+        raise AssertionError("the test split was read (len)")
+
+
+@pytest.fixture(scope="module")
+def diverse(tiny_dataset, runtime, tmp_path_factory):
+    """Two architectures and two augmentations, trained on data whose test split is sealed."""
+    out = tmp_path_factory.mktemp("diverse")
+    sealed = dataclasses.replace(tiny_dataset, test=SealedSplit())
+    recipes = member_recipes(["simple:none", "fast:light"], epochs=3, batch_size=50)
+    paths = train_recipes(recipes, sealed, runtime, out, progress=False, log=lambda s: None)
+    return out, recipes, paths, sealed
+
+
+def test_a_diverse_ensemble_trains_selects_on_validation_and_evaluates(diverse, tiny_dataset):
+    out, recipes, paths, sealed = diverse
+    assert [p.parent.name for p in paths] == ["simple-none-seed0", "fast-light-seed1"]
+    members = load_members(paths)
+    assert [(m.recipe.model, m.recipe.augment) for _, m in members] == [
+        ("simple", "none"), ("fast", "light")]
+    with pytest.raises(AssertionError, match="test split was read"):
+        evaluate_ensemble(paths, sealed.test)  # the seal works: reading it would fail the fixture
+    selection = select_members(paths, sealed.val)  # validation only
+    assert sorted(selection.order) == [0, 1] and 1 <= selection.size <= 2
+    probs = [ensemble_proba([m], tiny_dataset.val.images) for m, _ in members]
+    first = min((0, 1), key=lambda i: (int((probs[i].argmax(1) != tiny_dataset.val.labels).sum()),
+                                       metrics_from_proba(probs[i], tiny_dataset.val.labels).loss))
+    assert selection.order[0] == first
+    chosen = [paths[i] for i in selection.chosen]
+    report = evaluate_ensemble(chosen, tiny_dataset.test)  # reported on the test split
+    averaged = ensemble_proba([m for m, _ in load_members(chosen)], tiny_dataset.test.images)
+    assert report.ensemble.accuracy == pytest.approx(
+        float((averaged.argmax(1) == tiny_dataset.test.labels).float().mean()))
+    assert report.ensemble.accuracy > 0.5  # learnt (chance: 0.1)
+
+
+def test_a_diverse_ensemble_resumes_member_by_member(diverse, runtime):
+    out, recipes, paths, sealed = diverse
+    kept = paths[0].read_bytes()
+    shutil.rmtree(paths[1].parent)  # the second member was never finished
+    lines = []
+    again = train_recipes(recipes, sealed, runtime, out, progress=False, log=lines.append)
+    assert again == paths
+    assert paths[0].read_bytes() == kept
+    assert sum(line.startswith("Epoch:") for line in lines) == recipes[1].epochs  # it alone
+    assert load_members(paths)[1][1].recipe == recipes[1]
+
+
+def test_members_listed_twice_are_refused(tiny_dataset, runtime, tmp_path):
+    recipes = member_recipes(["simple:none:3", "simple:none:3"])
+    with pytest.raises(MnistCnnError, match="listed twice"):
+        train_recipes(recipes, tiny_dataset, runtime, tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--member", "best", "--model", "best"], "without --model"),
+    (["--model", "best"], "give --model and --members N, or --member"),
+    (["--member", "best", "--member", "simple"], "differ in precision"),
+])
+def test_ensemble_train_command_errors(capsys, argv, message):
+    from mnist_cnn.cli import main
+    assert main(["ensemble", "train", *argv]) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_ensemble_train_command_with_member_specs(mnist_data_dir, tmp_path, capsys):
+    from mnist_cnn.cli import main
+    out = tmp_path / "ens"
+    argv = ["ensemble", "train", "--member", "simple:none", "--member", "fast:light:9",
+            "--epochs", "0.02", "--precision", "fp32", "--out", str(out), "--no-progress",
+            "--data-dir", str(mnist_data_dir), "--device", "cpu", "--threads", "1"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["fast-light-seed9", "simple-none-seed0"]
+    assert "greedy selection on the validation split" in printed
+    kept = [line.split()[1].rstrip(":") for line in printed.splitlines()
+            if line.startswith("  + ") and line.endswith("(kept)")]
+    assert 1 <= len(kept) <= 2
+    members = [line for line in printed.splitlines()
+               if line.startswith("member ") and ": accuracy " in line]
+    assert len(members) == len(kept)  # the test split reports the chosen members alone
+    assert all(any(name in line for name in kept) for line in members)
+    assert "(10000 test images)" in printed
+    assert main(argv) == 0  # again: nothing left to train
+    assert "Epoch:" not in capsys.readouterr().out

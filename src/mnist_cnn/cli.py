@@ -17,7 +17,14 @@ from . import distributed, sources
 from .augment import PRESETS as AUGMENT_PRESETS
 from .checkpoint import CheckpointMeta, load_checkpoint, pretrained_path, read_checkpoint
 from .device import Runtime, setup
-from .ensemble import EnsembleReport, evaluate_ensemble, train_members
+from .ensemble import (
+    EnsembleReport,
+    Selection,
+    evaluate_ensemble,
+    member_recipes,
+    select_members,
+    train_recipes,
+)
 from .errors import MnistCnnError
 from .evaluation import ascii_digit, evaluate, format_metrics, predict_proba
 from .models import MODELS, build_model, recipe_for, summary
@@ -101,9 +108,9 @@ def add_evaluation_args(p: argparse.ArgumentParser) -> None:
     add_runtime_args(p)
 
 
-def add_recipe_args(p: argparse.ArgumentParser) -> None:
+def add_recipe_args(p: argparse.ArgumentParser, model_required: bool = True) -> None:
     """A training command's flags: each overrides one field of the network's default recipe."""
-    p.add_argument("--model", required=True, choices=sorted(MODELS))
+    p.add_argument("--model", required=model_required, choices=sorted(MODELS))
     p.add_argument("--epochs", type=real_number(0, include_low=False))
     p.add_argument("--batch-size", type=POSITIVE)
     p.add_argument("--lr", type=real_number(0, include_low=False), help="(peak) learning rate")
@@ -121,12 +128,15 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
     add_runtime_args(p)
 
 
+def recipe_overrides(args: argparse.Namespace) -> dict:
+    return {field: getattr(args, field) for field in
+            ("epochs", "batch_size", "lr", "seed", "dropout", "schedule", "precision",
+             "augment", "optimizer", "weight_decay", "label_smoothing")
+            if getattr(args, field, None) is not None}
+
+
 def recipe_from_args(args: argparse.Namespace) -> Recipe:
-    overrides = {field: getattr(args, field) for field in
-                 ("epochs", "batch_size", "lr", "seed", "dropout", "schedule", "precision",
-                  "augment", "optimizer", "weight_decay", "label_smoothing")
-                 if getattr(args, field, None) is not None}
-    return recipe_for(args.model, args.dataset).replace(**overrides)
+    return recipe_for(args.model, args.dataset).replace(**recipe_overrides(args))
 
 
 def data_for(args: argparse.Namespace, meta: CheckpointMeta) -> datamod.Dataset:
@@ -211,7 +221,8 @@ def train_command(sub) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    recipe, runtime, data = start_training(args)
+    recipe = recipe_from_args(args)
+    runtime, data = start_runtime_and_data(args, recipe.precision)
     try:
         train_and_test(args, recipe, runtime, data)
         # the ranks leave together: one tearing its connections down while rank 0 still tests
@@ -221,13 +232,12 @@ def cmd_train(args: argparse.Namespace) -> None:
         distributed.stop()
 
 
-def start_training(args: argparse.Namespace) -> tuple[Recipe, Runtime, datamod.Dataset]:
-    """The recipe, runtime and data of a training command."""
-    recipe = recipe_from_args(args)
-    runtime = setup(args.device, recipe.precision, args.threads, tune_allocator=True,
-                    distributed=True)
+def start_runtime_and_data(args: argparse.Namespace, precision: str
+                           ) -> tuple[Runtime, datamod.Dataset]:
+    """The runtime and data of a training command."""
+    runtime = setup(args.device, precision, args.threads, tune_allocator=True, distributed=True)
     start_optimizer_import()  # overlaps the data loading
-    return recipe, runtime, datamod.load_dataset(args.dataset, args.data_dir)
+    return runtime, datamod.load_dataset(args.dataset, args.data_dir)
 
 
 def train_and_test(args: argparse.Namespace, recipe: Recipe, runtime: Runtime,
@@ -282,10 +292,15 @@ def show_predictions(model: torch.nn.Module, split: datamod.Split, classes: tupl
 def ensemble_command(sub) -> None:
     p = sub.add_parser("ensemble", help="train or evaluate an ensemble of networks")
     ens = p.add_subparsers(dest="action", required=True)
-    q = ens.add_parser("train", help="train N members with seeds S, S+1, ... (resumable)")
-    add_recipe_args(q)
-    q.add_argument("--members", type=POSITIVE, required=True)
-    q.add_argument("--out", help="ensemble directory (default: runs/MODEL-ensemble)")
+    q = ens.add_parser("train", help="train N members with seeds S, S+1, ..., or the members "
+                       "listed by --member (resumable); choose them on the validation split")
+    add_recipe_args(q, model_required=False)
+    q.add_argument("--members", type=POSITIVE, help="with --model: this many seeds of it")
+    q.add_argument("--member", action="append", metavar="MODEL[:AUGMENT[:SEED]]",
+                   help="one member (repeat the option), e.g. best:elastic or wide:standard:7; "
+                   "the other flags apply to every member; seeds default to --seed + position")
+    q.add_argument("--out", help="ensemble directory (default: runs/MODEL-ensemble, or "
+                   "runs/ensemble with --member)")
     q.add_argument("--overwrite", action="store_true",
                    help="retrain every member (by default finished members are kept and an "
                    "interrupted one resumes)")
@@ -297,11 +312,11 @@ def ensemble_command(sub) -> None:
 
 
 def cmd_ensemble_train(args: argparse.Namespace) -> None:
-    recipe, runtime, data = start_training(args)
-    out = Path(args.out or f"runs/{recipe.model}-ensemble")
+    recipes, names, out = ensemble_recipes(args)
+    runtime, data = start_runtime_and_data(args, recipes[0].precision)
     try:
-        paths = train_members(recipe, data, runtime, out, args.members, not args.no_progress,
-                              overwrite=args.overwrite)
+        paths = train_recipes(recipes, data, runtime, out, not args.no_progress,
+                              overwrite=args.overwrite, names=names)
     finally:
         distributed.stop()
     if not runtime.is_main:
@@ -310,7 +325,42 @@ def cmd_ensemble_train(args: argparse.Namespace) -> None:
     if missing:  # trained by another machine into its own folder
         raise MnistCnnError(f"{', '.join(missing)}: not here; under torchrun on several machines, "
                             "--out must be a folder all of them share")
-    print(format_ensemble(evaluate_ensemble(paths, data.test, recipe.eval_batch_size, runtime)))
+    batch = recipes[0].eval_batch_size
+    if len(paths) > 1:  # chosen on the validation split, then reported on the test split
+        selection = select_members(paths, data.val, batch, runtime)
+        print(format_selection(paths, selection))
+        paths = [paths[i] for i in selection.chosen]
+    print(format_ensemble(evaluate_ensemble(paths, data.test, batch, runtime)))
+
+
+def ensemble_recipes(args: argparse.Namespace) -> tuple[list[Recipe], list[str] | None, Path]:
+    """The members' recipes, folder names and the ensemble folder: --model with --members N
+    (seeds S, S+1, ... in member-K/), or a --member spec per member."""
+    if args.member:
+        if args.model or args.members:
+            raise MnistCnnError("--member lists the members: give it without --model and --members")
+        overrides = {k: v for k, v in recipe_overrides(args).items() if k != "seed"}
+        recipes = member_recipes(args.member, args.seed or 0, args.dataset, **overrides)
+        if len({r.precision for r in recipes}) > 1:
+            raise MnistCnnError("the members' recipes differ in precision: choose one with "
+                                "--precision")
+        return recipes, None, Path(args.out or "runs/ensemble")
+    if not (args.model and args.members):
+        raise MnistCnnError("give --model and --members N, or --member MODEL[:AUGMENT[:SEED]] "
+                            "once per member")
+    recipe = recipe_from_args(args)
+    return ([recipe.replace(seed=recipe.seed + k) for k in range(args.members)],
+            [f"member-{k}" for k in range(args.members)],
+            Path(args.out or f"runs/{recipe.model}-ensemble"))
+
+
+def format_selection(paths: list[Path], selection: Selection) -> str:
+    lines = ["greedy selection on the validation split (errors of the averaged ensemble):"]
+    for k, i in enumerate(selection.order):
+        kept = "kept" if k < selection.size else "left out"
+        lines.append(f"  + {paths[i].parent.name}: {selection.errors[k]} errors, loss "
+                     f"{selection.losses[k]:.4f} ({kept})")
+    return "\n".join(lines)
 
 
 def cmd_ensemble_evaluate(args: argparse.Namespace) -> None:

@@ -8,17 +8,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from . import distributed
+from .augment import PRESETS as AUGMENT_PRESETS
 from .checkpoint import CheckpointMeta, load_checkpoint
 from .data import Dataset, Split
 from .device import Runtime
 from .errors import MnistCnnError
 from .evaluation import CPU, Metrics, metrics_from_proba, predict_proba
-from .models import build_model
+from .models import build_model, recipe_for
 from .recipes import Recipe
 from .training import CHECKPOINT_NAME, train
 
@@ -81,13 +83,31 @@ def train_members(recipe: Recipe, data: Dataset, runtime: Runtime, out_dir: str 
                   log: Callable[[str], None] = print, overwrite: bool = False) -> list[Path]:
     """Train `members` networks with seeds recipe.seed, recipe.seed + 1, ... into member-K/.
 
+    Resumable member by member (see train_recipes).
+    """
+    recipes = [recipe.replace(seed=recipe.seed + k) for k in range(members)]
+    return train_recipes(recipes, data, runtime, out_dir, progress, log, overwrite,
+                         names=[f"member-{k}" for k in range(members)])
+
+
+def train_recipes(recipes: Sequence[Recipe], data: Dataset, runtime: Runtime,
+                  out_dir: str | os.PathLike, progress: bool = True,
+                  log: Callable[[str], None] = print, overwrite: bool = False,
+                  names: Sequence[str] | None = None) -> list[Path]:
+    """Train one member per recipe into out_dir/NAME/ (default names: member_name(recipe)).
+
     Resumable member by member: finished members are skipped, an interrupted one resumes;
-    with `overwrite`, every member starts afresh instead.
+    with `overwrite`, every member starts afresh instead. Only the training and validation
+    splits are read: choosing members is the validation split's job (select_members).
 
     Under torchrun the members are spread over the ranks (member k on rank k % world size), each
     trained as a single process would, without gradient sync, so the members are those of a
     sequential run; all ranks return once every member is trained.
     """
+    names = list(names) if names is not None else [member_name(r) for r in recipes]
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise MnistCnnError(f"members {', '.join(twice)} are listed twice: give them other seeds")
     alone = dataclasses.replace(runtime, rank=0, world_size=1)
     if runtime.world_size > 1:
         rank_log = log
@@ -96,17 +116,127 @@ def train_members(recipe: Recipe, data: Dataset, runtime: Runtime, out_dir: str 
             rank_log(f"rank {runtime.rank}: {line}")
 
     paths = []
-    for k in range(members):
-        member_recipe = recipe.replace(seed=recipe.seed + k)
-        member_dir = Path(out_dir) / f"member-{k}"
+    for k, (member_recipe, name) in enumerate(zip(recipes, names)):
+        member_dir = Path(out_dir) / name
         checkpoint = member_dir / CHECKPOINT_NAME
         paths.append(checkpoint)
         if k % runtime.world_size != runtime.rank:
             continue
-        log(f"member {k + 1}/{members} (seed {member_recipe.seed}) in {member_dir}")
+        log(f"member {k + 1}/{len(recipes)} ({member_recipe.model}, augment "
+            f"{member_recipe.augment}, seed {member_recipe.seed}) in {member_dir}")
         train(build_model(member_recipe), data, member_recipe, alone, member_dir,
               resume=checkpoint.is_file() and not overwrite,
               progress=progress and runtime.is_main, log=log, overwrite=overwrite)
     # ranks may finish a whole member apart; a rank that dies ends the group (torchrun) sooner
     distributed.barrier(runtime, wait=MEMBERS_WAIT)
     return paths
+
+
+# --------------------------------------------------------------------------------------------
+# Diverse members: "MODEL[:AUGMENT[:SEED]]", e.g. best:elastic or wide:standard:7
+
+
+def member_name(recipe: Recipe) -> str:
+    """A member's folder: what makes it differ from the others, so a changed list resumes."""
+    return f"{recipe.model}-{recipe.augment}-seed{recipe.seed}"
+
+
+def member_recipes(specs: Sequence[str], seed: int = 0, dataset: str = "mnist",
+                   **overrides: Any) -> list[Recipe]:
+    """Each spec's recipe: the model's own, with `overrides` (e.g. epochs) for every member, then
+    the spec's augmentation preset and seed; members without a seed get seed + their index."""
+    recipes = []
+    for k, spec in enumerate(specs):
+        parts = spec.split(":")
+        if len(parts) > 3 or not parts[0]:
+            raise MnistCnnError(f"member {spec!r}: expected MODEL[:AUGMENT[:SEED]], "
+                                "e.g. best:elastic or wide:standard:7")
+        changes = dict(overrides, seed=seed + k)
+        if len(parts) > 1 and parts[1]:
+            if parts[1] not in AUGMENT_PRESETS:
+                raise MnistCnnError(f"member {spec!r}: unknown augmentation {parts[1]!r}; "
+                                    f"choose one of {', '.join(AUGMENT_PRESETS)}")
+            changes["augment"] = parts[1]
+        if len(parts) > 2:
+            if not parts[2].isdigit():
+                raise MnistCnnError(f"member {spec!r}: the seed {parts[2]!r} is not a whole number")
+            changes["seed"] = int(parts[2])
+        recipes.append(recipe_for(parts[0], dataset).replace(**changes).validate())
+    return recipes
+
+
+def member_probabilities(paths: Sequence[str | os.PathLike], split: Split, batch_size: int = 1000,
+                         runtime: Runtime = CPU) -> list[torch.Tensor]:
+    """Each member's softmax outputs on `split`, one tensor (N, classes) per member."""
+    return [predict_proba(model, split.images, batch_size, runtime)
+            for model, _ in load_members(paths, runtime.device)]
+
+
+def disagreement(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The share of images two members (their probabilities) classify differently."""
+    return float((a.argmax(1) != b.argmax(1)).float().mean())
+
+
+def shared_errors(a: torch.Tensor, b: torch.Tensor, labels: torch.Tensor) -> int:
+    """Images both members get wrong: no average of the two can fix those but by luck."""
+    return int(((a.argmax(1) != labels) & (b.argmax(1) != labels)).sum())
+
+
+@dataclass
+class Selection:
+    order: list[int]  # members in the order greedy selection added them
+    errors: list[int]  # the ensemble's errors with the first k + 1 of them
+    losses: list[float]  # its mean negative log-likelihood, likewise
+    size: int  # how many of `order` to keep: the fewest errors (then the lowest loss)
+
+    @property
+    def chosen(self) -> list[int]:
+        return self.order[:self.size]
+
+
+def greedy_selection(probs: Sequence[torch.Tensor], labels: torch.Tensor) -> Selection:
+    """Forward selection without replacement: start from the best member, then add whichever
+    member leaves the averaged ensemble the fewest errors (ties: the lowest loss).
+
+    Meant for the validation split: choosing on the test split would make its score a
+    training result.
+    """
+    def score(members: list[int]) -> tuple[int, float]:
+        m = metrics_from_proba(average_probabilities([probs[i] for i in members]), labels)
+        return round((1 - m.accuracy) * m.count), m.loss
+
+    order: list[int] = []
+    scores: list[tuple[int, float]] = []
+    left = list(range(len(probs)))
+    while left:
+        best = min(left, key=lambda i: score(order + [i]))
+        order.append(best)
+        left.remove(best)
+        scores.append(score(order))
+    size = min(range(len(order)), key=lambda k: scores[k]) + 1
+    return Selection(order, [e for e, _ in scores], [loss for _, loss in scores], size)
+
+
+def select_members(paths: Sequence[str | os.PathLike], val: Split, batch_size: int = 1000,
+                   runtime: Runtime = CPU) -> Selection:
+    """Greedy selection of `paths` on the validation split `val`."""
+    return greedy_selection(member_probabilities(paths, val, batch_size, runtime), val.labels)
+
+
+def disagreement_table(names: Sequence[str], probs: Sequence[torch.Tensor], labels: torch.Tensor
+                       ) -> str:
+    """A Markdown table: above the diagonal the disagreement in %, below it the shared errors,
+    on it each member's own errors."""
+    header = "| | " + " | ".join(f"{k + 1}" for k in range(len(names))) + " |"
+    lines = [header, "|---" * (len(names) + 1) + "|"]
+    for i, name in enumerate(names):
+        cells = []
+        for j in range(len(names)):
+            if i == j:
+                cells.append(f"**{int((probs[i].argmax(1) != labels).sum())}**")
+            elif j > i:
+                cells.append(f"{100 * disagreement(probs[i], probs[j]):.2f}%")
+            else:
+                cells.append(str(shared_errors(probs[i], probs[j], labels)))
+        lines.append(f"| {i + 1}. {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

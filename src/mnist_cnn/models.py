@@ -267,6 +267,42 @@ def best_cnn(dropout: float = 0.25, width: int = 32) -> nn.Module:
     )
 
 
+# Ensemble members that differ from `best` in more than their seed: members that make the same
+# mistakes cannot correct each other (issue 13: five `best` seeds scored no better than one).
+@register("wide", Recipe(model="wide", epochs=15, batch_size=128, lr=0.003, schedule="onecycle",
+                         warmup=0.2, label_smoothing=0.1, dropout=0.25, augment="standard",
+                         precision="bf16"),
+          "`best` with 1.5x the channels (48, 96, 192), for ensembles")
+def wide_cnn(dropout: float = 0.25, width: int = 48) -> nn.Module:
+    return best_cnn(dropout, width)
+
+
+def conv5_bn(c_in: int, c_out: int) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 5, padding=2, bias=False), nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True)]
+
+
+@register("five", Recipe(model="five", epochs=15, batch_size=128, lr=0.003, schedule="onecycle",
+                         warmup=0.2, label_smoothing=0.1, dropout=0.25, augment="standard",
+                         precision="bf16"),
+          "another topology for ensembles: 5x5 kernels, two pools, a dense hidden layer of 256")
+def five_cnn(dropout: float = 0.25, width: int = 32) -> nn.Module:
+    w = width
+    return nn.Sequential(
+        *conv5_bn(1, w), *conv5_bn(w, w),                  # (?, 28, 28, w)
+        nn.MaxPool2d(2),                                    # (?, 14, 14, w)
+        *conv_bn(w, 2 * w), *conv_bn(2 * w, 2 * w),         # (?, 14, 14, 2w)
+        nn.MaxPool2d(2),                                    # (?, 7, 7, 2w)
+        nn.Flatten(),
+        Dropout(dropout),
+        nn.Linear(2 * w * 49, 256, bias=False),
+        nn.BatchNorm1d(256),
+        nn.ReLU(inplace=True),
+        Dropout(dropout),
+        nn.Linear(256, 10),
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # Describing a network
 
