@@ -49,3 +49,25 @@ def test_serve_answers_with_the_shipped_model(mnist, tmp_path):
     assert client.get("/api/model").json()["models"] == ["best"]
     answer = client.post("/api/predict", content=(tmp_path / "seven.png").read_bytes()).json()
     assert int(answer["digit"]) == label
+
+
+def test_a_fresh_install_reads_a_drawn_digit_without_any_data(tmp_path):
+    """No MNIST anywhere (no $MNIST_DATA_DIR, an empty cache): the shipped model still answers."""
+    import os
+    import subprocess
+    import sys
+
+    from PIL import ImageDraw
+
+    photo = Image.new("L", (120, 140), 255)
+    ImageDraw.Draw(photo).line([(25, 25), (95, 25), (50, 120)], fill=20, width=10)  # a 7
+    photo.save(tmp_path / "seven.png")
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_DATA_DIR")}
+    env["MNIST_CNN_CACHE"] = str(tmp_path / "empty-cache")
+    result = subprocess.run([sys.executable, "-m", "mnist_cnn.cli", "predict",
+                             str(tmp_path / "seven.png"), "--json", "--threads", "1"],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout)[0]
+    assert answer["digit"] == "7" and answer["is_digit"] is True
+    assert not (tmp_path / "empty-cache").exists()  # nothing was fetched or cached
