@@ -27,7 +27,7 @@ import io
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import resources
 
 import torch
@@ -210,18 +210,21 @@ def create_app(checkpoints: Sequence[str | os.PathLike], runtime: Runtime = CPU,
     ready = False  # until the models have answered once (the first call allocates)
     working = 0  # uploads holding a slot
 
-    def classify(body: bytes) -> dict:
+    def answer(read: Callable[[bytes], dict], body: bytes) -> dict:
+        """`read`'s answer; a bad image is the client's error (400), outputs that are not
+        finite numbers the server's (500)."""
         try:
-            steps = load_and_preprocess(body, max_pixels, UPLOAD, work_pixels)
+            return read(body)
         except TooManyPixels as e:
             raise Refusal(400, "too_many_pixels", str(e)) from None
         except ImageError as e:
             raise Refusal(400, "bad_image", str(e)) from None
-        try:
-            probabilities = ensemble_proba(models, to_tensor(steps.final)[None],
-                                           runtime=runtime)[0]
         except MnistCnnError as e:  # the network's outputs are not finite
             raise HTTPException(500, str(e)) from None
+
+    def classify(body: bytes) -> dict:
+        steps = load_and_preprocess(body, max_pixels, UPLOAD, work_pixels)
+        probabilities = ensemble_proba(models, to_tensor(steps.final)[None], runtime=runtime)[0]
         best = int(probabilities.argmax())
         return {
             "digit": classes[best],
@@ -235,18 +238,11 @@ def create_app(checkpoints: Sequence[str | os.PathLike], runtime: Runtime = CPU,
         }
 
     def read_row(body: bytes) -> dict:
-        try:
-            image = load_image(body, max_pixels, UPLOAD, work_pixels)
-            # boxes in the upload's pixels: undo the shrinking (the header alone gives the size)
-            scale = max(Image.open(io.BytesIO(body)).size) / max(image.size)
-            reading = read_number(image, models, classes, runtime, len(classes), UPLOAD, scale,
-                                  digit_threshold=threshold)
-        except TooManyPixels as e:
-            raise Refusal(400, "too_many_pixels", str(e)) from None
-        except ImageError as e:
-            raise Refusal(400, "bad_image", str(e)) from None
-        except MnistCnnError as e:  # the network's outputs are not finite
-            raise HTTPException(500, str(e)) from None
+        image = load_image(body, max_pixels, UPLOAD, work_pixels)
+        # boxes in the upload's pixels: undo the shrinking (the header alone gives the size)
+        scale = max(Image.open(io.BytesIO(body)).size) / max(image.size)
+        reading = read_number(image, models, classes, runtime, len(classes), UPLOAD, scale,
+                              digit_threshold=threshold)
         return {"number": reading.number, "digits": reading.digits, "is_digit": reading.is_digit,
                 "inverted": reading.inverted}
 
@@ -304,7 +300,7 @@ def create_app(checkpoints: Sequence[str | os.PathLike], runtime: Runtime = CPU,
         working += 1
         try:
             # preprocessing and the network are CPU work: off the event loop
-            return await run_in_threadpool(read_row if number else classify, body)
+            return await run_in_threadpool(answer, read_row if number else classify, body)
         finally:
             working -= 1
             slots.release()
