@@ -22,6 +22,7 @@ from .ensemble import (
     Selection,
     evaluate_ensemble,
     member_recipes,
+    seed_members,
     select_members,
     train_recipes,
 )
@@ -349,9 +350,8 @@ def ensemble_recipes(args: argparse.Namespace) -> tuple[list[Recipe], list[str] 
         raise MnistCnnError("give --model and --members N, or --member MODEL[:AUGMENT[:SEED]] "
                             "once per member")
     recipe = recipe_from_args(args)
-    return ([recipe.replace(seed=recipe.seed + k) for k in range(args.members)],
-            [f"member-{k}" for k in range(args.members)],
-            Path(args.out or f"runs/{recipe.model}-ensemble"))
+    recipes, names = seed_members(recipe, args.members)
+    return recipes, names, Path(args.out or f"runs/{recipe.model}-ensemble")
 
 
 def format_selection(paths: list[Path], selection: Selection) -> str:

@@ -85,9 +85,15 @@ def train_members(recipe: Recipe, data: Dataset, runtime: Runtime, out_dir: str 
 
     Resumable member by member (see train_recipes).
     """
-    recipes = [recipe.replace(seed=recipe.seed + k) for k in range(members)]
-    return train_recipes(recipes, data, runtime, out_dir, progress, log, overwrite,
-                         names=[f"member-{k}" for k in range(members)])
+    recipes, names = seed_members(recipe, members)
+    return train_recipes(recipes, data, runtime, out_dir, progress, log, overwrite, names)
+
+
+def seed_members(recipe: Recipe, members: int) -> tuple[list[Recipe], list[str]]:
+    """`members` copies of `recipe` with seeds recipe.seed, recipe.seed + 1, ... and their
+    folder names, member-0, member-1, ..."""
+    return ([recipe.replace(seed=recipe.seed + k) for k in range(members)],
+            [f"member-{k}" for k in range(members)])
 
 
 def train_recipes(recipes: Sequence[Recipe], data: Dataset, runtime: Runtime,
@@ -161,7 +167,7 @@ def member_recipes(specs: Sequence[str], seed: int = 0, dataset: str = "mnist",
             if not parts[2].isdigit():
                 raise MnistCnnError(f"member {spec!r}: the seed {parts[2]!r} is not a whole number")
             changes["seed"] = int(parts[2])
-        recipes.append(recipe_for(parts[0], dataset).replace(**changes).validate())
+        recipes.append(recipe_for(parts[0], dataset).replace(**changes))
     return recipes
 
 
