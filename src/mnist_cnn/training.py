@@ -333,6 +333,13 @@ def wrap_for_ranks(model: nn.Module, runtime: Runtime) -> nn.Module:
     return DistributedDataParallel(model, device_ids=device_ids, forward_sync_buffers=False)
 
 
+def step_seed(recipe: Recipe, step: int, rank: int) -> int:
+    """The seed of one step's random draws (augmentation, outliers): derived from the step, so that
+    a resumed run draws exactly as an uninterrupted one; each rank draws its own (rank 0 as a
+    single process does)."""
+    return recipe.seed * 1_000_003 + step + rank * 2**53
+
+
 def make_augmenter(recipe: Recipe, runtime: Runtime):
     if recipe.augment == "none":
         return None
@@ -342,9 +349,7 @@ def make_augmenter(recipe: Recipe, runtime: Runtime):
     generator = torch.Generator(runtime.device)
 
     def augment(x: torch.Tensor, step: int) -> torch.Tensor:
-        # seeded per step, so that a resumed run augments exactly as an uninterrupted one; each
-        # rank draws its own (rank 0 as a single process does)
-        generator.manual_seed(recipe.seed * 1_000_003 + step + runtime.rank * 2**53)
+        generator.manual_seed(step_seed(recipe, step, runtime.rank))
         return augment_batch(x, config, generator)
 
     return augment
@@ -359,10 +364,10 @@ def make_outliers(recipe: Recipe, runtime: Runtime):
 
     pool = torch.from_numpy(outlier_pool(OUTLIER_POOL, recipe.seed + 10_000))[:, None]
     pool = pool.to(runtime.device)
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator()
 
     def outliers(step: int) -> torch.Tensor:
-        generator.manual_seed(recipe.seed * 1_000_003 + step + runtime.rank * 2**53)
+        generator.manual_seed(step_seed(recipe, step, runtime.rank))
         idx = torch.randint(len(pool), (max(1, recipe.batch_size // 2 // runtime.world_size),),
                             generator=generator).to(runtime.device)
         return runtime.to_batch(as_input(pool[idx]))
