@@ -29,7 +29,7 @@ from PIL import Image
 from mnist_cnn.checkpoint import load_checkpoint, load_pretrained, pretrained_path, save_checkpoint
 from mnist_cnn.ensemble import ensemble_proba, load_members
 from mnist_cnn.imaging import load_and_preprocess, to_tensor
-from mnist_cnn.predict import load_models, predict_images
+from mnist_cnn.predict import load_predictor, predict_images
 from mnist_cnn.server import create_app
 
 
@@ -68,7 +68,7 @@ def test_model_description(client):
 
 
 def test_answers_match_the_command_line(client, models, runtime, tmp_path):
-    networks, classes = load_models([models.checkpoint])
+    networks, classes, _ = load_predictor([models.checkpoint])
     for n in range(8):
         body = paper_png(models.data.test.images[n, 0].numpy())
         path = tmp_path / f"digit{n}.png"

@@ -75,16 +75,10 @@ def split_arguments(arguments: Sequence[str]) -> tuple[list[str], list[str]]:
     return checkpoints, images
 
 
-def load_models(checkpoints: Sequence[str | os.PathLike], device: torch.device | str = "cpu"
-                ) -> tuple[list[nn.Module], tuple[str, ...]]:
-    """The networks (one, or an ensemble with the same classes) and their class names."""
-    models, classes, _ = load_predictor(checkpoints, device)
-    return models, classes
-
-
 def load_predictor(checkpoints: Sequence[str | os.PathLike], device: torch.device | str = "cpu"
                    ) -> tuple[list[nn.Module], tuple[str, ...], float | None]:
-    """load_models, and the threshold below which an image is "not a digit" (None: never)."""
+    """The networks (one, or an ensemble with the same classes), their class names, and the
+    threshold below which an image is "not a digit" (None: never)."""
     members = load_members(checkpoints, device)
     threshold = ensemble_threshold([meta.digit_threshold for _, meta in members])
     return [model for model, _ in members], class_names(members[0][1]), threshold
