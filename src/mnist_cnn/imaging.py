@@ -244,15 +244,19 @@ def _noise(hist: np.ndarray, median: int) -> float:
 # Preprocessing
 
 
+def ink_box(image: np.ndarray) -> tuple[slice, slice] | None:
+    """The rows and columns that hold ink (non-zero pixels); None for a blank image."""
+    boxes = ndimage.find_objects((image > 0).astype(np.uint8))
+    return boxes[0] if boxes else None
+
+
 def preprocess(image: Image.Image | np.ndarray, source: str = "<image>") -> Preprocessed:
     """Turn a picture of one digit into the MNIST convention, keeping every step to look at."""
     gray = as_gray(image, source)
     ink, _, inverted, threshold = extract_ink(gray, source)
     ink = _drop_specks(ink)
 
-    rows = np.flatnonzero(ink.any(axis=1))
-    cols = np.flatnonzero(ink.any(axis=0))
-    cropped = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    cropped = ink[ink_box(ink)]
     # scaled up to 20 px, a dot or a speck would be read as some digit ("0" for a single pixel)
     smallest = max(MIN_INK_SIDE, MIN_INK_SHARE * max(gray.shape))
     if max(cropped.shape) < smallest:

@@ -33,6 +33,7 @@ from .imaging import (
     ImageError,
     as_gray,
     extract_ink,
+    ink_box,
     mnist_field,
 )
 from .novelty import is_digit
@@ -92,12 +93,11 @@ class NumberReading:
 
 def tight(top: int, left: int, mask: np.ndarray) -> Piece | None:
     """The piece cropped to its own pixels (None when it has none)."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
+    box = ink_box(mask)
+    if box is None:
         return None
-    return Piece(top + int(rows[0]), left + int(cols[0]),
-                 mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1])
+    rows, cols = box
+    return Piece(top + rows.start, left + cols.start, mask[box])
 
 
 def union(a: Piece, b: Piece) -> Piece:

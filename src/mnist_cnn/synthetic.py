@@ -41,11 +41,7 @@ def render_glyph(text: str, font: str | os.PathLike, height: int = 64) -> np.nda
     left, top, right, bottom = face.getbbox(text)
     canvas = Image.new("L", (right - left + 4, bottom - top + 4), 0)
     ImageDraw.Draw(canvas).text((2 - left, 2 - top), text, fill=255, font=face)
-    ink = np.asarray(canvas)
-    rows, cols = np.nonzero(ink)
-    if rows.size == 0:
-        return ink
-    return ink[rows.min():rows.max() + 1, cols.min():cols.max() + 1].copy()
+    return crop_ink(np.asarray(canvas)).copy()
 
 
 # --------------------------------------------------------------------------------------------
@@ -221,10 +217,10 @@ def outlier_pool(count: int, seed: int) -> np.ndarray:
 
 def crop_ink(image: np.ndarray) -> np.ndarray:
     """A white-on-black image cropped to its ink."""
-    rows, cols = np.nonzero(image)
-    if rows.size == 0:
-        return image
-    return image[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    from .imaging import ink_box  # imaging is not needed to draw
+
+    box = ink_box(image)
+    return image if box is None else image[box]
 
 
 def compose_row(glyphs: list[np.ndarray], rng: np.random.Generator, height: int = 48,
