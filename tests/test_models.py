@@ -14,6 +14,7 @@ from mnist_cnn.errors import MnistCnnError
 from mnist_cnn.models import (
     MODELS,
     CentreCrop,
+    Deskew,
     Dropout,
     as_input,
     build_model,
@@ -250,3 +251,40 @@ def test_building_a_network_leaves_the_callers_random_state_alone():
     second = build_model(recipe_for("deep").replace(seed=5))
     for a, b in zip(first.state_dict().values(), second.state_dict().values()):
         assert torch.equal(a, b)  # and the network still comes from its recipe's seed alone
+
+
+def slanted_bar(shear: float) -> torch.Tensor:
+    """A 2-pixel-wide stroke from top to bottom, leaning by `shear` pixels per row."""
+    image = torch.zeros(1, 1, 28, 28)
+    for row in range(4, 24):
+        col = round(13 + shear * (row - 13.5))
+        image[0, 0, row, col:col + 2] = 1.0
+    return image
+
+
+def ink_covariance(image: torch.Tensor) -> float:
+    rows, cols = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
+    w = image[0, 0] / image.sum()
+    cy, cx = (w * rows).sum(), (w * cols).sum()
+    return float((w * (rows - cy) * (cols - cx)).sum())
+
+
+@pytest.mark.parametrize("shear", [-0.4, 0.3, 0.5])
+def test_deskew_stands_a_slanted_stroke_upright_in_the_middle(shear):
+    bar = slanted_bar(shear)
+    assert abs(ink_covariance(bar)) > 3
+    upright = Deskew()(bar)
+    assert abs(ink_covariance(upright)) < 0.3
+    cols = upright[0, 0].sum(0)
+    assert int((cols > 0.5).sum()) <= 4  # one narrow column of ink
+    centre = float((cols * torch.arange(28.0)).sum() / cols.sum())
+    assert abs(centre - 13.5) < 0.5
+    assert float(upright.sum()) == pytest.approx(float(bar.sum()), rel=0.05)  # ink is moved, not lost
+
+
+def test_deskew_keeps_blank_and_single_pixel_images_finite():
+    blank = torch.zeros(2, 1, 28, 28)
+    dot = torch.zeros(1, 1, 28, 28)
+    dot[0, 0, 3, 25] = 1.0
+    assert torch.equal(Deskew()(blank), blank)
+    assert torch.isfinite(Deskew()(dot)).all()
