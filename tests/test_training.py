@@ -375,3 +375,36 @@ def test_a_checkpoint_missing_part_of_its_training_weights_is_refused(tiny_datas
 def test_an_impossible_ema_decay_is_refused(ema):
     with pytest.raises(MnistCnnError, match="ema decay"):
         SIMPLE.replace(ema=ema)
+
+
+def test_without_validation_images_training_runs_and_records_no_validation(runtime, tmp_path):
+    from conftest import synthetic_arrays
+
+    from mnist_cnn.data import make_dataset
+    from mnist_cnn.sources import DATASETS
+    from mnist_cnn.training import format_epoch
+
+    data = make_dataset(synthetic_arrays(), DATASETS["mnist"], "synthetic", val_size=0)
+    assert len(data.val) == 0 and len(data.train) == 700
+    lines = []
+    result = run(SIMPLE, data, runtime, tmp_path, log=lines.append)
+    record = result.history[-1]
+    assert "val_accuracy" not in record and record["step"] == 7
+    assert "no validation" in format_epoch(record)
+    _, meta = read_checkpoint(result.checkpoint)
+    assert meta.train_size == 700
+    # resuming on a split that holds images out would train on other images: refused
+    held_out = make_dataset(synthetic_arrays(), DATASETS["mnist"], "synthetic", val_size=100)
+    with pytest.raises(MnistCnnError, match="trained on 700 images, not on 600"):
+        run(SIMPLE.replace(epochs=2), held_out, runtime, tmp_path, resume=True)
+
+
+@pytest.mark.parametrize("val_size", [-1, 700, 10_000])
+def test_holding_out_impossible_numbers_of_images_is_refused(val_size):
+    from conftest import synthetic_arrays
+
+    from mnist_cnn.data import make_dataset
+    from mnist_cnn.sources import DATASETS
+
+    with pytest.raises(MnistCnnError, match="cannot hold out"):
+        make_dataset(synthetic_arrays(), DATASETS["mnist"], "synthetic", val_size=val_size)

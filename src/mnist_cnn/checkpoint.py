@@ -58,6 +58,7 @@ class CheckpointMeta:
     dataset: str | None = None
     checksums: dict[str, str] | None = None
     classes: tuple[str, ...] | None = None
+    train_size: int | None = None  # images trained on (fewer when some were held out)
     epoch: int | None = None
     step: int | None = None
     metrics: dict[str, float] = field(default_factory=dict)
@@ -78,7 +79,7 @@ class CheckpointMeta:
                              "recipe": self.recipe.to_dict()}
         optional = {"dataset": self.dataset, "checksums": self.checksums,
                     "classes": list(self.classes) if self.classes is not None else None,
-                    "epoch": self.epoch, "step": self.step,
+                    "train_size": self.train_size, "epoch": self.epoch, "step": self.step,
                     "digit_threshold": self.digit_threshold}
         d.update({k: v for k, v in optional.items() if v is not None})
         if self.metrics:
@@ -113,7 +114,7 @@ class CheckpointMeta:
         if classes is not None and not (isinstance(classes, list) and classes
                                         and all(isinstance(c, str) for c in classes)):
             raise bad("'classes' must be a list of class names")
-        for key in ("epoch", "step"):
+        for key in ("train_size", "epoch", "step"):
             if d.get(key) is not None and not (is_int(d[key]) and 0 <= d[key] < MAX_COUNT):
                 raise bad(f"{key!r} must be a non-negative integer, not {short(d[key])}")
         metrics = d.get("metrics") or {}
@@ -139,7 +140,8 @@ class CheckpointMeta:
         known = {f.name for f in dataclasses.fields(cls)} | {"optimizer"}
         return cls(recipe=recipe, format=d["format"], version=d["version"], dataset=dataset,
                    checksums=checksums, classes=tuple(classes) if classes else None,
-                   epoch=d.get("epoch"), step=d.get("step"), metrics=metrics, history=history,
+                   train_size=d.get("train_size"), epoch=d.get("epoch"), step=d.get("step"),
+                   metrics=metrics, history=history,
                    param_groups=param_groups, digit_threshold=threshold,
                    extra={k: v for k, v in d.items() if k not in known})
 

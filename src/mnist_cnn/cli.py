@@ -127,6 +127,10 @@ def add_recipe_args(p: argparse.ArgumentParser, model_required: bool = True) -> 
     p.add_argument("--precision", choices=PRECISIONS)
     p.add_argument("--seed", type=SEED)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--validation", type=COUNT, default=datamod.VALIDATION_SIZE, metavar="N",
+                   help="training images held out to validate every epoch (default: "
+                   "%(default)s, the lecture's split); 0 trains on all of them, once a recipe "
+                   "has been chosen, and validates nothing")
     add_data_args(p)
     add_runtime_args(p)
 
@@ -240,7 +244,7 @@ def start_runtime_and_data(args: argparse.Namespace, precision: str
     """The runtime and data of a training command."""
     runtime = setup(args.device, precision, args.threads, tune_allocator=True, distributed=True)
     start_optimizer_import()  # overlaps the data loading
-    return runtime, datamod.load_dataset(args.dataset, args.data_dir)
+    return runtime, datamod.load_dataset(args.dataset, args.data_dir, val_size=args.validation)
 
 
 def train_and_test(args: argparse.Namespace, recipe: Recipe, runtime: Runtime,
@@ -329,7 +333,7 @@ def cmd_ensemble_train(args: argparse.Namespace) -> None:
         raise MnistCnnError(f"{', '.join(missing)}: not here; under torchrun on several machines, "
                             "--out must be a folder all of them share")
     batch = recipes[0].eval_batch_size
-    if len(paths) > 1:  # chosen on the validation split, then reported on the test split
+    if len(paths) > 1 and len(data.val):  # chosen on the validation split, reported on test
         selection = select_members(paths, data.val, batch, runtime)
         print(format_selection(paths, selection))
         paths = [paths[i] for i in selection.chosen]

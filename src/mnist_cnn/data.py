@@ -85,6 +85,9 @@ def make_dataset(arrays: dict[str, np.ndarray], info: DatasetInfo, source: str,
                      torch.from_numpy(labels.astype(np.int64)))
 
     train_x, train_y = arrays["train_images"], arrays["train_labels"]
+    if not 0 <= val_size < len(train_x):
+        raise MnistCnnError(f"{info.name}: cannot hold out {val_size:,} of its {len(train_x):,} "
+                            "training images for validation")
     return Dataset(
         name=info.name,
         train=split(train_x[val_size:], train_y[val_size:]),

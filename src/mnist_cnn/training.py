@@ -128,6 +128,9 @@ def check_resumable(saved: Recipe, recipe: Recipe, data: Dataset, meta: Checkpoi
     if meta.checksums != data.checksums:
         raise MnistCnnError(f"{source}: cannot resume: trained on {meta.dataset!r} data files "
                             "other than these (their checksums differ)")
+    if meta.train_size is not None and meta.train_size != len(data.train):
+        raise MnistCnnError(f"{source}: cannot resume: trained on {meta.train_size:,} images, "
+                            f"not on {len(data.train):,} (another --validation)")
     if meta.epoch is None or meta.step is None:
         raise MnistCnnError(f"{source}: cannot resume: the checkpoint records no epoch and step")
 
@@ -318,13 +321,16 @@ class EpochRunner:
 def end_of_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Dataset,
                  recipe: Recipe, runtime: Runtime, epoch: int, done: int, steps: int, cost: float,
                  seconds: float, history: list[dict[str, Any]]) -> dict[str, Any]:
-    """Validate, and append the epoch's record to `history` (replacing a partial epoch's)."""
-    val = evaluate(model, data.val, recipe.eval_batch_size, runtime)
+    """Validate (unless no images were held out), and append the epoch's record to `history`
+    (replacing a partial epoch's)."""
     if history and history[-1]["epoch"] == epoch + 1:
         history.pop()  # the partial epoch's record gives way to the completed one
-    record = {"epoch": epoch + 1, "step": done, "cost": cost, "val_accuracy": val.accuracy,
-              "val_loss": val.loss, "lr": optimizer.param_groups[0]["lr"],
-              "train_seconds": seconds, "images_per_second": steps * recipe.batch_size / seconds}
+    record = {"epoch": epoch + 1, "step": done, "cost": cost}
+    if len(data.val):
+        val = evaluate(model, data.val, recipe.eval_batch_size, runtime)
+        record.update(val_accuracy=val.accuracy, val_loss=val.loss)
+    record.update(lr=optimizer.param_groups[0]["lr"], train_seconds=seconds,
+                  images_per_second=steps * recipe.batch_size / seconds)
     if runtime.world_size > 1:
         record["world_size"] = runtime.world_size
     if runtime.tuner is not None:  # the thread counts the load led to, this epoch
@@ -336,8 +342,10 @@ def end_of_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Datas
 def format_epoch(record: dict[str, Any]) -> str:
     """The lecture's line, plus validation accuracy, time, speed and threads."""
     threads = f", threads {'/'.join(map(str, record['threads']))}" if "threads" in record else ""
-    return (f"Epoch: {record['epoch']:04d} cost = {record['cost']:.9f}  validation accuracy = "
-            f"{record['val_accuracy']:.4f}  ({record['train_seconds']:.1f} s, "
+    val = (f"validation accuracy = {record['val_accuracy']:.4f}" if "val_accuracy" in record
+           else "no validation")
+    return (f"Epoch: {record['epoch']:04d} cost = {record['cost']:.9f}  {val}  "
+            f"({record['train_seconds']:.1f} s, "
             f"{record['images_per_second']:,.0f} images/s{threads})")
 
 
@@ -407,7 +415,8 @@ def write_epoch(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, r
                 average: AveragedModel | None = None) -> Path:
     path = out / CHECKPOINT_NAME
     meta = {"recipe": recipe.to_dict(), "dataset": data.name, "checksums": data.checksums,
-            "classes": list(data.classes), "epoch": history[-1]["epoch"],
+            "classes": list(data.classes), "train_size": len(data.train),
+            "epoch": history[-1]["epoch"],
             "step": history[-1]["step"],
             "metrics": history[-1], "history": history}
     # with an average, `model.*` holds it and `train.*` the weights that training goes on from
