@@ -15,7 +15,6 @@ import torch
 
 from mnist_cnn.checkpoint import load_checkpoint, read_checkpoint
 from mnist_cnn.errors import MnistCnnError
-from mnist_cnn.evaluation import evaluate
 from mnist_cnn.models import build_model, recipe_for
 from mnist_cnn.training import lr_factor, start_optimizer_import, train
 
@@ -113,9 +112,8 @@ def test_checkpoint_and_metrics_are_written_after_every_epoch(tiny_dataset, runt
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.safetensors", "metrics.jsonl"]
 
 
-@pytest.mark.parametrize("ema", [0.0, 0.9])
-def test_resumed_run_equals_an_uninterrupted_one(tiny_dataset, runtime, tmp_path, ema):
-    recipe = DEEP.replace(ema=ema)
+def test_resumed_run_equals_an_uninterrupted_one(tiny_dataset, runtime, tmp_path):
+    recipe = DEEP
     straight = run(recipe, tiny_dataset, runtime, tmp_path / "straight")
     first_half = run(recipe.replace(epochs=1), tiny_dataset, runtime, tmp_path / "resumed")
     assert len(first_half.history) == 1
@@ -339,42 +337,6 @@ def test_training_leaves_the_callers_random_state_alone(tiny_dataset, runtime):
     torch.manual_seed(7)
     run(DEEP.replace(epochs=0.5), tiny_dataset, runtime)  # dropout draws from the global RNG
     assert torch.equal(torch.rand(3), expected)
-
-
-def test_a_weight_average_is_what_is_validated_saved_and_returned(tiny_dataset, runtime, tmp_path):
-    recipe = SIMPLE.replace(epochs=2, ema=0.9)
-    result = run(recipe, tiny_dataset, runtime, tmp_path)
-    tensors, meta = read_checkpoint(result.checkpoint)
-    averaged = {k: v for k, v in tensors.items() if k.startswith("model.")}
-    trained = {k.replace("train.", "model.", 1): v for k, v in tensors.items()
-               if k.startswith("train.")}
-    assert averaged.keys() == trained.keys()
-    assert not all(torch.equal(averaged[k], trained[k]) for k in averaged)
-    model, _ = load_checkpoint(result.checkpoint)
-    assert same_weights(model, result.model)
-    val = evaluate(model, tiny_dataset.val)
-    assert val.accuracy == meta.history[-1]["val_accuracy"]
-    plain = run(SIMPLE.replace(epochs=2), tiny_dataset, runtime)
-    assert not same_weights(plain.model, result.model)
-
-
-def test_a_checkpoint_missing_part_of_its_training_weights_is_refused(tiny_dataset, runtime,
-                                                                      tmp_path):
-    result = run(SIMPLE.replace(ema=0.9), tiny_dataset, runtime, tmp_path)
-    tensors, meta = read_checkpoint(result.checkpoint)
-    name = next(k for k in tensors if k.startswith("train."))
-    del tensors[name]
-    from safetensors.torch import save_file
-    save_file(tensors, tmp_path / "cut.safetensors",
-              metadata={"mnist_cnn": json.dumps(meta.to_dict())})
-    with pytest.raises(MnistCnnError, match=f"missing {name}"):
-        read_checkpoint(tmp_path / "cut.safetensors")
-
-
-@pytest.mark.parametrize("ema", [-0.1, 1.0, 2.0])
-def test_an_impossible_ema_decay_is_refused(ema):
-    with pytest.raises(MnistCnnError, match="ema decay"):
-        SIMPLE.replace(ema=ema)
 
 
 def test_without_validation_images_training_runs_and_records_no_validation(runtime, tmp_path):

@@ -45,7 +45,6 @@ OPTIMIZER_STATE = {"adam": ("step", "exp_avg", "exp_avg_sq"),
                    "sgd": ("momentum_buffer",)}
 OPTIM_KEY = re.compile(r"optim\.(0|[1-9][0-9]{0,8})\.([a-z_]+)")
 RNG_KEY = "rng.torch"
-TRAIN_PREFIX = "train."  # a run with a weight average (recipe.ema): the weights being trained
 
 
 @dataclass(frozen=True)
@@ -177,8 +176,7 @@ def one_line(e: BaseException) -> str:
 def save_checkpoint(path: str | os.PathLike, model: nn.Module,
                     meta: CheckpointMeta | dict[str, Any],
                     optimizer: torch.optim.Optimizer | None = None,
-                    rng_state: torch.Tensor | None = None,
-                    training_weights: nn.Module | None = None) -> None:
+                    rng_state: torch.Tensor | None = None) -> None:
     """Write weights + metadata (+ optimizer state and RNG state for resuming), atomically.
 
     `meta` is a CheckpointMeta, or a dict holding "recipe" (a Recipe's dict) and otherwise
@@ -187,9 +185,6 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module,
     if isinstance(meta, CheckpointMeta):
         meta = meta.to_dict()
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    if training_weights is not None:
-        tensors.update({f"{TRAIN_PREFIX}{k}": v.detach().cpu().contiguous()
-                        for k, v in training_weights.state_dict().items()})
     meta = {"format": FORMAT, "version": VERSION, **meta}
     if optimizer is not None:
         state = optimizer.state_dict()
@@ -325,8 +320,6 @@ def check_tensors(tensors: dict[str, torch.Tensor], meta: CheckpointMeta, networ
                   source: str) -> None:
     """Every tensor named as we write them, shaped and typed as the network needs, finite."""
     expected = {f"model.{k}": v for k, v in network.state_dict().items()}
-    if any(name.startswith(TRAIN_PREFIX) for name in tensors):  # all of them, or none
-        expected.update({f"{TRAIN_PREFIX}{k}": v for k, v in network.state_dict().items()})
     missing = sorted(set(expected) - set(tensors))
     if missing:
         raise MnistCnnError(f"{source}: weights do not fit the network: missing "
@@ -389,9 +382,8 @@ def check_optimizer_tensors(tensors: dict[str, torch.Tensor], params: list[torch
                                 f"(missing {', '.join(sorted(set(names) - present))})")
 
 
-def load_weights(model: nn.Module, tensors: dict[str, torch.Tensor], source: str,
-                 prefix: str = "model.") -> None:
-    weights = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+def load_weights(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
+    weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     expected = model.state_dict()
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))

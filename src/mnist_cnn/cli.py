@@ -119,8 +119,6 @@ def add_recipe_args(p: argparse.ArgumentParser, model_required: bool = True) -> 
     p.add_argument("--weight-decay", type=real_number(0))
     p.add_argument("--schedule", choices=SCHEDULES)
     p.add_argument("--label-smoothing", type=real_number(0))
-    p.add_argument("--ema", type=real_number(0), metavar="DECAY",
-                   help="validate, save and use a moving average of the weights (e.g. 0.999)")
     p.add_argument("--dropout", type=float, help="drop probability (1 - keep_prob)")
     p.add_argument("--augment", nargs="?", const="standard", choices=list(AUGMENT_PRESETS),
                    help="augment training batches with a preset (alone: standard)")
@@ -138,7 +136,7 @@ def add_recipe_args(p: argparse.ArgumentParser, model_required: bool = True) -> 
 def recipe_overrides(args: argparse.Namespace) -> dict:
     return {field: getattr(args, field) for field in
             ("epochs", "batch_size", "lr", "seed", "dropout", "schedule", "precision",
-             "augment", "optimizer", "weight_decay", "label_smoothing", "ema")
+             "augment", "optimizer", "weight_decay", "label_smoothing")
             if getattr(args, field, None) is not None}
 
 

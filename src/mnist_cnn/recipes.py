@@ -43,9 +43,6 @@ class Recipe:
     # weight of a cross-entropy-to-uniform loss on synthetic non-digits (synthetic.outlier_pool),
     # so that the network is unsure of what looks like no digit (novelty.py); 0: none
     outlier_exposure: float = 0.0
-    # decay, per step, of an exponential moving average of the weights (batch-norm statistics
-    # included); the average is what is validated, saved and used. 0: none
-    ema: float = 0.0
 
     def __post_init__(self) -> None:
         self.validate()  # a recipe that exists is a valid one, however it was made
@@ -84,7 +81,6 @@ class Recipe:
             (self.eps > 0, "eps must be positive"),
             (self.outlier_exposure >= 0, "outlier exposure must not be negative"),
             (self.weight_decay >= 0, "weight decay must not be negative"),
-            (0 <= self.ema < 1, "ema decay must be in [0, 1)"),
             (0 <= self.momentum < 1, "momentum must be in [0, 1)"),
             (all(0 <= b < 1 for b in self.betas), "betas must be in [0, 1)"),
             (abs(self.seed) < 2 ** 32, "seed must be below 2**32"),  # it seeds torch generators
@@ -115,6 +111,6 @@ class Recipe:
 
 MAX_EPOCHS = 100_000
 NUMBER_FIELDS = ("epochs", "lr", "eps", "weight_decay", "momentum", "warmup", "label_smoothing",
-                 "dropout", "outlier_exposure", "ema")
+                 "dropout", "outlier_exposure")
 INT_FIELDS = ("batch_size", "seed", "eval_batch_size")
 STR_FIELDS = ("model", "optimizer", "schedule", "augment", "precision")

@@ -23,13 +23,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from . import distributed
 from .checkpoint import (
     RNG_KEY,
-    TRAIN_PREFIX,
     CheckpointMeta,
     load_optimizer_state,
     load_weights,
@@ -217,7 +215,6 @@ def _train(model: nn.Module, data: Dataset, recipe: Recipe, runtime: Runtime,
     out = Path(out_dir) if out_dir is not None else None
     model.to(runtime.device, memory_format=runtime.memory_format)
     optimizer = make_optimizer(recipe, model)
-    average = make_average(recipe, model)
     plan = StepPlan.of(recipe, len(data.train))
     # dropout draws from torch's global RNG: seeded here, and the caller's state restored after
     devices = [runtime.device] if runtime.device.type == "cuda" else []
@@ -225,41 +222,24 @@ def _train(model: nn.Module, data: Dataset, recipe: Recipe, runtime: Runtime,
         torch.manual_seed(recipe.seed)
         done, history = 0, []  # steps done so far, one record per epoch
         if resume:
-            done, history = resume_from(out, model, optimizer, recipe, data, log, runtime,
-                                        average)
+            done, history = resume_from(out, model, optimizer, recipe, data, log, runtime)
         if world > 1:
             log(f"{world} processes: global batch {recipe.batch_size}, "
                 f"{recipe.batch_size // world} per process")
         result = TrainResult(model, history, out / CHECKPOINT_NAME if resume else None)
-        run = EpochRunner(model, optimizer, recipe, runtime, data, plan, progress, average)
+        run = EpochRunner(model, optimizer, recipe, runtime, data, plan, progress)
         for epoch, first, last in plan.remaining(done):
             cost, seconds = run(epoch, first, last)
             result.train_seconds += seconds
             if not runtime.is_main:
                 continue  # rank 0 alone validates, logs and writes; the others wait at its next step
-            record = end_of_epoch(used(model, average), optimizer, data, recipe, runtime, epoch,
+            record = end_of_epoch(model, optimizer, data, recipe, runtime, epoch,
                                   epoch * plan.steps_per_epoch + last, last - first, cost, seconds,
                                   history)
             log(format_epoch(record))
             if out is not None:
-                result.checkpoint = write_epoch(out, model, optimizer, recipe, data, history,
-                                                average)
-    if average is not None:  # the caller's network becomes the one the checkpoint holds
-        model.load_state_dict(average.module.state_dict())
+                result.checkpoint = write_epoch(out, model, optimizer, recipe, data, history)
     return result
-
-
-def make_average(recipe: Recipe, model: nn.Module) -> AveragedModel | None:
-    """With `recipe.ema`, an exponential moving average of the weights and of batch norm's
-    running statistics, updated after every step; None without."""
-    if recipe.ema == 0:
-        return None
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(recipe.ema), use_buffers=True)
-
-
-def used(model: nn.Module, average: AveragedModel | None) -> nn.Module:
-    """The network that is validated, saved as `model.*` and used: the average when there is one."""
-    return model if average is None else average.module
 
 
 class EpochRunner:
@@ -267,10 +247,8 @@ class EpochRunner:
     augmenter, the model as the ranks call it) is set up once."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, recipe: Recipe,
-                 runtime: Runtime, data: Dataset, plan: StepPlan, progress: bool,
-                 average: AveragedModel | None = None) -> None:
+                 runtime: Runtime, data: Dataset, plan: StepPlan, progress: bool) -> None:
         self.model, self.optimizer, self.recipe, self.runtime = model, optimizer, recipe, runtime
-        self.average = average
         self.plan, self.progress = plan, progress
         self.images = data.train.images.to(runtime.device)
         self.labels = data.train.labels.to(runtime.device)
@@ -309,8 +287,6 @@ class EpochRunner:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            if self.average is not None:
-                self.average.update_parameters(self.model)
             loss_sum += loss.detach()
         runtime.synchronize()  # so the epoch's time includes the GPU's queued work
         seconds = time.perf_counter() - started
@@ -411,17 +387,14 @@ OUTLIER_POOL = 6000  # non-digits generated for outlier exposure (about 20 s)
 
 
 def write_epoch(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, recipe: Recipe,
-                data: Dataset, history: list[dict[str, Any]],
-                average: AveragedModel | None = None) -> Path:
+                data: Dataset, history: list[dict[str, Any]]) -> Path:
     path = out / CHECKPOINT_NAME
     meta = {"recipe": recipe.to_dict(), "dataset": data.name, "checksums": data.checksums,
             "classes": list(data.classes), "train_size": len(data.train),
             "epoch": history[-1]["epoch"],
             "step": history[-1]["step"],
             "metrics": history[-1], "history": history}
-    # with an average, `model.*` holds it and `train.*` the weights that training goes on from
-    save_checkpoint(path, used(model, average), meta, optimizer, torch.get_rng_state(),
-                    training_weights=None if average is None else model)
+    save_checkpoint(path, model, meta, optimizer, torch.get_rng_state())
     # the log is rewritten whole (it is small) so that it always matches the checkpoint
     lines = "".join(json.dumps(r) + "\n" for r in history).encode()
     write_atomically(out / METRICS_NAME, lines)
@@ -430,8 +403,7 @@ def write_epoch(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, r
 
 def resume_from(out: Path | None, model: nn.Module, optimizer: torch.optim.Optimizer,
                 recipe: Recipe, data: Dataset, log: Callable[[str], None],
-                runtime: Runtime, average: AveragedModel | None = None
-                ) -> tuple[int, list[dict[str, Any]]]:
+                runtime: Runtime) -> tuple[int, list[dict[str, Any]]]:
     raw = None if out is None else distributed.read_on_rank0(out / CHECKPOINT_NAME, runtime,
                                                              read_bytes)
     if raw is None:  # under torchrun every rank gets rank 0's file, so all stop here alike
@@ -439,12 +411,7 @@ def resume_from(out: Path | None, model: nn.Module, optimizer: torch.optim.Optim
     path = out / CHECKPOINT_NAME
     tensors, meta = parse_checkpoint(raw, path)  # checked as a whole, against the network too
     check_resumable(meta.recipe, recipe, data, meta, str(path))
-    if average is None:
-        load_weights(model, tensors, str(path))
-    else:
-        load_weights(average.module, tensors, str(path))
-        load_weights(model, tensors, str(path), prefix=TRAIN_PREFIX)
-        average.n_averaged.fill_(1)  # go on averaging rather than restart from a copy
+    load_weights(model, tensors, str(path))
     load_optimizer_state(optimizer, tensors, meta, str(path))
     if RNG_KEY in tensors:
         torch.set_rng_state(tensors[RNG_KEY])
