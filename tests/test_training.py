@@ -113,12 +113,11 @@ def test_checkpoint_and_metrics_are_written_after_every_epoch(tiny_dataset, runt
 
 
 def test_resumed_run_equals_an_uninterrupted_one(tiny_dataset, runtime, tmp_path):
-    recipe = DEEP
-    straight = run(recipe, tiny_dataset, runtime, tmp_path / "straight")
-    first_half = run(recipe.replace(epochs=1), tiny_dataset, runtime, tmp_path / "resumed")
+    straight = run(DEEP, tiny_dataset, runtime, tmp_path / "straight")
+    first_half = run(DEEP.replace(epochs=1), tiny_dataset, runtime, tmp_path / "resumed")
     assert len(first_half.history) == 1
     torch.manual_seed(12345)  # whatever the process did in between must not matter
-    resumed = run(recipe, tiny_dataset, runtime, tmp_path / "resumed", resume=True)
+    resumed = run(DEEP, tiny_dataset, runtime, tmp_path / "resumed", resume=True)
     assert numbers(resumed.history) == numbers(straight.history)
     assert same_weights(resumed.model, straight.model)
     assert not same_weights(first_half.model, straight.model)
