@@ -197,6 +197,8 @@ def test_env_prints_the_cpu_and_versions_behind_the_figures():
      "argument --batch-size: 'ten' is not a whole number"),
     (["train", "--model", "simple", "--resume", "--overwrite"],
      "argument --overwrite: not allowed with argument --resume"),
+    (["train", "--model", "simple", "--validation", "-5"],
+     "argument --validation: -5 is out of range: must be at least 0"),
     (["ensemble", "train", "--model", "simple", "--members", "0"],
      "argument --members: 0 is out of range: must be at least 1"),
     (["evaluate", "m.safetensors", "--batch-size", "0"],
@@ -282,3 +284,13 @@ def test_an_unknown_augmentation_preset_is_a_usage_error_before_any_data_loads(c
     assert "invalid choice: 'strong'" in capsys.readouterr().err
     args = build_parser().parse_args(["train", "--model", "fast", "--augment"])
     assert args.augment == "standard"
+
+
+def test_holding_out_every_training_image_is_a_one_line_error(mnist_data_dir, tmp_path, capsys):
+    argv = ["train", "--model", "simple", "--validation", "60000", "--out", str(tmp_path / "run"),
+            "--no-progress", "--data-dir", str(mnist_data_dir), "--device", "cpu", "--threads", "1"]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    assert captured.err == ("mnist-cnn: error: mnist: cannot hold out 60,000 of its 60,000 "
+                            "training images for validation\n")
+    assert not (tmp_path / "run").exists()
