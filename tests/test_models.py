@@ -16,6 +16,7 @@ from mnist_cnn.models import (
     CentreCrop,
     Deskew,
     Dropout,
+    WidthNormalize,
     as_input,
     build_model,
     conv_block,
@@ -288,3 +289,20 @@ def test_deskew_keeps_blank_and_single_pixel_images_finite():
     dot[0, 0, 3, 25] = 1.0
     assert torch.equal(Deskew()(blank), blank)
     assert torch.isfinite(Deskew()(dot)).all()
+
+
+@pytest.mark.parametrize(("left", "right"), [(12, 15), (3, 25), (8, 13)])
+def test_width_normalisation_spans_sixteen_pixels_centred(left, right):
+    box = torch.zeros(1, 1, 28, 28)
+    box[0, 0, 4:24, left:right] = 1.0
+    out = WidthNormalize(width=16)(box)
+    cols = torch.nonzero(out[0, 0].amax(0) > 0.5).flatten()
+    assert 15 <= len(cols) <= 17  # the ink's columns, whatever they were before
+    assert abs(float(cols.float().mean()) - 13.5) <= 1
+    rows = torch.nonzero(out[0, 0].amax(1) > 0.5).flatten()
+    assert rows.tolist() == list(range(4, 24))  # the height is untouched
+
+
+def test_width_normalisation_keeps_blank_images_blank():
+    blank = torch.zeros(3, 1, 28, 28)
+    assert torch.equal(WidthNormalize()(blank), blank)
