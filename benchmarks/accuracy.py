@@ -6,8 +6,10 @@ prints), then prints, the environment first:
 - each member: validation and test accuracy, training time (per epoch and in all), parameters;
 - the disagreement table on the validation split (share of images two members classify
   differently, and the errors they share);
+- which members are kept: all but those significantly worse than the best one on the
+  validation split (ensemble.keep_members); the test split is only reported;
 - accuracy against the number of members, in the order greedy selection adds them on the
-  validation split; the size it keeps is chosen there too. The test split is only reported.
+  validation split, and the accuracy of the kept members averaged.
 With --lecture, also the lecture's deep CNN without and with augmentation, for comparison.
 
 Usage: python benchmarks/accuracy.py [--runs runs/accuracy] [--epochs 4] [--threads 1]
@@ -25,7 +27,8 @@ from mnist_cnn.device import format_environment
 from mnist_cnn.ensemble import (
     average_probabilities,
     disagreement_table,
-    greedy_selection,
+    greedy_order,
+    keep_members,
     member_probabilities,
     member_recipes,
     train_recipes,
@@ -40,6 +43,10 @@ DEFAULT_MEMBERS = ("best:standard:0", "best:elastic:1", "best:standard:2", "wide
 
 def train_seconds(path: Path) -> list[float]:
     return [r["train_seconds"] for r in read_checkpoint(path)[1].history]
+
+
+def ensemble_accuracy(probs, members, labels) -> float:
+    return metrics_from_proba(average_probabilities([probs[k] for k in members]), labels).accuracy
 
 
 def lecture_rows(data, runs: Path, threads: int | None) -> None:
@@ -95,23 +102,28 @@ def main() -> None:
           "errors\n")
     print(disagreement_table(names, val, data.val.labels))
 
-    selection = greedy_selection(val, data.val.labels)
-    print("\naccuracy against the number of members, added in greedy order (chosen on the "
-          f"validation split: the first {selection.size})\n")
+    verdicts = keep_members(val, data.val.labels)
+    kept = [k for k, v in enumerate(verdicts) if v.kept]
+    print("\nkept on the validation split (left out only if significantly worse than the best "
+          "member, exact McNemar test at 5%): "
+          + ", ".join(f"{names[k]} ({'kept' if v.kept else f'left out, p = {v.p_value:.2g}'})"
+                      for k, v in enumerate(verdicts)))
+
+    greedy = greedy_order(val, data.val.labels)
+    print("\naccuracy against the number of members, added in greedy order on the validation "
+          "split\n")
     print("| members | added | validation | test | training time in all |")
     print("|---|---|---|---|---|")
     minutes = 0.0
-    for k, i in enumerate(selection.order):
-        chosen = selection.order[:k + 1]
+    for k, i in enumerate(greedy.order):
         minutes += sum(train_seconds(paths[i])) / 60
-        test_accuracy = metrics_from_proba(average_probabilities([test[j] for j in chosen]),
-                                           data.test.labels).accuracy
-        mark = " (chosen)" if k + 1 == selection.size else ""
-        print(f"| {k + 1}{mark} | {names[i]} | "
-              f"{1 - selection.errors[k] / len(data.val):.4f} | {test_accuracy:.4f} | "
+        print(f"| {k + 1} | {names[i]} | {1 - greedy.errors[k] / len(data.val):.4f} | "
+              f"{ensemble_accuracy(test, greedy.order[:k + 1], data.test.labels):.4f} | "
               f"{minutes:.1f} min |")
-    everyone = metrics_from_proba(average_probabilities(test), data.test.labels).accuracy
-    print(f"\nall {len(paths)} members averaged, in listed order: test {everyone:.4f}")
+    print(f"\nthe {len(kept)} kept members averaged: validation "
+          f"{ensemble_accuracy(val, kept, data.val.labels):.4f}, test "
+          f"{ensemble_accuracy(test, kept, data.test.labels):.4f}, trained in "
+          f"{sum(sum(train_seconds(paths[k])) for k in kept) / 60:.1f} min in all")
 
     if args.lecture:
         lecture_rows(data, runs, args.threads)

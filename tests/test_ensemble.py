@@ -11,7 +11,8 @@ from mnist_cnn.ensemble import (
     disagreement,
     ensemble_proba,
     evaluate_ensemble,
-    greedy_selection,
+    greedy_order,
+    keep_members,
     load_members,
     member_name,
     member_recipes,
@@ -116,7 +117,7 @@ def test_disagreement_and_shared_errors_by_hand():
     assert disagreement(a, a) == 0.0
 
 
-def test_greedy_selection_adds_what_corrects_and_keeps_the_best_prefix():
+def test_greedy_order_adds_what_corrects_first():
     labels = torch.zeros(4, dtype=torch.long)
 
     def member(*p_right):  # two classes; the probability given to the right one, per image
@@ -127,12 +128,29 @@ def test_greedy_selection_adds_what_corrects_and_keeps_the_best_prefix():
     fixer = member(0.4, 0.6, 0.6, 0.9)  # 1 error (image 0), and it fixes image 3 with `strong`
     clone = member(0.6, 0.6, 0.6, 0.3)  # `strong`'s error, and less sure where it is right
     bad = member(0.1, 0.1, 0.1, 0.1)  # 4 errors
-    selection = greedy_selection([bad, clone, fixer, strong], labels)
+    greedy = greedy_order([bad, clone, fixer, strong], labels)
     # strong and fixer have one error each; strong's loss is lower
-    assert selection.order[:2] == [3, 2]
-    assert selection.errors[:2] == [1, 0]
-    assert selection.order[2:] == [1, 0]
-    assert selection.size == 2 and selection.chosen == [3, 2]
+    assert greedy.order[:2] == [3, 2]
+    assert greedy.errors[:2] == [1, 0]
+    assert greedy.order[2:] == [1, 0]
+
+
+def test_only_members_significantly_worse_than_the_best_are_left_out():
+    labels = torch.zeros(1000, dtype=torch.long)
+
+    def member(wrong):  # two classes; wrong on the given images
+        p = torch.full((1000,), 0.9)
+        p[list(wrong)] = 0.2
+        return torch.stack([p, 1 - p], 1)
+
+    best = member(range(10))
+    close = member(range(5, 18))  # 13 errors: 8 worse than best's, 5 better
+    broken = member(range(40))  # 40 errors, 30 of them where the best is right
+    verdicts = keep_members([close, best, broken], labels)
+    assert [v.errors for v in verdicts] == [13, 10, 40]
+    assert (verdicts[0].worse, verdicts[0].better) == (8, 5)
+    assert [v.kept for v in verdicts] == [True, True, False]
+    assert verdicts[1].p_value == 1.0 and verdicts[2].p_value < 1e-8
 
 
 def test_member_specs_give_recipes_seeds_and_folder_names():
@@ -186,13 +204,12 @@ def test_a_diverse_ensemble_trains_selects_on_validation_and_evaluates(diverse, 
         ("simple", "none"), ("fast", "light")]
     with pytest.raises(AssertionError, match="test split was read"):
         evaluate_ensemble(paths, sealed.test)  # the seal works: reading it would fail the fixture
-    selection = select_members(paths, sealed.val)  # validation only
-    assert sorted(selection.order) == [0, 1] and 1 <= selection.size <= 2
+    verdicts = select_members(paths, sealed.val)  # validation only
     probs = [ensemble_proba([m], tiny_dataset.val.images) for m, _ in members]
-    first = min((0, 1), key=lambda i: (int((probs[i].argmax(1) != tiny_dataset.val.labels).sum()),
-                                       metrics_from_proba(probs[i], tiny_dataset.val.labels).loss))
-    assert selection.order[0] == first
-    chosen = [paths[i] for i in selection.chosen]
+    errors = [int((p.argmax(1) != tiny_dataset.val.labels).sum()) for p in probs]
+    assert [v.errors for v in verdicts] == errors
+    assert any(v.kept for v in verdicts)
+    chosen = [p for p, v in zip(paths, verdicts) if v.kept]
     report = evaluate_ensemble(chosen, tiny_dataset.test)  # reported on the test split
     averaged = ensemble_proba([m for m, _ in load_members(chosen)], tiny_dataset.test.images)
     assert report.ensemble.accuracy == pytest.approx(
@@ -238,9 +255,9 @@ def test_ensemble_train_command_with_member_specs(mnist_data_dir, tmp_path, caps
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == ["fast-light-seed9", "simple-none-seed0"]
-    assert "greedy selection on the validation split" in printed
-    kept = [line.split()[1].rstrip(":") for line in printed.splitlines()
-            if line.startswith("  + ") and line.endswith("(kept)")]
+    assert "members on the validation split" in printed
+    kept = [line.split()[0].rstrip(":") for line in printed.splitlines()
+            if line.startswith("  ") and line.endswith("(kept)")]
     assert 1 <= len(kept) <= 2
     members = [line for line in printed.splitlines()
                if line.startswith("member ") and ": accuracy " in line]

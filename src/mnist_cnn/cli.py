@@ -19,7 +19,7 @@ from .checkpoint import CheckpointMeta, load_checkpoint, pretrained_path, read_c
 from .device import Runtime, setup
 from .ensemble import (
     EnsembleReport,
-    Selection,
+    Verdict,
     evaluate_ensemble,
     member_recipes,
     seed_members,
@@ -332,9 +332,9 @@ def cmd_ensemble_train(args: argparse.Namespace) -> None:
                             "--out must be a folder all of them share")
     batch = recipes[0].eval_batch_size
     if len(paths) > 1 and len(data.val):  # chosen on the validation split, reported on test
-        selection = select_members(paths, data.val, batch, runtime)
-        print(format_selection(paths, selection))
-        paths = [paths[i] for i in selection.chosen]
+        verdicts = select_members(paths, data.val, batch, runtime)
+        print(format_selection(paths, verdicts))
+        paths = [p for p, v in zip(paths, verdicts) if v.kept]
     print(format_ensemble(evaluate_ensemble(paths, data.test, batch, runtime)))
 
 
@@ -358,12 +358,13 @@ def ensemble_recipes(args: argparse.Namespace) -> tuple[list[Recipe], list[str] 
     return recipes, names, Path(args.out or f"runs/{recipe.model}-ensemble")
 
 
-def format_selection(paths: list[Path], selection: Selection) -> str:
-    lines = ["greedy selection on the validation split (errors of the averaged ensemble):"]
-    for k, i in enumerate(selection.order):
-        kept = "kept" if k < selection.size else "left out"
-        lines.append(f"  + {paths[i].parent.name}: {selection.errors[k]} errors, loss "
-                     f"{selection.losses[k]:.4f} ({kept})")
+def format_selection(paths: list[Path], verdicts: list[Verdict]) -> str:
+    lines = ["members on the validation split (left out only if significantly worse than the "
+             "best member):"]
+    for path, v in zip(paths, verdicts):
+        verdict = "kept" if v.kept else f"left out, p = {v.p_value:.2g}"
+        lines.append(f"  {path.parent.name}: {v.errors} errors; against the best member "
+                     f"{v.worse} worse, {v.better} better ({verdict})")
     return "\n".join(lines)
 
 
