@@ -85,7 +85,7 @@ def test_sidecar_documents_the_input(models, exported):
     assert "softmax" in card["output"]["meaning"]
 
 
-@pytest.mark.parametrize("name", ["deep", "fast", "upright", "widthnorm", "bold"])
+@pytest.mark.parametrize("name", ["deep", "fast", "upright", "widthnorm", "views"])
 def test_other_networks_export_in_eval_mode(name, models, tmp_path):
     model = build_model(name)
     for m in model.modules():  # running statistics that matter, so eval mode must be exported

@@ -16,7 +16,6 @@ from mnist_cnn.models import (
     CentreCrop,
     Deskew,
     Dropout,
-    Embolden,
     WidthNormalize,
     as_input,
     build_model,
@@ -307,12 +306,3 @@ def test_width_normalisation_spans_sixteen_pixels_centred(left, right):
 def test_width_normalisation_keeps_blank_images_blank():
     blank = torch.zeros(3, 1, 28, 28)
     assert torch.equal(WidthNormalize()(blank), blank)
-
-
-def test_emboldening_thickens_a_one_pixel_stroke_to_three():
-    line = torch.zeros(1, 1, 28, 28)
-    line[0, 0, 5:20, 14] = 0.8
-    bold = Embolden()(line)
-    assert torch.nonzero(bold[0, 0].amax(0)).flatten().tolist() == [13, 14, 15]
-    assert float(bold.max()) == pytest.approx(0.8)  # no brighter, only wider
-    assert torch.equal(Embolden()(torch.zeros(2, 1, 28, 28)), torch.zeros(2, 1, 28, 28))

@@ -253,10 +253,10 @@ def fast_cnn(dropout: float = 0.0, widths: tuple[int, int, int, int] = (16, 16, 
                          warmup=0.2, label_smoothing=0.1, dropout=0.25, augment="standard",
                          precision="bf16", weight_decay=0.0),
           "a VGG-style batch-normalised CNN with augmentation (~99.6%)")
-def best_cnn(dropout: float = 0.25, width: int = 32) -> nn.Module:
+def best_cnn(dropout: float = 0.25, width: int = 32, channels: int = 1) -> nn.Module:
     w = width
     return nn.Sequential(
-        *conv_bn(1, w),                                     # (?, 28, 28, w)
+        *conv_bn(channels, w),                              # (?, 28, 28, w)
         nn.MaxPool2d(2),                                    # (?, 14, 14, w)
         *conv_bn(w, 2 * w), *conv_bn(2 * w, 2 * w),         # (?, 14, 14, 2w)
         nn.MaxPool2d(2),                                    # (?, 7, 7, 2w)
@@ -360,20 +360,32 @@ def widthnorm_cnn(dropout: float = 0.25, width: int = 32) -> nn.Module:
     return nn.Sequential(WidthNormalize(), *best_cnn(dropout, width))
 
 
-class Embolden(nn.Module):
-    """Thicken every stroke by a pixel on each side (a 3x3 grey-level dilation): thin and thick
-    pens look alike, and a network behind it weighs the digit's shape over its strokes."""
+class Views(nn.Module):
+    """Each digit three ways, as three channels: as written, deskewed, and width-normalised."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.deskew, self.width_normalize = Deskew(), WidthNormalize()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.max_pool2d(x, 3, stride=1, padding=1)
+        return torch.cat([x, self.deskew(x), self.width_normalize(x)], dim=1)
 
 
-@register("bold", Recipe(model="bold", epochs=15, batch_size=128, lr=0.003, schedule="onecycle",
-                         warmup=0.2, label_smoothing=0.1, dropout=0.25, augment="standard",
-                         precision="bf16"),
-          "`best` on emboldened input (strokes thickened by a 3x3 maximum), for ensembles")
-def bold_cnn(dropout: float = 0.25, width: int = 32) -> nn.Module:
-    return nn.Sequential(Embolden(), *best_cnn(dropout, width))
+@register("views", Recipe(model="views", epochs=15, batch_size=128, lr=0.003, schedule="onecycle",
+                          warmup=0.2, label_smoothing=0.1, dropout=0.25, augment="standard",
+                          precision="bf16"),
+          "`best` reading each digit as written, deskewed and width-normalised (3 channels)")
+def views_cnn(dropout: float = 0.25, width: int = 32) -> nn.Module:
+    return nn.Sequential(Views(), *best_cnn(dropout, width, channels=3))
+
+
+@register("upright-widthnorm", Recipe(model="upright-widthnorm", epochs=15, batch_size=128,
+                                      lr=0.003, schedule="onecycle", warmup=0.2,
+                                      label_smoothing=0.1, dropout=0.25, augment="standard",
+                                      precision="bf16"),
+          "`best` on deskewed, then width-normalised input, for ensembles")
+def upright_widthnorm_cnn(dropout: float = 0.25, width: int = 32) -> nn.Module:
+    return nn.Sequential(Deskew(), WidthNormalize(), *best_cnn(dropout, width))
 
 
 def conv5_bn(c_in: int, c_out: int) -> list[nn.Module]:
