@@ -241,8 +241,9 @@ def keep_members(probs: Sequence[torch.Tensor], labels: torch.Tensor,
     verdicts = []
     for w in wrong:
         worse, better = int((w & ~wrong[best]).sum()), int((~w & wrong[best]).sum())
-        p_value = binomtest(worse, worse + better, alternative="greater").pvalue if worse else 1.0
-        verdicts.append(Verdict(int(w.sum()), worse, better, float(p_value), p_value >= level))
+        p_value = float(binomtest(worse, worse + better, alternative="greater").pvalue
+                        if worse else 1.0)
+        verdicts.append(Verdict(int(w.sum()), worse, better, p_value, p_value >= level))
     return verdicts
 
 
