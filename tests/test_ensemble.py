@@ -266,3 +266,17 @@ def test_ensemble_train_command_with_member_specs(mnist_data_dir, tmp_path, caps
     assert "(10000 test images)" in printed
     assert main(argv) == 0  # again: nothing left to train
     assert "Epoch:" not in capsys.readouterr().out
+
+
+def test_an_ensemble_trained_on_all_images_keeps_every_member(mnist_data_dir, tmp_path, capsys):
+    from mnist_cnn.cli import main
+    argv = ["ensemble", "train", "--member", "simple:none", "--member", "fast:light:9",
+            "--epochs", "0.02", "--precision", "fp32", "--validation", "0", "--out",
+            str(tmp_path / "ens"), "--no-progress", "--data-dir", str(mnist_data_dir),
+            "--device", "cpu", "--threads", "1"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "no validation" in printed and "validation split" not in printed
+    assert sum(line.startswith("member ") and ": accuracy " in line
+               for line in printed.splitlines()) == 2
+    assert "Ensemble accuracy (2 members" in printed
