@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mnist_cnn import build_model, evaluate, load_checkpoint, load_dataset, recipe_for, setup, train
+from mnist_cnn import build_model, evaluate, load_checkpoint, load_dataset, plots, recipe_for, setup, train
 from mnist_cnn.checkpoint import read_checkpoint
 from mnist_cnn.device import format_environment
 from mnist_cnn.ensemble import (
@@ -75,6 +75,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, help="every member's epochs (default: its recipe)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: follow the load)")
     parser.add_argument("--lecture", action="store_true", help="also the lecture's deep CNN")
+    parser.add_argument("--mistakes", metavar="PNG",
+                        help="also draw the kept ensemble's mistakes on the test split there")
     args = parser.parse_args()
     print(format_environment(), "\n", flush=True)
     runs = Path(args.runs)
@@ -126,6 +128,12 @@ def main() -> None:
           f"{ensemble_accuracy(val, kept, data.val.labels):.4f}, test "
           f"{ensemble_accuracy(test, kept, data.test.labels):.4f}, trained in "
           f"{sum(sum(train_seconds(paths[k])) for k in kept) / 60:.1f} min in all")
+
+    if args.mistakes:
+        averaged = average_probabilities([test[k] for k in kept])
+        plots.save(plots.mistakes(data.test.images, data.test.labels, averaged, data.classes),
+                   args.mistakes)
+        print(f"\nthe kept ensemble's mistakes: {args.mistakes}")
 
     if args.lecture:
         lecture_rows(data, runs, args.threads)
