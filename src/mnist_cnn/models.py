@@ -249,9 +249,14 @@ def fast_cnn(dropout: float = 0.0, widths: tuple[int, int, int, int] = (16, 16, 
     )
 
 
-@register("best", Recipe(model="best", epochs=15, batch_size=128, lr=0.003, schedule="onecycle",
-                         warmup=0.2, label_smoothing=0.1, dropout=0.25, augment="standard",
-                         precision="bf16", weight_decay=0.0),
+def best_recipe(name: str) -> Recipe:
+    """`best`'s recipe, which the networks built on it train with too."""
+    return Recipe(model=name, epochs=15, batch_size=128, lr=0.003, schedule="onecycle",
+                  warmup=0.2, label_smoothing=0.1, dropout=0.25, augment="standard",
+                  precision="bf16")
+
+
+@register("best", best_recipe("best"),
           "a VGG-style batch-normalised CNN with augmentation (~99.6%)")
 def best_cnn(dropout: float = 0.25, width: int = 32, channels: int = 1) -> nn.Module:
     w = width
@@ -270,12 +275,19 @@ def best_cnn(dropout: float = 0.25, width: int = 32, channels: int = 1) -> nn.Mo
 
 # Ensemble members that differ from `best` in more than their seed: members that make the same
 # mistakes cannot correct each other (issue 13: five `best` seeds scored no better than one).
-@register("wide", Recipe(model="wide", epochs=15, batch_size=128, lr=0.003, schedule="onecycle",
-                         warmup=0.2, label_smoothing=0.1, dropout=0.25, augment="standard",
-                         precision="bf16"),
+@register("wide", best_recipe("wide"),
           "`best` with 1.5x the channels (48, 96, 192), for ensembles")
 def wide_cnn(dropout: float = 0.25, width: int = 48) -> nn.Module:
     return best_cnn(dropout, width)
+
+
+def resample(x: torch.Tensor, in_row: torch.Tensor, in_col: torch.Tensor) -> torch.Tensor:
+    """Each output pixel of (n, 1, h, w) images read, bilinearly, from the input at (in_row,
+    in_col), two (n, 1, h, w) tensors of pixel indices; zero outside the image."""
+    h, w = x.shape[-2:]
+    # pixel index -> grid_sample's normalised coordinates (align_corners=False)
+    grid = torch.stack([(2 * in_col + 1) / w - 1, (2 * in_row + 1) / h - 1], dim=-1)
+    return F.grid_sample(x, grid[:, 0], mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 class Deskew(nn.Module):
@@ -306,18 +318,13 @@ class Deskew(nn.Module):
         mid_r, mid_q = (h - 1) / 2, (w - 1) / 2
         in_row = (rows + (cy - mid_r)).expand(n, 1, h, w)
         in_col = cols + shear * (rows - mid_r) + (cx - mid_q)
-        # pixel index -> grid_sample's normalised coordinates (align_corners=False)
-        grid = torch.stack([(2 * in_col + 1) / w - 1, (2 * in_row + 1) / h - 1], dim=-1)
-        return F.grid_sample(x, grid[:, 0], mode="bilinear", padding_mode="zeros",
-                             align_corners=False)
+        return resample(x, in_row, in_col)
 
     def extra_repr(self) -> str:
         return f"max_shear={self.max_shear}"
 
 
-@register("upright", Recipe(model="upright", epochs=15, batch_size=128, lr=0.003,
-                            schedule="onecycle", warmup=0.2, label_smoothing=0.1, dropout=0.25,
-                            augment="standard", precision="bf16"),
+@register("upright", best_recipe("upright"),
           "`best` on deskewed input (each digit's slant undone from its moments), for ensembles")
 def upright_cnn(dropout: float = 0.25, width: int = 32) -> nn.Module:
     return nn.Sequential(Deskew(), *best_cnn(dropout, width))
@@ -344,17 +351,13 @@ class WidthNormalize(nn.Module):
         in_col = centre + (cols - (w - 1) / 2) * (span / self.width)  # (n, w)
         in_col = in_col.view(n, 1, 1, w).expand(n, 1, h, w)
         in_row = torch.arange(h, dtype=x.dtype, device=x.device).view(1, 1, h, 1).expand(n, 1, h, w)
-        grid = torch.stack([(2 * in_col + 1) / w - 1, (2 * in_row + 1) / h - 1], dim=-1)
-        return F.grid_sample(x, grid[:, 0], mode="bilinear", padding_mode="zeros",
-                             align_corners=False)
+        return resample(x, in_row, in_col)
 
     def extra_repr(self) -> str:
         return f"width={self.width}"
 
 
-@register("widthnorm", Recipe(model="widthnorm", epochs=15, batch_size=128, lr=0.003,
-                              schedule="onecycle", warmup=0.2, label_smoothing=0.1, dropout=0.25,
-                              augment="standard", precision="bf16"),
+@register("widthnorm", best_recipe("widthnorm"),
           "`best` on width-normalised input (each digit stretched to 16 pixels wide), for ensembles")
 def widthnorm_cnn(dropout: float = 0.25, width: int = 32) -> nn.Module:
     return nn.Sequential(WidthNormalize(), *best_cnn(dropout, width))
@@ -371,18 +374,13 @@ class Views(nn.Module):
         return torch.cat([x, self.deskew(x), self.width_normalize(x)], dim=1)
 
 
-@register("views", Recipe(model="views", epochs=15, batch_size=128, lr=0.003, schedule="onecycle",
-                          warmup=0.2, label_smoothing=0.1, dropout=0.25, augment="standard",
-                          precision="bf16"),
+@register("views", best_recipe("views"),
           "`best` reading each digit as written, deskewed and width-normalised (3 channels)")
 def views_cnn(dropout: float = 0.25, width: int = 32) -> nn.Module:
     return nn.Sequential(Views(), *best_cnn(dropout, width, channels=3))
 
 
-@register("upright-widthnorm", Recipe(model="upright-widthnorm", epochs=15, batch_size=128,
-                                      lr=0.003, schedule="onecycle", warmup=0.2,
-                                      label_smoothing=0.1, dropout=0.25, augment="standard",
-                                      precision="bf16"),
+@register("upright-widthnorm", best_recipe("upright-widthnorm"),
           "`best` on deskewed, then width-normalised input, for ensembles")
 def upright_widthnorm_cnn(dropout: float = 0.25, width: int = 32) -> nn.Module:
     return nn.Sequential(Deskew(), WidthNormalize(), *best_cnn(dropout, width))
@@ -393,9 +391,7 @@ def conv5_bn(c_in: int, c_out: int) -> list[nn.Module]:
             nn.ReLU(inplace=True)]
 
 
-@register("five", Recipe(model="five", epochs=15, batch_size=128, lr=0.003, schedule="onecycle",
-                         warmup=0.2, label_smoothing=0.1, dropout=0.25, augment="standard",
-                         precision="bf16"),
+@register("five", best_recipe("five"),
           "another topology for ensembles: 5x5 kernels, two pools, a dense hidden layer of 256")
 def five_cnn(dropout: float = 0.25, width: int = 32) -> nn.Module:
     w = width
