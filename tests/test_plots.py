@@ -50,6 +50,14 @@ def test_training_curves_plot_the_history():
         training_curves([])
 
 
+def test_a_run_without_validation_plots_its_cost_alone():
+    figure = training_curves([{"epoch": 1, "cost": 0.4}, {"epoch": 2, "cost": 0.1}])
+    (cost_ax,) = figure.axes
+    assert [line.get_ydata().tolist() for line in cost_ax.get_lines()] == [[0.4, 0.1]]
+    with pytest.raises(MnistCnnError, match="records no cost"):
+        training_curves([{"epoch": 1}])
+
+
 def test_roc_curve_of_digits_against_non_digits():
     digits, others = np.array([0.9, 0.8, 0.7, 0.6]), np.array([0.65, 0.3, 0.2, 0.1])
     figure = roc_curve(digits, others, threshold=0.7)

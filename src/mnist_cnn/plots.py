@@ -58,21 +58,22 @@ def training_curves(history: Sequence[dict]) -> Figure:
     """Cost and validation accuracy per epoch, as the training loop logged them."""
     if not history:
         raise MnistCnnError("no training history to plot: the checkpoint records no epochs")
-    if not all("cost" in r and "val_accuracy" in r for r in history):
-        raise MnistCnnError("no training curves to plot: the checkpoint's history records no "
-                            "cost or validation accuracy")
+    if not all("cost" in r for r in history):
+        raise MnistCnnError("no training curves to plot: the checkpoint's history records no cost")
+    validated = all("val_accuracy" in r for r in history)  # not when trained on every image
     epochs = [r["epoch"] for r in history]
-    figure = Figure(figsize=(9, 3.5), layout="constrained")
-    cost_ax, accuracy_ax = figure.subplots(1, 2)
+    figure = Figure(figsize=(9 if validated else 4.5, 3.5), layout="constrained")
+    cost_ax, *others = figure.subplots(1, 2 if validated else 1, squeeze=False)[0]
     cost_ax.plot(epochs, [r["cost"] for r in history], marker="o", label="training cost")
     if all("val_loss" in r for r in history):
         cost_ax.plot(epochs, [r["val_loss"] for r in history], marker="o", label="validation loss")
     cost_ax.set(xlabel="epoch", ylabel="cross-entropy", title="Cost")
     cost_ax.legend()
-    accuracy_ax.plot(epochs, [100 * r["val_accuracy"] for r in history], marker="o",
-                     color="tab:green")
-    accuracy_ax.set(xlabel="epoch", ylabel="%", title="Validation accuracy")
-    for ax in (cost_ax, accuracy_ax):
+    for accuracy_ax in others:
+        accuracy_ax.plot(epochs, [100 * r["val_accuracy"] for r in history], marker="o",
+                         color="tab:green")
+        accuracy_ax.set(xlabel="epoch", ylabel="%", title="Validation accuracy")
+    for ax in (cost_ax, *others):
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return figure
