@@ -193,9 +193,10 @@ def models_command(sub) -> None:
 
 
 def cmd_models(args: argparse.Namespace) -> None:
+    width = max(len(name) for name in MODELS)
     for entry in MODELS.values():
         params = sum(p.numel() for p in build_model(entry.name).parameters())
-        print(f"{entry.name:<8} {params:>10,} parameters  {entry.description}")
+        print(f"{entry.name:<{width}} {params:>10,} parameters  {entry.description}")
 
 
 def summary_command(sub) -> None:
