@@ -27,6 +27,7 @@ from mnist_cnn.device import format_environment
 from mnist_cnn.ensemble import (
     average_probabilities,
     disagreement_table,
+    format_verdicts,
     greedy_order,
     keep_members,
     member_probabilities,
@@ -108,10 +109,7 @@ def main() -> None:
 
     verdicts = keep_members(val, data.val.labels)
     kept = [k for k, v in enumerate(verdicts) if v.kept]
-    print("\nkept on the validation split (left out only if significantly worse than the best "
-          "member, exact McNemar test at 5%): "
-          + ", ".join(f"{names[k]} ({'kept' if v.kept else f'left out, p = {v.p_value:.2g}'})"
-                      for k, v in enumerate(verdicts)))
+    print("\n" + format_verdicts(names, verdicts))
 
     greedy = greedy_order(val, data.val.labels)
     print("\naccuracy against the number of members, added in greedy order on the validation "

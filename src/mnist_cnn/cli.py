@@ -19,8 +19,8 @@ from .checkpoint import CheckpointMeta, load_checkpoint, pretrained_path, read_c
 from .device import Runtime, setup
 from .ensemble import (
     EnsembleReport,
-    Verdict,
     evaluate_ensemble,
+    format_verdicts,
     member_recipes,
     seed_members,
     select_members,
@@ -334,7 +334,7 @@ def cmd_ensemble_train(args: argparse.Namespace) -> None:
     batch = recipes[0].eval_batch_size
     if len(paths) > 1 and len(data.val):  # chosen on the validation split, reported on test
         verdicts = select_members(paths, data.val, batch, runtime)
-        print(format_selection(paths, verdicts))
+        print(format_verdicts([p.parent.name for p in paths], verdicts))
         paths = [p for p, v in zip(paths, verdicts) if v.kept]
     print(format_ensemble(evaluate_ensemble(paths, data.test, batch, runtime)))
 
@@ -357,16 +357,6 @@ def ensemble_recipes(args: argparse.Namespace) -> tuple[list[Recipe], list[str] 
     recipe = recipe_from_args(args)
     recipes, names = seed_members(recipe, args.members)
     return recipes, names, Path(args.out or f"runs/{recipe.model}-ensemble")
-
-
-def format_selection(paths: list[Path], verdicts: list[Verdict]) -> str:
-    lines = ["members on the validation split (left out only if significantly worse than the "
-             "best member):"]
-    for path, v in zip(paths, verdicts):
-        verdict = "kept" if v.kept else f"left out, p = {v.p_value:.2g}"
-        lines.append(f"  {path.parent.name}: {v.errors} errors; against the best member "
-                     f"{v.worse} worse, {v.better} better ({verdict})")
-    return "\n".join(lines)
 
 
 def cmd_ensemble_evaluate(args: argparse.Namespace) -> None:

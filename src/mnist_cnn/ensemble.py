@@ -247,6 +247,17 @@ def keep_members(probs: Sequence[torch.Tensor], labels: torch.Tensor,
     return verdicts
 
 
+def format_verdicts(names: Sequence[str], verdicts: Sequence[Verdict]) -> str:
+    """One line per member: its validation errors, against the best member, kept or not."""
+    lines = ["members on the validation split (left out only if significantly worse than the "
+             "best member, exact McNemar test at 5%):"]
+    for name, v in zip(names, verdicts):
+        verdict = "kept" if v.kept else f"left out, p = {v.p_value:.2g}"
+        lines.append(f"  {name}: {v.errors} errors; against the best member {v.worse} worse, "
+                     f"{v.better} better ({verdict})")
+    return "\n".join(lines)
+
+
 def select_members(paths: Sequence[str | os.PathLike], val: Split, batch_size: int = 1000,
                    runtime: Runtime = CPU) -> list[Verdict]:
     """keep_members for `paths` on the validation split `val`."""
