@@ -134,3 +134,20 @@ def test_ascii_digit_draws_28_lines_of_56_characters():
 def test_split_length():
     split = Split(torch.zeros(3, 1, 28, 28, dtype=torch.uint8), torch.tensor([1, 2, 3]))
     assert len(split) == 3
+
+
+def test_evaluation_runs_in_float32_whatever_precision_trained_the_network():
+    """A bf16 runtime trains in bf16 but evaluates as predict and serve answer: in float32, so
+    `train`, `evaluate` and `ensemble evaluate` report the same accuracy for a checkpoint."""
+    from mnist_cnn.device import Runtime
+
+    torch.manual_seed(0)
+    model = build_model("best").eval()
+    images = (torch.rand(64, 1, 28, 28) * 255).to(torch.uint8)
+    cpu = torch.device("cpu")
+    fp32 = predict_proba(model, images, runtime=Runtime(cpu, "fp32"))
+    bf16 = predict_proba(model, images, runtime=Runtime(cpu, "bf16"))
+    assert torch.equal(fp32, bf16)
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():  # bf16 would differ
+        autocast = F.softmax(model(as_input(images)).float(), dim=1)
+    assert not torch.equal(fp32, autocast)
