@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from mnist_cnn.data import Split
+from mnist_cnn.device import Runtime
 from mnist_cnn.evaluation import (
     ascii_digit,
     evaluate,
@@ -139,8 +140,6 @@ def test_split_length():
 def test_evaluation_runs_in_float32_whatever_precision_trained_the_network():
     """A bf16 runtime trains in bf16 but evaluates as predict and serve answer: in float32, so
     `train`, `evaluate` and `ensemble evaluate` report the same accuracy for a checkpoint."""
-    from mnist_cnn.device import Runtime
-
     torch.manual_seed(0)
     model = build_model("best").eval()
     images = (torch.rand(64, 1, 28, 28) * 255).to(torch.uint8)
