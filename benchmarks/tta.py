@@ -20,6 +20,7 @@ from mnist_cnn import load_checkpoint, load_dataset, setup
 from mnist_cnn.augment import affine_matrices
 from mnist_cnn.device import format_environment
 from mnist_cnn.evaluation import predict_proba
+from mnist_cnn.models import as_input
 
 WARPS = {"as is": {}, "turn +": {"angle": 6}, "turn -": {"angle": -6},
          "zoom +": {"scale": 1.08}, "zoom -": {"scale": 0.92},
@@ -34,7 +35,7 @@ FAMILIES = {"none": ["as is"], "turns": ["as is", "turn +", "turn -"],
 def warp(images: torch.Tensor, angle: float = 0.0, scale: float = 1.0, shear: float = 0.0,
          tx: float = 0.0, ty: float = 0.0) -> torch.Tensor:
     """The same warp applied to every image of a uint8 (n, 1, h, w) batch, as floats in [0, 1]."""
-    x = images.float() / 255
+    x = as_input(images)
     full = [torch.full((len(x),), float(v)) for v in (angle, scale, shear, tx, ty)]
     theta = affine_matrices(*full, size=tuple(x.shape[-2:]))
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
@@ -54,10 +55,10 @@ def main() -> None:
     print("|---|" + "---|" * len(FAMILIES))
     for path in args.checkpoints:
         model, _ = load_checkpoint(path, device=runtime.device)
-        cells = []
         probs = {split: {name: predict_proba(model, warp(getattr(data, split).images, **w),
                                              runtime=runtime)
                          for name, w in WARPS.items()} for split in ("val", "test")}
+        cells = []
         for family in FAMILIES.values():
             accuracy = [float((sum(probs[split][name] for name in family).argmax(1)
                                == getattr(data, split).labels).float().mean())
