@@ -29,11 +29,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+import cv2
 from scipy import ndimage
 
 from .errors import MnistCnnError
 
 MAX_PIXELS: int = 40_000_000
+# larger images are shrunk to this before preprocessing (plenty for a digit a few percent of a
+# 12-megapixel photo), by `predict` and the server alike, so that both give the same answer
+WORK_PIXELS: int = 2_000_000
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")  # Pillow's names; others are refused
 
@@ -41,9 +45,17 @@ FIELD = 28  # MNIST image side
 BOX = 20  # longer side of the ink's bounding box
 MNIST_CENTRE = 14.0  # where MNIST puts the centre of mass (see the module docstring)
 MIN_CONTRAST = 24  # ink must differ from the background by at least this many gray levels
-NOISE_FACTOR = 8  # ... and by this many times the background's noise
+NOISE_FACTOR = 8  # ... and by this many times the background's noise,
+VISIBLE = 40  # ... or by this many, which anyone sees: such ink is always read
 EDGE_RADIUS = 2  # soft edge pixels kept around the solid strokes
 SPECK_SHARE = 0.05  # a separate blob with less ink than this share of the largest one is a speck
+NEAR = 0.6  # blobs this share of the digit's size away from it still belong to it
+ANALYSIS_SIDE = 512  # the paper's level is estimated at most this many pixels across
+PAPER_WINDOW = 0.3  # ... with a window this share of the image: wider than any stroke
+LINE_SPAN = 0.8  # a straight line this long, as a share of the image's side, is a ruling
+LINE_MARGIN = 0.15  # ink on a ruling is at least this much darker than the ruling
+BORDER_RUN = 0.2  # a filled blob touching this share of the border is a page's or desk's edge
+FILLED = 0.4  # ... when it fills this share of its box (a stroke fills far less)
 # The ink's longer side must span this many pixels, and this share of the image's longer side
 # (MNIST's digits span 20 of 28; a "1" drawn in a corner of the server's canvas, about a tenth)
 MIN_INK_SIDE = 4
@@ -78,11 +90,11 @@ def _name(source: str | os.PathLike | bytes) -> str:
 
 
 def load_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS,
-               name: str | None = None, work_pixels: int | None = None) -> Image.Image:
+               name: str | None = None, work_pixels: int | None = WORK_PIXELS) -> Image.Image:
     """Read a path or raw bytes as an upright 8-bit grayscale ("L") image; errors start with
     `name` (default: the path, or "<bytes>").
 
-    At most `max_pixels` are decoded. With `work_pixels`, a larger image is shrunk to at most that
+    At most `max_pixels` are decoded. With `work_pixels` (None: never), a larger image is shrunk to at most that
     many pixels (box average by a whole factor); a JPEG is then decoded at 1/2, 1/4 or 1/8 size
     directly (libjpeg's DCT scaling), so it may have more than `max_pixels` to begin with.
     """
@@ -254,11 +266,11 @@ def preprocess(image: Image.Image | np.ndarray, source: str = "<image>") -> Prep
     """Turn a picture of one digit into the MNIST convention, keeping every step to look at."""
     gray = as_gray(image, source)
     ink, _, inverted, threshold = extract_ink(gray, source)
-    ink = _drop_specks(ink)
+    ink = pick_digit(ink)
 
     cropped = ink[ink_box(ink)]
     # scaled up to 20 px, a dot or a speck would be read as some digit ("0" for a single pixel)
-    smallest = max(MIN_INK_SIDE, MIN_INK_SHARE * max(gray.shape))
+    smallest = max(MIN_INK_SIDE, MIN_INK_SHARE * min(gray.shape))
     if max(cropped.shape) < smallest:
         raise ImageError(
             f"{source}: ink too small to be a digit ({cropped.shape[1]}x{cropped.shape[0]} px in "
@@ -283,50 +295,185 @@ def as_gray(image: Image.Image | np.ndarray, source: str = "<image>") -> np.ndar
 
 def extract_ink(gray: np.ndarray, source: str = "<image>"
                 ) -> tuple[np.ndarray, np.ndarray, bool, float]:
-    """Grayscale -> (ink: white on black, background suppressed; solid: the pixels past the
-    threshold; inverted; threshold), the steps every image goes through before its crop."""
-    # Polarity: the border is mostly background; if it falls in the bright class, invert
+    """Grayscale -> (ink: white on black, paper suppressed; solid: the pixels that are ink;
+    inverted; threshold), the steps every image goes through before its crop.
+
+    The paper is estimated locally and divided out, so that a shadow or a lighting gradient is
+    not ink; ink is decided from each pixel's darkness relative to the paper around it; the ruled
+    or squared lines of a notebook, and the edges of a page or a desk along the image's border,
+    are taken out.
+    """
     hist = np.bincount(gray.ravel(), minlength=256)
     threshold = otsu_threshold(hist)
     if threshold is None:
         raise ImageError(f"{source}: no ink found (the image is uniform)")
-    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-    inverted = bool(np.median(border) > threshold)
+    inverted = light_paper(gray)
     work = 255 - gray if inverted else gray
-    if inverted:
-        hist = hist[::-1]
-        threshold = otsu_threshold(hist)  # the same split, counted from the other end
-
-    # Background suppression: background level and noise from the dark class, ink level from
-    # the bright one; levels in between are stretched, not binarised, to keep soft strokes
-    level = np.arange(256)
-    background_hist = np.where(level <= threshold, hist, 0)
-    ink_hist = np.where(level > threshold, hist, 0)
-    background = _quantile(background_hist, 0.5)
-    noise = _noise(background_hist, background)
-    ink_level = _quantile(ink_hist, 0.99)
-    if ink_level - background < max(MIN_CONTRAST, NOISE_FACTOR * noise):
+    paper = paper_level(work)
+    contrast = work.astype(np.float32) - paper
+    levels = np.clip(np.rint(contrast), -255, 255).astype(np.int16) + 255
+    contrast_hist = np.bincount(levels.ravel(), minlength=511)
+    typical = _quantile(contrast_hist, 0.5)
+    noise = _noise(contrast_hist, typical)
+    # the opening follows the paper's grain from below: its typical pixel is the zero of contrast
+    contrast -= typical - 255
+    candidates = contrast >= max(MIN_CONTRAST / 2, NOISE_FACTOR / 2 * noise)
+    if not candidates.any():
         raise ImageError(
-            f"{source}: no ink found (contrast {ink_level - background} gray levels against "
-            f"background noise {noise:.1f}: a blank or nearly uniform image)")
-    floor = min(background + 3.0 * noise, threshold)
-    ink = (work.astype(np.float32) - floor) * (255.0 / (ink_level - floor))
+            f"{source}: no ink found (nothing stands out from the paper by more than "
+            f"{max(MIN_CONTRAST / 2, NOISE_FACTOR / 2 * noise):.0f} gray levels: a blank or "
+            "nearly uniform image)")
+    # darkness relative to the paper it is on: the same for a stroke in light and in shadow
+    relative = contrast / np.maximum(255.0 - paper, 32.0)
+    # Ink and faint lines differ in darkness: Otsu among the candidates splits them
+    values = np.clip(np.rint(relative[candidates] * 255), 0, 255).astype(np.uint8)
+    split = otsu_threshold(np.bincount(values, minlength=256))
+    strong_level = (split + 0.5) / 255 if split is not None else float(relative[candidates].min()) - 1e-6
+    # ink that differs from its paper by VISIBLE gray levels is always read, whatever the noise
+    strong_contrast = min(VISIBLE, max(MIN_CONTRAST, NOISE_FACTOR * noise))
+    strong = candidates & (relative > strong_level) & (contrast >= strong_contrast)
+    if not strong.any():
+        best = float(contrast.max())
+        raise ImageError(
+            f"{source}: no ink found (the darkest mark differs from the paper by {best:.0f} gray "
+            f"levels, needed: {strong_contrast:.0f}; noise {noise:.1f}): a blank or nearly uniform "
+            "image, or write with a darker pen")
+    weak = _remove_lines(candidates, relative)
+    solid = _connected_to(weak, strong)
+    if not solid.any():  # the lines were all there is: keep what was found rather than nothing
+        solid = _connected_to(candidates, strong)
+    solid = _drop_border_edges(solid)
+    if not solid.any():
+        raise ImageError(f"{source}: no ink found apart from the edges of the picture (a page's "
+                         "edge or a shadow); photograph the digit with some paper around it")
+
+    # Soft strokes are kept: levels between the paper and the ink are stretched, not binarised
+    ink_level = float(np.quantile(relative[solid], 0.99))
+    paper_range = max(255.0 - float(np.median(paper[solid])), 32.0)
+    floor = min(float(strong_level), 3.0 * noise / paper_range)
+    ink = (relative - floor) * (255.0 / max(ink_level - floor, 1e-3))
     np.clip(ink, 0, 255, out=ink)
-    # Keep faint pixels only next to solid ink: paper noise elsewhere would inflate the box
-    solid = work > threshold
-    # the solid strokes grown by EDGE_RADIUS pixels in a square neighbourhood
-    ink[~ndimage.maximum_filter(solid, size=2 * EDGE_RADIUS + 1, mode="constant")] = 0
+    # Faint pixels count only next to solid ink: paper noise elsewhere would inflate the box
+    # (the strong pixels' neighbourhood, so that JPEG's ringing does not move the ink's box)
+    near = cv2.dilate((solid & strong).astype(np.uint8), np.ones((2 * EDGE_RADIUS + 1,) * 2, np.uint8))
+    ink[near == 0] = 0
     return np.rint(ink).astype(np.uint8), solid, inverted, float(threshold)
 
 
-def _drop_specks(ink: np.ndarray) -> np.ndarray:
-    """Remove small separate blobs (dust, a pen's tap): far from the digit, they would stretch the
-    box it is scaled by. A digit's own separate strokes carry far more ink and stay."""
-    labels, count = ndimage.label(ink > 0, structure=np.ones((3, 3), dtype=bool))
+def light_paper(gray: np.ndarray) -> bool:
+    """Is it dark ink on light paper (True) or light ink on a dark ground (False)? The paper is
+    most of the picture, once the lighting is divided out: a dark desk in a corner is not most of
+    it, and neither is the shadowed half of a page (which one global split would call dark)."""
+    height, width = gray.shape
+    scale = min(1.0, 128 / max(height, width))
+    small = cv2.resize(gray, (max(1, round(width * scale)), max(1, round(height * scale))),
+                       interpolation=cv2.INTER_AREA).astype(np.float32)
+    lighting = cv2.GaussianBlur(small, (0, 0), 0.15 * max(small.shape)) + 1.0
+    flat = np.clip(np.rint(small / lighting * 128), 0, 255).astype(np.uint8)
+    hist = np.bincount(flat.ravel(), minlength=256)
+    split = otsu_threshold(hist)
+    return split is not None and _quantile(hist, 0.5) > split
+
+
+def paper_level(work: np.ndarray) -> np.ndarray:
+    """The paper's level at each pixel (float32, ink bright in `work`): a grey opening with a
+    window wider than any stroke, which keeps lighting gradients and the edges of shadows but
+    removes the strokes; computed at most ANALYSIS_SIDE pixels across, for speed."""
+    height, width = work.shape
+    scale = min(1.0, ANALYSIS_SIDE / max(height, width))
+    small = work if scale == 1.0 else cv2.resize(work, (max(1, round(width * scale)),
+                                                       max(1, round(height * scale))),
+                                                 interpolation=cv2.INTER_AREA)
+    side = max(3, round(PAPER_WINDOW * max(small.shape))) | 1
+    window = cv2.getStructuringElement(cv2.MORPH_RECT, (side, side))
+    opened = cv2.morphologyEx(small, cv2.MORPH_OPEN, window, borderType=cv2.BORDER_REPLICATE)
+    if scale == 1.0:
+        return opened.astype(np.float32)
+    return cv2.resize(opened.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def _connected_to(weak: np.ndarray, strong: np.ndarray) -> np.ndarray:
+    """Hysteresis: the connected regions of `weak` that hold a pixel of `strong`."""
+    count, labels = cv2.connectedComponents(weak.astype(np.uint8), connectivity=8)
+    hit = np.zeros(count, bool)
+    hit[labels[strong & weak]] = True
+    hit[0] = False
+    return hit[labels]
+
+
+def _remove_lines(mask: np.ndarray, relative: np.ndarray) -> np.ndarray:
+    """`mask` without the long straight lines that cross the image (a notebook's ruling or
+    grid): segments of at least LINE_SPAN of the image's side. Where a stroke crosses a line, or
+    runs along it darker than the line, the stroke's pixels stay."""
+    height, width = mask.shape
+    shortest = LINE_SPAN * min(height, width)
+    if shortest < 12:
+        return mask
+    binary = mask.astype(np.uint8) * 255
+    segments = cv2.HoughLinesP(binary, 1, np.pi / 360, threshold=round(0.6 * shortest),
+                               minLineLength=shortest, maxLineGap=max(3, round(0.1 * shortest)))
+    if segments is None:
+        return mask
+    thickness = max(3, round(0.012 * max(height, width)) | 1)
+    band = np.zeros_like(binary)
+    for x1, y1, x2, y2 in segments.reshape(-1, 4):
+        length = np.hypot(x2 - x1, y2 - y1)
+        span = abs(x2 - x1) / width + abs(y2 - y1) / height  # ~1 for a line across the image
+        if length >= shortest and span >= LINE_SPAN:
+            cv2.line(band, (int(x1), int(y1)), (int(x2), int(y2)), 255, thickness)
+    on_line = (band > 0) & mask
+    if not on_line.any():
+        return mask
+    # a pen is darker than the ruling: those pixels are ink even on a line
+    line_level = float(np.median(relative[on_line]))
+    darker = relative > line_level + LINE_MARGIN
+    kept = mask & ~(on_line & ~darker)
+    # strokes that crossed a line are joined again across it
+    across = cv2.morphologyEx(kept.astype(np.uint8), cv2.MORPH_CLOSE,
+                              np.ones((thickness + 2, 1), np.uint8))
+    across |= cv2.morphologyEx(kept.astype(np.uint8), cv2.MORPH_CLOSE,
+                               np.ones((1, thickness + 2), np.uint8))
+    return kept | ((across > 0) & on_line)
+
+
+def _drop_border_edges(solid: np.ndarray) -> np.ndarray:
+    """Without the blobs that fill a stretch of the image's border: a dark desk beside the page,
+    a shadow's corner, a page's edge. They touch the border along BORDER_RUN of the shorter side
+    or more and fill at least FILLED of their box; a digit touches it at most at a stroke's end,
+    and strokes fill little of their box."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(solid.astype(np.uint8),
+                                                                connectivity=8)
     if count <= 1:
+        return solid
+    contact = (np.bincount(labels[0], minlength=count) + np.bincount(labels[-1], minlength=count)
+               + np.bincount(labels[:, 0], minlength=count)
+               + np.bincount(labels[:, -1], minlength=count))
+    filled = stats[:, cv2.CC_STAT_AREA] / (stats[:, cv2.CC_STAT_WIDTH] * stats[:, cv2.CC_STAT_HEIGHT])
+    drop = (contact > BORDER_RUN * min(solid.shape)) & (filled >= FILLED)
+    drop[0] = True
+    kept = ~drop[labels]
+    return kept if kept.any() else solid
+
+
+def pick_digit(ink: np.ndarray) -> np.ndarray:
+    """The digit among the blobs of ink: the largest, and the blobs beside it that carry enough
+    ink to be strokes of the same digit (a 5's bar, a 4 in two strokes); specks (dust, a pen's
+    tap) and writing further away are left out, so that they do not stretch the digit's box."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats((ink > 0).astype(np.uint8),
+                                                                connectivity=8)
+    if count <= 2:
         return ink
-    mass = ndimage.sum_labels(ink, labels, index=np.arange(1, count + 1))
-    keep = np.concatenate([[False], mass >= SPECK_SHARE * mass.max()])
+    mass = np.bincount(labels.ravel(), weights=ink.ravel(), minlength=count)
+    mass[0] = 0
+    main = int(mass.argmax())
+    x, y, w, h = stats[main, :4]
+    reach = NEAR * max(w, h)
+    left, top, right, bottom = stats[:, 0], stats[:, 1], stats[:, 0] + stats[:, 2], \
+        stats[:, 1] + stats[:, 3]
+    gap_x = np.maximum(0, np.maximum(x - right, left - (x + w)))
+    gap_y = np.maximum(0, np.maximum(y - bottom, top - (y + h)))
+    keep = (mass >= SPECK_SHARE * mass[main]) & (np.hypot(gap_x, gap_y) <= reach)
+    keep[0] = False
     return np.where(keep[labels], ink, 0).astype(np.uint8)
 
 
@@ -376,7 +523,7 @@ def to_tensor(final: np.ndarray) -> torch.Tensor:
 
 def load_and_preprocess(
     source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS, name: str | None = None,
-    work_pixels: int | None = None,
+    work_pixels: int | None = WORK_PIXELS,
 ) -> Preprocessed:
     name = name or _name(source)
     return preprocess(load_image(source, max_pixels, name, work_pixels), source=name)

@@ -215,7 +215,7 @@ def segment(image: Image.Image | np.ndarray, proba: Proba, source: str = "<image
     pieces = components(ink, solid, source)
     span = max(max(p.bottom for p in pieces) - min(p.top for p in pieces),
                max(p.right for p in pieces) - min(p.left for p in pieces))
-    smallest = max(MIN_INK_SIDE, MIN_INK_SHARE * max(gray.shape))
+    smallest = max(MIN_INK_SIDE, MIN_INK_SHARE * min(gray.shape))
     if span < smallest:
         raise ImageError(f"{source}: ink too small to be digits ({span} px in a "
                          f"{gray.shape[1]}x{gray.shape[0]} image, needed: {smallest:.0f} px)")

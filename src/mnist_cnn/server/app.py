@@ -51,6 +51,7 @@ from ..errors import MnistCnnError
 from ..evaluation import CPU, ranked
 from ..imaging import (
     FIELD,
+    WORK_PIXELS,
     ImageError,
     TooManyPixels,
     load_and_preprocess,
@@ -67,7 +68,6 @@ from .limits import (
     MAX_UPLOAD_BYTES,
     QUEUE_TIMEOUT,
     REQUEST_TIMEOUT,
-    WORK_PIXELS,
     check_limits,
 )
 

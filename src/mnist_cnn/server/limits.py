@@ -11,7 +11,6 @@ from ..errors import MnistCnnError
 
 MAX_UPLOAD_BYTES = 16 * 1024 * 1024  # a phone photo is a few MB
 MAX_PIXELS = 25_000_000  # pixels decoded at most (a larger JPEG is decoded at 1/2, 1/4 or 1/8 size)
-WORK_PIXELS = 2_000_000  # larger images are shrunk to this before preprocessing: plenty for a digit
 MAX_CONCURRENT = 2  # images decoded and classified at once; each may take ~150 MB for a moment
 QUEUE_TIMEOUT = 2.0  # seconds a request waits for a free slot before a 503
 REQUEST_TIMEOUT = 15.0  # seconds to send the headers, and again to send the body
