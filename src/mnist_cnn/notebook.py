@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from .imaging import set_stroke_width
+
 PAPERS = ("plain", "ruled", "squared")
 PENS = ("black", "blue", "red", "green", "pencil", "marker")
 # ink colours in RGB: what ballpoints and a graphite pencil leave on white paper
@@ -59,28 +61,8 @@ def resolve(condition: Condition, rng: np.random.Generator) -> Condition:
 
 
 def set_stroke(ink: np.ndarray, share: float) -> np.ndarray:
-    """White-on-black ink with its strokes redrawn `share` of its height wide: the skeleton's
-    neighbourhood of that radius, found from the distance to the glyph's skeleton-free background."""
-    height = ink.shape[0]
-    # work where a stroke is several pixels wide, so that hairlines stay connected
-    scale = max(1.0, 96 / height)
-    big = cv2.resize(ink, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
-    solid = (big > 127).astype(np.uint8)
-    inside = cv2.distanceTransform(solid, cv2.DIST_L2, 3)
-    width_now = 4 * float(inside[solid > 0].mean()) if solid.any() else 1.0
-    target = share * big.shape[0]
-    # grow or shrink by half the difference: the distance to the strokes' edge says where
-    if target >= width_now:
-        outside = cv2.distanceTransform(1 - solid, cv2.DIST_L2, 3)
-        grown = (outside <= (target - width_now) / 2).astype(np.float32)
-    else:
-        # thinner: keep what lies deep enough inside, but never lose a stroke's middle line
-        ridge = inside >= cv2.dilate(inside, np.ones((3, 3), np.uint8)) - 0.5
-        keep = (inside > (width_now - target) / 2) | (ridge & (solid > 0))
-        grown = cv2.dilate(keep.astype(np.uint8), np.ones((2, 2), np.uint8)).astype(np.float32)
-    soft = cv2.GaussianBlur(grown, (0, 0), 0.6)
-    out = cv2.resize(soft, (ink.shape[1], ink.shape[0]), interpolation=cv2.INTER_AREA)
-    return np.clip(out * 255, 0, 255).astype(np.uint8)
+    """White-on-black ink with its strokes redrawn `share` of its height wide."""
+    return set_stroke_width(ink, share * ink.shape[0])
 
 
 def _paper(shape: tuple[int, int], paper: str, spacing: float, rng: np.random.Generator
@@ -241,3 +223,22 @@ def jpeg_bytes(rgb: np.ndarray, quality: int = 92) -> bytes:
     ok, encoded = cv2.imencode(".jpg", np.ascontiguousarray(rgb[..., ::-1]),
                                [cv2.IMWRITE_JPEG_QUALITY, quality])
     return encoded.tobytes()
+
+
+def photo_fields(images: np.ndarray, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`count` photos of digits drawn from `images` (N x 28 x 28, MNIST's convention) on
+    notebook pages, each through the same decoding and preprocessing as `mnist-cnn predict`:
+    (the 28x28 fields the network sees, the index of the digit each came from). Photos that
+    preprocessing refuses are left out, so a few fewer than `count` may come back."""
+    from .imaging import ImageError, load_and_preprocess  # the predictor's own path
+
+    rng = np.random.default_rng(seed)
+    fields, sources = [], []
+    for index in rng.integers(0, len(images), count):
+        photo = photograph_page(mnist_glyph(images[index]), rng)
+        try:
+            fields.append(load_and_preprocess(jpeg_bytes(photo, int(rng.integers(70, 95)))).final)
+        except ImageError:
+            continue
+        sources.append(int(index))
+    return np.stack(fields), np.array(sources)
