@@ -7,50 +7,113 @@ checksums and the training history, and adds the test accuracy measured here in 
 tests/test_pretrained.py checks again; the optimizer and RNG state (only needed to resume) stay
 behind.
 
-Then "not a digit" (novelty.py): one more epoch from those weights with outlier exposure
-(synthetic non-digits pushed towards a uniform answer; runs/pretrained-best-oe), and the
-threshold on the network's confidence that accepts 99% of the calibration digits
-(benchmarks/not_a_digit.py builds them: MNIST validation digits and font digits, photographed),
-stored as the checkpoint's digit_threshold.
+Then photos and "not a digit": PHOTO_EPOCHS more epochs from those weights on the 55,000
+training digits plus PHOTOS photos of training digits on notebook pages (mnist_cnn.notebook:
+ruled and squared paper, shadows, desks, pencil, ink colours, stroke widths, tilts, sizes),
+each through the same decoding and preprocessing as `mnist-cnn predict`, so that training sees
+what use sees; with outlier exposure (synthetic non-digits, photographed the same ways, pushed
+towards a uniform answer; runs/pretrained-best-photos).
 
-Usage: MNIST_DATA_DIR=../shared/data/mnist python benchmarks/build_pretrained.py
+Last, calibration on held-out data (photos of MNIST's validation digits and of the calibration
+fonts, and the validation digits themselves): the temperature that makes the shown
+probabilities honest (calibration.py), and the threshold on the calibrated confidence that
+accepts 99% of the calibration digits, stored as the checkpoint's temperature and
+digit_threshold.
+
+Usage: python benchmarks/build_pretrained.py [--start CHECKPOINT]
+  --start: fine-tune for photos from this checkpoint's weights instead of training the base
+  network first (the shipped model was built from the previous shipped model this way).
 """
 
 from __future__ import annotations
 
+import argparse
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from not_a_digit import DIGITS, build_sets, load_fashion
 
 from mnist_cnn import build_model, evaluate, load_dataset, recipe_for, setup, train
+from mnist_cnn.calibration import calibration_error, fit_temperature
 from mnist_cnn.checkpoint import PRETRAINED, load_checkpoint, save_checkpoint
+from mnist_cnn.data import Split
 from mnist_cnn.device import format_environment
-from mnist_cnn.evaluation import predict_proba
+from mnist_cnn.evaluation import iterate_logits
+from mnist_cnn.notebook import photo_fields
 from mnist_cnn.novelty import calibrate_threshold, confidence
 from mnist_cnn.training import CHECKPOINT_NAME
 
 RUN = Path("runs/pretrained-best")
-RUN_OE = Path("runs/pretrained-best-oe")
+RUN_PHOTOS = Path("runs/pretrained-best-photos")
+PHOTOS = 30_000  # photos of training digits added to the 55,000
+PHOTO_EPOCHS = 2
 ACCEPT = 0.99  # the share of calibration digits the threshold accepts
 SHIPPED = Path(__file__).resolve().parents[1] / "src" / "mnist_cnn" / PRETRAINED
 
 
+def photos_of(split: Split, count: int, seed: int, cache: Path) -> Split:
+    """`count` photos of the split's digits through predict's preprocessing (two processes),
+    cached: making them takes minutes."""
+    if cache.is_file():
+        saved = np.load(cache)
+        return Split(torch.from_numpy(saved["images"])[:, None], torch.from_numpy(saved["labels"]))
+    images = split.images[:, 0].numpy()
+    with ProcessPoolExecutor(2) as pool:
+        parts = list(pool.map(photo_fields, [images, images], [count // 2, count - count // 2],
+                              [seed, seed + 1]))
+    fields = np.concatenate([f for f, _ in parts])
+    labels = split.labels.numpy()[np.concatenate([i for _, i in parts])]
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, images=fields, labels=labels)
+    return Split(torch.from_numpy(fields)[:, None], torch.from_numpy(labels))
+
+
+def logits_of(model, split: Split) -> torch.Tensor:
+    return torch.cat(list(iterate_logits(model, split.images, 1000)))
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description="rebuild the shipped model")
+    parser.add_argument("--start", type=Path, help="fine-tune for photos from this checkpoint")
+    args = parser.parse_args()
     print(format_environment(), "\n", flush=True)
     data = load_dataset("mnist")
     recipe = recipe_for("best").replace(seed=0)
-    runtime = setup("auto", recipe.precision, tune_allocator=True)
-    train(build_model(recipe), data, recipe, runtime, RUN, resume=(RUN / CHECKPOINT_NAME).is_file(),
-          progress=False)
-    model, _ = load_checkpoint(RUN / CHECKPOINT_NAME)
-    exposed = recipe.replace(epochs=1, lr=3e-4, schedule="cosine", outlier_exposure=0.5)
-    train(model, data, exposed, runtime, RUN_OE, resume=(RUN_OE / CHECKPOINT_NAME).is_file(),
-          progress=False)
-    model, meta = load_checkpoint(RUN_OE / CHECKPOINT_NAME)
+    if args.start is None:
+        runtime = setup("auto", recipe.precision, tune_allocator=True)
+        train(build_model(recipe), data, recipe, runtime, RUN,
+              resume=(RUN / CHECKPOINT_NAME).is_file(), progress=False)
+    model, _ = load_checkpoint(args.start or RUN / CHECKPOINT_NAME)
+
+    photos = photos_of(data.train, PHOTOS, 1, Path("runs/photo-fields-train.npz"))
+    print(f"{len(photos):,} photos of training digits", flush=True)
+    mixed = replace(data, train=Split(torch.cat([data.train.images, photos.images]),
+                                      torch.cat([data.train.labels, photos.labels])))
+    # fp32: the fine-tune is short, and CPUs without bf16 instructions emulate bf16 slowly
+    tuned = recipe.replace(epochs=PHOTO_EPOCHS, lr=5e-4, schedule="cosine", warmup=0.0,
+                           outlier_exposure=0.5, precision="fp32")
+    runtime = setup("auto", tuned.precision, tune_allocator=True)
+    train(model, mixed, tuned, runtime, RUN_PHOTOS,
+          resume=(RUN_PHOTOS / CHECKPOINT_NAME).is_file(), progress=False)
+    model, meta = load_checkpoint(RUN_PHOTOS / CHECKPOINT_NAME)
+
+    # Calibration, on held-out digits only: the validation split, as is and photographed
+    val_photos = photos_of(data.val, 4000, 2, Path("runs/photo-fields-val.npz"))
+    held_out = Split(torch.cat([data.val.images, val_photos.images]),
+                     torch.cat([data.val.labels, val_photos.labels]))
+    logits = logits_of(model, held_out)
+    temperature = fit_temperature(logits, held_out.labels)
+    before = calibration_error(logits.softmax(1), held_out.labels)
+    after = calibration_error((logits / temperature).softmax(1), held_out.labels)
+    print(f"temperature {temperature:.3f}: calibration error {before:.2%} -> {after:.2%} on "
+          f"{len(held_out):,} held-out digits", flush=True)
     calibration = build_sets("calibration", data.val, load_fashion("calibration"))
-    scores = torch.cat([confidence(predict_proba(model, calibration[name][0]))
-                        for name in DIGITS])
+    digit_images = torch.cat([calibration[name][0] for name in DIGITS] + [val_photos.images])
+    scores = confidence((logits_of(model, Split(digit_images, torch.zeros(len(digit_images))))
+                         / temperature).softmax(1))
     threshold = calibrate_threshold(scores.numpy(), ACCEPT)
     print(f"digit threshold {threshold:.4f}: accepts {ACCEPT:.0%} of {len(scores)} "
           "calibration digits")
@@ -60,6 +123,7 @@ def main() -> None:
     shipped.pop("optimizer", None)
     shipped["metrics"] = {**shipped["metrics"], "test_accuracy": test.accuracy}
     shipped["digit_threshold"] = threshold
+    shipped["temperature"] = temperature
     save_checkpoint(SHIPPED, model, shipped)
     print(f"wrote {SHIPPED} ({SHIPPED.stat().st_size / 2**20:.1f} MiB)")
 

@@ -31,13 +31,13 @@ import numpy as np
 import torch
 
 from mnist_cnn import load_dataset, pen, synthetic
+from mnist_cnn.calibration import calibration_error
 from mnist_cnn.checkpoint import pretrained_path
 from mnist_cnn.device import format_environment
 from mnist_cnn.imaging import ImageError, load_and_preprocess, load_image, to_tensor
 from mnist_cnn.notebook import Condition, jpeg_bytes, mnist_glyph, photograph_page, row_ink
 from mnist_cnn.numbers import read_number
 from mnist_cnn.predict import load_predictor
-from mnist_cnn.calibration import calibration_error
 
 CONDITIONS: dict[str, Condition] = {
     # one factor changed at a time from a plain photo of a ballpoint digit
@@ -84,9 +84,9 @@ class Glyphs:
         data = load_dataset("mnist")
         self.mnist = data.test if split == "report" else data.val
         fonts = synthetic.font_paths()
-        # the fonts' last third is never looked at while tuning
-        self.fonts = fonts[2::3] if split == "report" else [f for i, f in enumerate(fonts)
-                                                           if i % 3 != 2]
+        # thirds of the fonts: the first calibrates (and is tuned on), the second is the report's,
+        # the last one's letters train "not a digit"
+        self.fonts = fonts[1::3] if split == "report" else fonts[0::3]
         if split == "report":
             from sklearn.datasets import load_digits  # 1,797 digits of 43 other writers
             uci = load_digits()

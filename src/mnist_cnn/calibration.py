@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from .checkpoint import MAX_TEMPERATURE, MIN_TEMPERATURE
 from .errors import MnistCnnError
 
 BINS = 15  # equal-width confidence bins for the ECE, as in Guo et al.
@@ -36,7 +38,19 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
         return loss
 
     optimizer.step(closure)
-    return float(log_t.exp().clamp(0.05, 20.0))
+    return float(log_t.exp().clamp(MIN_TEMPERATURE, MAX_TEMPERATURE))
+
+
+class Calibrated(nn.Module):
+    """A network whose logits are divided by its checkpoint's temperature: the probabilities
+    every reader shows, and "not a digit" decides on, are the calibrated ones."""
+
+    def __init__(self, network: nn.Module, temperature: float) -> None:
+        super().__init__()
+        self.network, self.temperature = network, float(temperature)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x) / self.temperature
 
 
 def calibration_error(probabilities: torch.Tensor, labels: torch.Tensor, bins: int = BINS

@@ -40,6 +40,7 @@ META_KEY = "mnist_cnn"
 MAX_BYTES = 256 * 1024 * 1024
 MAX_PARAMETERS = 50_000_000
 MAX_COUNT = 2 ** 62  # epochs and steps
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 20.0  # a calibration temperature outside is no fit
 OPTIMIZER_STATE = {"adam": ("step", "exp_avg", "exp_avg_sq"),
                    "adamw": ("step", "exp_avg", "exp_avg_sq"),
                    "sgd": ("momentum_buffer",)}
@@ -66,6 +67,9 @@ class CheckpointMeta:
     # below this largest class probability an image is "not a digit" (novelty.py); None: the
     # network was never calibrated, and refuses nothing
     digit_threshold: float | None = None
+    # the logits are divided by this before the softmax wherever a probability is shown
+    # (calibration.py); None: as trained
+    temperature: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # other JSON keys, kept as they were
 
     def class_names(self) -> tuple[str, ...]:
@@ -79,7 +83,7 @@ class CheckpointMeta:
         optional = {"dataset": self.dataset, "checksums": self.checksums,
                     "classes": list(self.classes) if self.classes is not None else None,
                     "train_size": self.train_size, "epoch": self.epoch, "step": self.step,
-                    "digit_threshold": self.digit_threshold}
+                    "digit_threshold": self.digit_threshold, "temperature": self.temperature}
         d.update({k: v for k, v in optional.items() if v is not None})
         if self.metrics:
             d["metrics"] = self.metrics
@@ -136,12 +140,17 @@ class CheckpointMeta:
         threshold = d.get("digit_threshold")
         if threshold is not None and not (is_number(threshold) and 0 <= threshold <= 1):
             raise bad(f"'digit_threshold' must be a probability (0 to 1), not {short(threshold)}")
+        temperature = d.get("temperature")
+        if temperature is not None and not (is_number(temperature)
+                                            and MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE):
+            raise bad(f"'temperature' must be a number from {MIN_TEMPERATURE} to "
+                      f"{MAX_TEMPERATURE}, not {short(temperature)}")
         known = {f.name for f in dataclasses.fields(cls)} | {"optimizer"}
         return cls(recipe=recipe, format=d["format"], version=d["version"], dataset=dataset,
                    checksums=checksums, classes=tuple(classes) if classes else None,
                    train_size=d.get("train_size"), epoch=d.get("epoch"), step=d.get("step"),
                    metrics=metrics, history=history,
-                   param_groups=param_groups, digit_threshold=threshold,
+                   param_groups=param_groups, digit_threshold=threshold, temperature=temperature,
                    extra={k: v for k, v in d.items() if k not in known})
 
 

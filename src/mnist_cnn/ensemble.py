@@ -28,10 +28,15 @@ from .training import CHECKPOINT_NAME, train
 
 def load_members(paths: Sequence[str | os.PathLike], device: torch.device | str = "cpu"
                  ) -> list[tuple[nn.Module, CheckpointMeta]]:
-    """Load checkpoints that can be averaged: the same classes, in the same order."""
+    """Load checkpoints that can be averaged: the same classes, in the same order. A network
+    calibrated with a temperature answers with calibrated probabilities (calibration.py)."""
+    from .calibration import Calibrated
+
     if not paths:
         raise MnistCnnError("an ensemble needs at least one checkpoint")
     members = [load_checkpoint(p, device=device) for p in paths]
+    members = [(model if meta.temperature is None else Calibrated(model, meta.temperature), meta)
+               for model, meta in members]
     classes = [meta.class_names() for _, meta in members]
     for path, c in zip(paths, classes):
         if c != classes[0]:

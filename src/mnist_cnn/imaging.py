@@ -26,10 +26,10 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image, ImageOps
-import cv2
 from scipy import ndimage
 
 from .errors import MnistCnnError
@@ -97,9 +97,10 @@ def load_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS,
     """Read a path or raw bytes as an upright 8-bit grayscale ("L") image; errors start with
     `name` (default: the path, or "<bytes>").
 
-    At most `max_pixels` are decoded. With `work_pixels` (None: never), a larger image is shrunk to at most that
-    many pixels (box average by a whole factor); a JPEG is then decoded at 1/2, 1/4 or 1/8 size
-    directly (libjpeg's DCT scaling), so it may have more than `max_pixels` to begin with.
+    At most `max_pixels` are decoded. With `work_pixels` (None: never), a larger image is shrunk
+    to at most that many pixels (box average by a whole factor); a JPEG is then decoded at 1/2,
+    1/4 or 1/8 size directly (libjpeg's DCT scaling), so it may have more than `max_pixels` to
+    begin with.
     """
     name = name or _name(source)
     if isinstance(source, (bytes, bytearray)):

@@ -191,7 +191,8 @@ def outlier_pool(count: int, seed: int) -> np.ndarray:
     """Non-digits for outlier exposure, as predict sees them: (count, 28, 28) uint8 photos of
     letters (the last third of the fonts: the others are kept for calibration and the report),
     shapes, scribbles and textured silhouettes, preprocessed."""
-    from .imaging import ImageError, preprocess  # imaging is not needed to draw
+    from .imaging import ImageError, load_and_preprocess, preprocess  # not needed to draw
+    from .notebook import jpeg_bytes, photograph_page
 
     rng = np.random.default_rng(seed)
     fonts = font_paths()[2::3]
@@ -208,7 +209,10 @@ def outlier_pool(count: int, seed: int) -> np.ndarray:
         else:
             ink = silhouette(rng)
         try:
-            pool.append(preprocess(photograph(ink, rng)).final)
+            if rng.random() < 0.5:  # on plain paper, or on a notebook page (ruled, squared, ...)
+                pool.append(preprocess(photograph(ink, rng)).final)
+            else:
+                pool.append(load_and_preprocess(jpeg_bytes(photograph_page(ink, rng))).final)
         except ImageError:
             continue
     return np.stack(pool)
