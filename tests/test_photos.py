@@ -1,0 +1,122 @@
+"""Phone photos of handwriting on notebook paper, read by the shipped network through predict's
+path (a JPEG file, decoded, preprocessed): one test per condition that broke the reading
+before (a ruled or squared page, a shadow's edge, pencil, a tiny photo, a marker, a dark desk,
+a number on a ruled page), and the rule that visible ink is never refused as blank."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mnist_cnn import pen
+from mnist_cnn.checkpoint import pretrained_path
+from mnist_cnn.ensemble import ensemble_proba
+from mnist_cnn.imaging import load_and_preprocess, load_image, preprocess, to_tensor
+from mnist_cnn.notebook import Condition, jpeg_bytes, photograph_page, row_ink
+from mnist_cnn.numbers import read_number
+from mnist_cnn.predict import load_predictor
+from mnist_cnn.synthetic import font_paths, render_glyph
+
+PHOTOS = 10  # per condition; a test passes with at most one misread
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_predictor([pretrained_path()])
+
+
+def read(photos: list[np.ndarray], shipped) -> list[int]:
+    models, _, _ = shipped
+    fields = [to_tensor(load_and_preprocess(jpeg_bytes(p)).final) for p in photos]
+    import torch
+
+    return ensemble_proba(models, torch.stack(fields)).argmax(1).tolist()
+
+
+def photos_of(condition: Condition, seed: int) -> tuple[list[np.ndarray], list[int]]:
+    rng = np.random.default_rng(seed)
+    labels = [d % 10 for d in range(seed, seed + PHOTOS)]
+    photos = [photograph_page(pen.draw(str(d), rng), rng, condition) for d in labels]
+    return photos, labels
+
+
+CONDITIONS = {
+    "ruled paper": Condition(paper="ruled", pen="blue", stroke=0.1, shadow=False, desk=False,
+                             tilt=2.0, height=120, digit_share=0.5),
+    "squared paper": Condition(paper="squared", pen="blue", stroke=0.1, shadow=False,
+                               desk=False, tilt=-2.0, height=90, digit_share=0.55),
+    "a shadow's edge": Condition(paper="plain", pen="black", stroke=0.1, shadow=True,
+                                 desk=False, tilt=0.0, height=160, digit_share=0.5),
+    "pencil": Condition(paper="ruled", pen="pencil", stroke=0.08, shadow=False, desk=False,
+                        tilt=0.0, height=140, digit_share=0.5),
+    "a 20x30 photo": Condition(paper="plain", pen="black", stroke=0.12, shadow=False, desk=False,
+                               tilt=0.0, height=30, digit_share=0.7),
+    "a thick marker": Condition(paper="plain", pen="marker", stroke=0.24, shadow=False,
+                                desk=False, tilt=0.0, height=200, digit_share=0.6),
+    "a dark desk beside the page": Condition(paper="plain", pen="blue", stroke=0.1,
+                                             shadow=False, desk=True, tilt=3.0, height=150,
+                                             digit_share=0.45),
+}
+
+
+@pytest.mark.parametrize("name", CONDITIONS)
+def test_photos_of_handwriting_are_read(name, shipped):
+    photos, labels = photos_of(CONDITIONS[name], seed=len(name))
+    answers = read(photos, shipped)
+    right = sum(a == y for a, y in zip(answers, labels))
+    assert right >= PHOTOS - 1, f"{name}: read {answers}, written {labels}"
+
+
+def test_a_number_on_ruled_paper_is_read(shipped):
+    models, classes, threshold = shipped
+    rng = np.random.default_rng(5)
+    exact = 0
+    numbers = ["307", "4815", "62", "95"]
+    for number in numbers:
+        ink = row_ink([pen.draw(d, rng) for d in number], rng)
+        photo = photograph_page(ink, rng, Condition(paper="ruled", pen="blue", stroke=0.1,
+                                                    shadow=False, desk=False, tilt=1.0,
+                                                    height=160, digit_share=0.5))
+        reading = read_number(load_image(jpeg_bytes(photo)), models, classes,
+                              digit_threshold=threshold)
+        exact += reading.number == number
+    assert exact >= len(numbers) - 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(digit=st.sampled_from("0123456789"), font=st.integers(0, 100),
+       paper=st.integers(0, 255), contrast=st.integers(40, 255),
+       size=st.integers(20, 400), share=st.floats(0.04, 0.9), aspect=st.floats(0.5, 2.0),
+       where=st.tuples(st.floats(0, 1), st.floats(0, 1)), noise=st.floats(0, 4),
+       gradient=st.floats(-40, 40), seed=st.integers(0, 2**16))
+def test_visible_ink_is_never_refused_as_blank(digit, font, paper, contrast, size, share, aspect,
+                                               where, noise, gradient, seed):
+    """Ink at least 40 gray levels from the paper around it, at least 4% of the image's shorter
+    side (and 8 px) tall, on any paper, light or dark, unevenly lit and grainy, anywhere in the
+    image: read, never refused as blank."""
+    import cv2
+
+    fonts = font_paths()
+    glyph = render_glyph(digit, fonts[font % len(fonts)], 64)
+    height, width = size, max(8, round(size * aspect))
+    tall = max(8, round(share * min(height, width)))
+    scale = min(tall / glyph.shape[0], 0.95 * width / glyph.shape[1],
+                0.95 * height / glyph.shape[0])
+    ink = cv2.resize(glyph, (max(1, round(glyph.shape[1] * scale)),
+                             max(1, round(glyph.shape[0] * scale))), interpolation=cv2.INTER_AREA)
+    # the paper lit unevenly (a ramp across the image), the ink `contrast` darker or lighter
+    ramp = np.linspace(-0.5, 0.5, width, dtype=np.float32)[None, :] * gradient
+    light = np.clip(paper + ramp + np.zeros((height, 1), np.float32), 0, 255)
+    darker = paper - contrast >= 0
+    ink_level = light - contrast if darker else light + contrast
+    if not (0 <= ink_level.min() and ink_level.max() <= 255):
+        return  # no such contrast exists from this paper's level
+    alpha = np.zeros((height, width), np.float32)
+    top = round(where[0] * (height - ink.shape[0]))
+    left = round(where[1] * (width - ink.shape[1]))
+    alpha[top:top + ink.shape[0], left:left + ink.shape[1]] = ink / 255.0
+    image = light * (1 - alpha) + ink_level * alpha
+    image += np.random.default_rng(seed).normal(0, noise, image.shape)
+    preprocess(np.clip(np.rint(image), 0, 255).astype(np.uint8))  # raises ImageError if refused
