@@ -93,7 +93,7 @@ def main() -> None:
     mixed = replace(data, train=Split(torch.cat([data.train.images, photos.images]),
                                       torch.cat([data.train.labels, photos.labels])))
     # fp32: the fine-tune is short, and CPUs without bf16 instructions emulate bf16 slowly
-    tuned = recipe.replace(epochs=PHOTO_EPOCHS, lr=5e-4, schedule="cosine", warmup=0.0,
+    tuned = recipe.replace(epochs=PHOTO_EPOCHS, lr=5e-4, schedule="cosine", warmup=0.05,
                            outlier_exposure=0.5, precision="fp32")
     runtime = setup("auto", tuned.precision, tune_allocator=True)
     train(model, mixed, tuned, runtime, RUN_PHOTOS,

@@ -206,7 +206,9 @@ def main() -> None:
         source = str(glyphs.rng.choice(sources))
         digits = [int(d) for d in glyphs.rng.integers(0, 10, length)]
         ink = row_ink([glyphs.digit(source, d) for d in digits], glyphs.rng)
-        condition = condition_for(str(glyphs.rng.choice([c for c in conditions if c != "large"])),
+        # a whole number under 60 px tall is too small to read by anyone; 12 MP is the digits' test
+        condition = condition_for(str(glyphs.rng.choice([c for c in conditions
+                                                         if c not in ("large", "small")])),
                                   glyphs.rng)
         condition.digit_share = glyphs.rng.uniform(0.3, 0.7)
         data = jpeg_bytes(photograph_page(ink, glyphs.rng, condition))

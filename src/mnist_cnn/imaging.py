@@ -37,7 +37,7 @@ from .errors import MnistCnnError
 MAX_PIXELS: int = 40_000_000
 # larger images are shrunk to this before preprocessing (plenty for a digit a few percent of a
 # 12-megapixel photo), by `predict` and the server alike, so that both give the same answer
-WORK_PIXELS: int = 2_000_000
+WORK_PIXELS: int = 400_000
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")  # Pillow's names; others are refused
 
@@ -361,7 +361,8 @@ def extract_ink(gray: np.ndarray, source: str = "<image>"
     # (the strong pixels' neighbourhood, so that JPEG's ringing does not move the ink's box)
     near = cv2.dilate((solid & strong).astype(np.uint8), np.ones((2 * EDGE_RADIUS + 1,) * 2, np.uint8))
     ink[near == 0] = 0
-    return np.rint(ink).astype(np.uint8), solid, inverted, float(threshold)
+    ink = np.rint(ink).astype(np.uint8)
+    return ink, solid & (ink > 0), inverted, float(threshold)
 
 
 def light_paper(gray: np.ndarray) -> bool:
@@ -414,17 +415,30 @@ def _remove_lines(mask: np.ndarray, relative: np.ndarray) -> np.ndarray:
     if shortest < 12:
         return mask
     binary = mask.astype(np.uint8) * 255
-    segments = cv2.HoughLinesP(binary, 1, np.pi / 360, threshold=round(0.6 * shortest),
-                               minLineLength=shortest, maxLineGap=max(3, round(0.1 * shortest)))
+    # found at most ANALYSIS_SIDE pixels across (the Hough transform's time grows with the
+    # pixels it votes with), drawn back at full size
+    scale = min(1.0, ANALYSIS_SIDE / max(height, width))
+    small = binary if scale == 1.0 else cv2.resize(
+        binary, (max(1, round(width * scale)), max(1, round(height * scale))),
+        interpolation=cv2.INTER_AREA)
+    reach = shortest * scale
+    # only pixels on horizontal or vertical runs vote: a notebook's lines, not the paper's grain
+    run = max(5, round(0.02 * max(small.shape)))
+    small = (small > 0).astype(np.uint8)
+    voters = (cv2.morphologyEx(small, cv2.MORPH_OPEN, np.ones((1, run), np.uint8))
+              | cv2.morphologyEx(small, cv2.MORPH_OPEN, np.ones((run, 1), np.uint8)))
+    segments = cv2.HoughLinesP(voters, 1, np.pi / 180,
+                               threshold=round(0.6 * reach), minLineLength=reach,
+                               maxLineGap=max(3, round(0.1 * reach)))
     if segments is None:
         return mask
     thickness = max(3, round(0.012 * max(height, width)) | 1)
     band = np.zeros_like(binary)
-    for x1, y1, x2, y2 in segments.reshape(-1, 4):
+    for x1, y1, x2, y2 in segments.reshape(-1, 4) / scale:
         length = np.hypot(x2 - x1, y2 - y1)
         span = abs(x2 - x1) / width + abs(y2 - y1) / height  # ~1 for a line across the image
-        if length >= shortest and span >= LINE_SPAN:
-            cv2.line(band, (int(x1), int(y1)), (int(x2), int(y2)), 255, thickness)
+        if length >= 0.98 * shortest and span >= LINE_SPAN:
+            cv2.line(band, (round(x1), round(y1)), (round(x2), round(y2)), 255, thickness)
     on_line = (band > 0) & mask
     if not on_line.any():
         return mask
@@ -443,8 +457,8 @@ def _remove_lines(mask: np.ndarray, relative: np.ndarray) -> np.ndarray:
 def _drop_border_edges(solid: np.ndarray) -> np.ndarray:
     """Without the blobs that fill a stretch of the image's border: a dark desk beside the page,
     a shadow's corner, a page's edge. They touch the border along BORDER_RUN of the shorter side
-    or more and fill at least FILLED of their box; a digit touches it at most at a stroke's end,
-    and strokes fill little of their box."""
+    or more, or fill a corner, and fill at least FILLED of their box; a digit touches it at most
+    at a stroke's end, and strokes fill little of their box."""
     count, labels, stats, _ = cv2.connectedComponentsWithStats(solid.astype(np.uint8),
                                                                 connectivity=8)
     if count <= 1:
@@ -453,7 +467,12 @@ def _drop_border_edges(solid: np.ndarray) -> np.ndarray:
                + np.bincount(labels[:, 0], minlength=count)
                + np.bincount(labels[:, -1], minlength=count))
     filled = stats[:, cv2.CC_STAT_AREA] / (stats[:, cv2.CC_STAT_WIDTH] * stats[:, cv2.CC_STAT_HEIGHT])
-    drop = (contact > BORDER_RUN * min(solid.shape)) & (filled >= FILLED)
+    # a desk's corner: a wedge in a corner of the picture, touching two sides that meet there
+    left, top = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
+    right = left + stats[:, cv2.CC_STAT_WIDTH] == solid.shape[1]
+    bottom = top + stats[:, cv2.CC_STAT_HEIGHT] == solid.shape[0]
+    corner = ((left == 0) | right) & ((top == 0) | bottom)
+    drop = ((contact > BORDER_RUN * min(solid.shape)) | corner) & (filled >= FILLED)
     drop[0] = True
     kept = ~drop[labels]
     return kept if kept.any() else solid
@@ -525,13 +544,15 @@ def _scale_to_box(cropped: np.ndarray) -> np.ndarray:
     preview = cv2.resize(cropped, (max(1, round(width * fine)), max(1, round(height * fine))),
                          interpolation=cv2.INTER_AREA if fine < 1 else cv2.INTER_LINEAR)
     now = stroke_width(preview) / 4
-    if now < THINNEST or now > THICKEST:
+    if cropped.any() and (now < THINNEST or now > THICKEST):
         wanted = (THINNEST + 0.5 if now < THINNEST else THICKEST - 1.0) / factor
         pad = math.ceil(wanted / 2) + 1  # room to grow
         redrawn = set_stroke_width(np.pad(cropped, pad), wanted)
-        cropped = redrawn[ink_box(redrawn)]
-        height, width = cropped.shape
-        factor = BOX / max(height, width)
+        box = ink_box(redrawn)
+        if box is not None:  # a speck too faint to redraw keeps its own ink
+            cropped = redrawn[box]
+            height, width = cropped.shape
+            factor = BOX / max(height, width)
     size = (max(1, round(width * factor)), max(1, round(height * factor)))
     resized = Image.fromarray(cropped).resize(size, Image.Resampling.LANCZOS)
     scaled = np.asarray(resized).astype(np.float64)

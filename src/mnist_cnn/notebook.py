@@ -139,14 +139,20 @@ def photograph_page(ink: np.ndarray, rng: np.random.Generator,
                        interpolation=cv2.INTER_AREA if ink.shape[0] > ink_height else
                        cv2.INTER_LINEAR)
     glyph = set_stroke(np.pad(glyph, 8), c.stroke * ink_height / (ink_height + 16))
-    page_height = round(ink_height / c.digit_share)
-    aspect = rng.uniform(0.55, 1.4) * max(1.0, glyph.shape[1] / glyph.shape[0])
-    shape = (page_height, max(glyph.shape[1] + 8, round(page_height * aspect)))
+    # the page holds the turned writing with some paper around it: nothing is cut off
+    turn = np.radians(abs(c.tilt))
+    needed_h = glyph.shape[1] * np.sin(turn) + glyph.shape[0] * np.cos(turn)
+    needed_w = glyph.shape[1] * np.cos(turn) + glyph.shape[0] * np.sin(turn)
+    page_height = round(max(ink_height / c.digit_share, 1.2 * needed_h))
+    aspect = rng.uniform(0.55, 1.4)
+    shape = (page_height, round(max(page_height * aspect, 1.15 * needed_w + 8)))
     strength = np.zeros(shape, np.float32)
-    top = rng.integers(0, max(1, shape[0] - glyph.shape[0]))
-    left = rng.integers(0, max(1, shape[1] - glyph.shape[1]))
-    region = strength[top:top + glyph.shape[0], left:left + glyph.shape[1]]
-    region[...] = glyph[:region.shape[0], :region.shape[1]] / 255.0
+    slack_y, slack_x = shape[0] - needed_h, shape[1] - needed_w
+    centre_y = shape[0] / 2 + rng.uniform(-0.4, 0.4) * slack_y
+    centre_x = shape[1] / 2 + rng.uniform(-0.4, 0.4) * slack_x
+    top = int(np.clip(round(centre_y - glyph.shape[0] / 2), 0, shape[0] - glyph.shape[0]))
+    left = int(np.clip(round(centre_x - glyph.shape[1] / 2), 0, shape[1] - glyph.shape[1]))
+    strength[top:top + glyph.shape[0], left:left + glyph.shape[1]] = glyph / 255.0
 
     spacing = ink_height * rng.uniform(0.45, 1.1)
     page = _paper(shape, c.paper, spacing, rng)
@@ -181,14 +187,14 @@ def photograph_page(ink: np.ndarray, rng: np.random.Generator,
 
 
 def _perspective(photo: np.ndarray, tilt: float, rng: np.random.Generator) -> np.ndarray:
-    """The photo turned by `tilt` degrees and its corners moved by up to 6% (a phone held not
+    """The photo turned by `tilt` degrees and its corners moved by up to 4% (a phone held not
     quite square to the page); the paper beyond the page's edge is the page's own colour."""
     height, width = photo.shape[:2]
     centre = (width / 2, height / 2)
     turn = cv2.getRotationMatrix2D(centre, tilt, 1.0)
     corners = np.float32([[0, 0], [width, 0], [width, height], [0, height]])
     turned = cv2.transform(corners[None], turn)[0]
-    moved = turned + rng.uniform(-0.06, 0.06, (4, 2)).astype(np.float32) * [width, height]
+    moved = turned + rng.uniform(-0.04, 0.04, (4, 2)).astype(np.float32) * [width, height]
     matrix = cv2.getPerspectiveTransform(corners, moved.astype(np.float32))
     fill = [float(v) for v in np.median(photo.reshape(-1, 3), axis=0)]
     return cv2.warpPerspective(photo, matrix, (width, height), flags=cv2.INTER_LINEAR,
@@ -211,11 +217,12 @@ def mnist_glyph(image: np.ndarray) -> np.ndarray:
 
 
 def row_ink(glyphs: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
-    """Glyphs side by side as one number (synthetic.compose_row), white on black."""
-    from .synthetic import compose_row
+    """Glyphs side by side as one number (synthetic.compose_row), white on black, cropped to the
+    ink so that a stroke's share of the height means what it means for one digit."""
+    from .synthetic import compose_row, crop_ink
 
     row, _ = compose_row(glyphs, rng, height=96)
-    return 255 - row
+    return crop_ink(255 - row)
 
 
 def jpeg_bytes(rgb: np.ndarray, quality: int = 92) -> bytes:

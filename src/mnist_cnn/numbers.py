@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -35,6 +36,7 @@ from .imaging import (
     extract_ink,
     ink_box,
     mnist_field,
+    stroke_width,
 )
 from .novelty import is_digit
 
@@ -51,6 +53,7 @@ SPLIT_SLOPE = 0.3
 MIN_PART = 0.12  # each side of a cut is at least this share of the height wide
 CUTS_TRIED = 6  # cut columns tried per piece: the lowest minima of the ink's column profile
 MAX_DEPTH = 4  # cuts within cuts: up to five touching digits read apart
+JOIN = 0.6  # blobs closer than this many stroke widths are one piece
 
 Proba = Callable[[torch.Tensor], torch.Tensor]  # uint8 (N, 1, 28, 28) -> probabilities (N, C)
 
@@ -119,8 +122,12 @@ def field(ink: np.ndarray, piece: Piece) -> torch.Tensor:
 
 
 def components(ink: np.ndarray, solid: np.ndarray, source: str) -> list[Piece]:
-    """Connected blobs of solid ink with their soft edges, specks dropped."""
-    labels, count = ndimage.label(solid, structure=np.ones((3, 3), dtype=bool))
+    """Connected blobs of solid ink with their soft edges, specks dropped. Blobs less than
+    about a stroke's width apart are one (a pencil's grain or a light pen breaks strokes)."""
+    reach = max(1, round(JOIN * stroke_width(ink)))
+    joined = cv2.dilate(solid.astype(np.uint8), np.ones((2 * reach + 1, 2 * reach + 1), np.uint8))
+    labels, count = ndimage.label(joined, structure=np.ones((3, 3), dtype=bool))
+    labels = np.where(solid, labels, 0)
     # soft edge pixels belong to the blob beside them (extract_ink keeps them only there)
     grown = ndimage.grey_dilation(labels, size=(5, 5))
     owner = np.where(labels > 0, labels, np.where(ink > 0, grown, 0))
