@@ -223,10 +223,17 @@ def main() -> None:
 
     probs, labels = torch.stack(all_probs), torch.tensor(all_labels)
     print(f"expected calibration error: {calibration_error(probs, labels):.2%} over "
-          f"{len(labels)} digits read")
+          f"{len(labels)} photos of digits read")
+    mnist_test = load_dataset("mnist").test
+    from mnist_cnn.ensemble import ensemble_proba
+    test_probs = ensemble_proba(models, mnist_test.images)
+    print(f"expected calibration error on MNIST's test digits: "
+          f"{calibration_error(test_probs, mnist_test.labels):.2%}")
     if args.plot:
-        from mnist_cnn.plots import reliability_plot
-        reliability_plot(probs, labels, args.plot)
+        from mnist_cnn.plots import reliability_diagram, save
+        save(reliability_diagram({"photos of digits": (probs, labels),
+                                  "MNIST test digits": (test_probs, mnist_test.labels)}),
+             args.plot)
         print(f"wrote {args.plot}")
 
 

@@ -38,7 +38,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
         return loss
 
     optimizer.step(closure)
-    return float(log_t.exp().clamp(MIN_TEMPERATURE, MAX_TEMPERATURE))
+    return float(log_t.detach().exp().clamp(MIN_TEMPERATURE, MAX_TEMPERATURE))
 
 
 class Calibrated(nn.Module):

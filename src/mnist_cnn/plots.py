@@ -107,6 +107,26 @@ def roc_curve(digit_scores: np.ndarray, other_scores: np.ndarray,
     return figure
 
 
+def reliability_diagram(sets: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> Figure:
+    """How sure against how often right: per set (name -> probabilities, labels), each bin of
+    the shown confidence at its mean confidence and accuracy; on the diagonal, "p% sure" is
+    right p% of the time. The legend gives each set's expected calibration error."""
+    from .calibration import calibration_error, reliability
+
+    figure = Figure(figsize=(5.5, 5.5), layout="constrained")
+    ax = figure.subplots()
+    ax.plot([0, 1], [0, 1], ":", color="gray", label="perfectly calibrated")
+    for name, (probabilities, labels) in sets.items():
+        points = reliability(probabilities, labels)
+        ax.plot([p[0] for p in points], [p[1] for p in points], "o-", markersize=4,
+                label=f"{name} (ECE {calibration_error(probabilities, labels):.1%}, "
+                      f"n={len(labels):,})")
+    ax.set(xlabel="shown confidence (bin mean)", ylabel="share right", xlim=(0, 1.01),
+           ylim=(0, 1.01), title="Reliability: how sure against how often right")
+    ax.legend(loc="upper left", fontsize=8)
+    return figure
+
+
 def confusion_matrix(confusion: Sequence[Sequence[int]], classes: Sequence[str]) -> Figure:
     """Counts of (true, predicted) pairs; the diagonal is hidden so that the errors show."""
     counts = np.asarray(confusion)
