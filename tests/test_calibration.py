@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mnist_cnn import recipe_for
 from mnist_cnn.calibration import Calibrated, calibration_error, fit_temperature, reliability
 from mnist_cnn.checkpoint import CheckpointMeta
 from mnist_cnn.errors import MnistCnnError
-from mnist_cnn import recipe_for
 
 
 def sampled(temperature: float, n: int = 20_000, seed: int = 0):
