@@ -152,6 +152,14 @@ def load_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS,
                 raise ImageError(f"{name}: truncated or corrupt image ({e})") from None
 
 
+def shrink_factor(source: str | os.PathLike | bytes, loaded: Image.Image) -> float:
+    """How many of the original's pixels one pixel of `loaded` (from load_image) spans: boxes
+    found in the shrunk image are multiplied by it to be in the original's pixels."""
+    fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+    with Image.open(fp, formats=FORMATS) as original:  # the header alone gives the size
+        return max(original.size) / max(loaded.size)
+
+
 def path_problem(path: Path, error: OSError) -> str:
     """Why `path` cannot be opened, in words: broken and looping links named as such."""
     if error.errno == errno.ENOENT and path.is_symlink():

@@ -29,6 +29,7 @@ from .imaging import (
     load_and_preprocess,
     load_image,
     png_bytes,
+    shrink_factor,
     to_tensor,
 )
 from .novelty import ensemble_threshold, is_digit
@@ -144,8 +145,9 @@ def predict_numbers(models: Sequence[nn.Module], paths: Sequence[str | os.PathLi
     results: list[NumberPrediction | Failure] = []
     for path in files:
         try:
-            reading = read_number(load_image(path), models, classes, runtime, top_k, str(path),
-                                  digit_threshold=digit_threshold)
+            image = load_image(path)  # shrunk as the server shrinks; boxes in the file's pixels
+            reading = read_number(image, models, classes, runtime, top_k, str(path),
+                                  shrink_factor(path, image), digit_threshold=digit_threshold)
         except ImageError as e:
             results.append(failure(path, e))
             continue

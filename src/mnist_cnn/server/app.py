@@ -23,7 +23,6 @@ import asyncio
 import base64
 import contextlib
 import ctypes
-import io
 import os
 import sys
 import time
@@ -33,7 +32,6 @@ from importlib import resources
 import torch
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from PIL import Image
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -57,6 +55,7 @@ from ..imaging import (
     load_and_preprocess,
     load_image,
     png_bytes,
+    shrink_factor,
     to_tensor,
 )
 from ..novelty import ensemble_threshold, is_digit
@@ -239,9 +238,8 @@ def create_app(checkpoints: Sequence[str | os.PathLike], runtime: Runtime = CPU,
 
     def read_row(body: bytes) -> dict:
         image = load_image(body, max_pixels, UPLOAD, work_pixels)
-        # boxes in the upload's pixels: undo the shrinking (the header alone gives the size)
-        scale = max(Image.open(io.BytesIO(body)).size) / max(image.size)
-        reading = read_number(image, models, classes, runtime, len(classes), UPLOAD, scale,
+        reading = read_number(image, models, classes, runtime, len(classes), UPLOAD,
+                              shrink_factor(body, image),
                               digit_threshold=threshold)
         return {"number": reading.number, "digits": reading.digits, "is_digit": reading.is_digit,
                 "inverted": reading.inverted}
