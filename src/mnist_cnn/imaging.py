@@ -53,6 +53,7 @@ NEAR = 0.6  # blobs this share of the digit's size away from it still belong to 
 ANALYSIS_SIDE = 512  # the paper's level is estimated at most this many pixels across
 PAPER_WINDOW = 0.3  # ... with a window this share of the image: wider than any stroke
 LINE_SPAN = 0.8  # a straight line this long, as a share of the image's side, is a ruling
+LINE_SLOPE = 0.36  # tan(20 degrees): a page photographed turned by up to that
 LINE_MARGIN = 0.15  # ink on a ruling is at least this much darker than the ruling
 BORDER_RUN = 0.2  # a filled blob touching this share of the border is a page's or desk's edge
 FILLED = 0.4  # ... when it fills this share of its box (a stroke fills far less)
@@ -330,7 +331,14 @@ def extract_ink(gray: np.ndarray, source: str = "<image>"
     # the opening follows the paper's grain from below: its typical pixel is the zero of contrast
     contrast -= typical - 255
     candidates = contrast >= max(MIN_CONTRAST / 2, NOISE_FACTOR / 2 * noise)
+    if NOISE_FACTOR / 2 * noise > VISIBLE:
+        raise ImageError(f"{source}: no writing found: the picture is grainy all over (noise "
+                         f"{noise:.0f} gray levels), nothing stands out from it")
     if not candidates.any():
+        if float(np.ptp(hist.nonzero()[0])) >= VISIBLE:  # dark and light parts, both large
+            raise ImageError(f"{source}: no writing found: its dark parts are too large to be "
+                             "strokes (a shadow, a desk, a filled shape?); photograph the writing "
+                             "with paper around it")
         raise ImageError(
             f"{source}: no ink found (nothing stands out from the paper by more than "
             f"{max(MIN_CONTRAST / 2, NOISE_FACTOR / 2 * noise):.0f} gray levels: a blank or "
@@ -443,9 +451,10 @@ def _remove_lines(mask: np.ndarray, relative: np.ndarray) -> np.ndarray:
     thickness = max(3, round(0.012 * max(height, width)) | 1)
     band = np.zeros_like(binary)
     for x1, y1, x2, y2 in segments.reshape(-1, 4) / scale:
-        length = np.hypot(x2 - x1, y2 - y1)
-        span = abs(x2 - x1) / width + abs(y2 - y1) / height  # ~1 for a line across the image
-        if length >= 0.98 * shortest and span >= LINE_SPAN:
+        dx, dy = abs(x2 - x1), abs(y2 - y1)
+        # a ruling runs across the page, within LINE_SLOPE of the horizontal or the vertical
+        across = dx >= LINE_SPAN * width if dx >= dy else dy >= LINE_SPAN * height
+        if across and min(dx, dy) <= LINE_SLOPE * max(dx, dy):
             cv2.line(band, (round(x1), round(y1)), (round(x2), round(y2)), 255, thickness)
     on_line = (band > 0) & mask
     if not on_line.any():

@@ -54,6 +54,7 @@ MIN_PART = 0.12  # each side of a cut is at least this share of the height wide
 CUTS_TRIED = 6  # cut columns tried per piece: the lowest minima of the ink's column profile
 MAX_DEPTH = 4  # cuts within cuts: up to five touching digits read apart
 JOIN = 0.6  # blobs closer than this many stroke widths are one piece
+BLOCK = 0.85  # a piece filling this share of its box is a filled shape, not a digit
 
 Proba = Callable[[torch.Tensor], torch.Tensor]  # uint8 (N, 1, 28, 28) -> probabilities (N, C)
 
@@ -101,6 +102,12 @@ def tight(top: int, left: int, mask: np.ndarray) -> Piece | None:
         return None
     rows, cols = box
     return Piece(top + rows.start, left + cols.start, mask[box])
+
+
+def is_block(piece: Piece) -> bool:
+    """A filled shape, not a stroke: it fills BLOCK of its box, which is at least half as wide
+    as it is tall (a "1" fills its narrow box too)."""
+    return piece.width >= 0.5 * piece.height and float(piece.mask.mean()) >= BLOCK
 
 
 def union(a: Piece, b: Piece) -> Piece:
@@ -187,8 +194,8 @@ def split_wide(piece: Piece, ink: np.ndarray, height: float, proba: Proba,
                depth: int = 0) -> list[Piece]:
     """The piece, or its parts if it reads better as touching digits."""
     height = max(height, piece.height)
-    if piece.width <= SPLIT_ASPECT * height or depth >= MAX_DEPTH:
-        return [piece]
+    if piece.width <= SPLIT_ASPECT * height or depth >= MAX_DEPTH or is_block(piece):
+        return [piece]  # a solid block is no row of ones: it stays whole, and no digit
     options = []
     for c in cut_columns(piece, ink, height):
         left = tight(piece.top, piece.left, piece.mask[:, :c])
@@ -261,7 +268,8 @@ def read_number(image: Image.Image | np.ndarray, models: Sequence[nn.Module],
     pieces, ink, inverted = segment(image, proba, source)
     probabilities = proba(torch.stack([field(ink, p) for p in pieces]))
     digits = []
-    looks_like_digits = is_digit(probabilities, digit_threshold).tolist()
+    looks_like_digits = [digit and not is_block(piece) for digit, piece in
+                         zip(is_digit(probabilities, digit_threshold).tolist(), pieces)]
     for piece, p, looks_like_digit in zip(pieces, probabilities, looks_like_digits):
         best = int(p.argmax())
         digits.append({
