@@ -5,6 +5,8 @@ a number on a ruled page), and the rule that visible ink is never refused as bla
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -101,7 +103,7 @@ def test_visible_ink_is_never_refused_as_blank(digit, font, paper, contrast, siz
     fonts = font_paths()
     glyph = render_glyph(digit, fonts[font % len(fonts)], 64)
     height, width = size, max(8, round(size * aspect))
-    tall = max(8, round(share * min(height, width)))
+    tall = max(8, math.ceil(share * min(height, width)))
     scale = min(tall / glyph.shape[0], 0.95 * width / glyph.shape[1],
                 0.95 * height / glyph.shape[0])
     ink = cv2.resize(glyph, (max(1, round(glyph.shape[1] * scale)),

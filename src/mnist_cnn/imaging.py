@@ -60,7 +60,7 @@ FILLED = 0.4  # ... when it fills this share of its box (a stroke fills far less
 # MNIST's strokes are 1.9 to 5.0 px wide in the 28x28 field (2nd and 98th percentiles of its
 # training digits, measured as stroke_width does); a little beyond that, strokes are redrawn
 THINNEST, THICKEST = 1.6, 5.6
-# The ink's longer side must span this many pixels, and this share of the image's longer side
+# The ink's longer side must span this many pixels, and this share of the image's shorter side
 # (MNIST's digits span 20 of 28; a "1" drawn in a corner of the server's canvas, about a tenth)
 MIN_INK_SIDE = 4
 MIN_INK_SHARE = 0.04
@@ -283,7 +283,7 @@ def preprocess(image: Image.Image | np.ndarray, source: str = "<image>") -> Prep
 
     cropped = ink[ink_box(ink)]
     # scaled up to 20 px, a dot or a speck would be read as some digit ("0" for a single pixel)
-    smallest = max(MIN_INK_SIDE, MIN_INK_SHARE * min(gray.shape))
+    smallest = smallest_ink(gray.shape)
     if max(cropped.shape) < smallest:
         raise ImageError(
             f"{source}: ink too small to be a digit ({cropped.shape[1]}x{cropped.shape[0]} px in "
@@ -293,6 +293,12 @@ def preprocess(image: Image.Image | np.ndarray, source: str = "<image>") -> Prep
     scaled = _scale_to_box(cropped)
     final = _paste_by_centre_of_mass(scaled)
     return Preprocessed(gray, inverted, ink, cropped, scaled, final, float(threshold))
+
+
+def smallest_ink(shape: tuple[int, ...]) -> int:
+    """The fewest pixels the ink's longer side may span in an image of this shape: MIN_INK_SHARE
+    of its shorter side (a pixel less, which anti-aliasing may take), and MIN_INK_SIDE."""
+    return max(MIN_INK_SIDE, math.ceil(MIN_INK_SHARE * min(shape)) - 1)
 
 
 def as_gray(image: Image.Image | np.ndarray, source: str = "<image>") -> np.ndarray:

@@ -28,7 +28,6 @@ from .device import Runtime
 from .ensemble import ensemble_proba
 from .evaluation import CPU, ranked
 from .imaging import (
-    MIN_INK_SHARE,
     MIN_INK_SIDE,
     SPECK_SHARE,
     ImageError,
@@ -36,6 +35,7 @@ from .imaging import (
     extract_ink,
     ink_box,
     mnist_field,
+    smallest_ink,
     stroke_width,
 )
 from .novelty import is_digit
@@ -229,7 +229,7 @@ def segment(image: Image.Image | np.ndarray, proba: Proba, source: str = "<image
     pieces = components(ink, solid, source)
     span = max(max(p.bottom for p in pieces) - min(p.top for p in pieces),
                max(p.right for p in pieces) - min(p.left for p in pieces))
-    smallest = max(MIN_INK_SIDE, MIN_INK_SHARE * min(gray.shape))
+    smallest = smallest_ink(gray.shape)
     if span < smallest:
         raise ImageError(f"{source}: ink too small to be digits ({span} px in a "
                          f"{gray.shape[1]}x{gray.shape[0]} image, needed: {smallest:.0f} px)")
