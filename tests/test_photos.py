@@ -97,7 +97,7 @@ def test_visible_ink_is_never_refused_as_blank(digit, font, paper, contrast, siz
                                                where, noise, gradient, seed):
     """Ink at least 40 gray levels from the paper around it, at least 4% of the image's shorter
     side (and 8 px) tall, on any paper, light or dark, unevenly lit and grainy, anywhere in the
-    image: read, never refused as blank."""
+    image (not cut by its border): read, never refused as blank."""
     import cv2
 
     fonts = font_paths()
@@ -116,8 +116,8 @@ def test_visible_ink_is_never_refused_as_blank(digit, font, paper, contrast, siz
     if not (0 <= ink_level.min() and ink_level.max() <= 255):
         return  # no such contrast exists from this paper's level
     alpha = np.zeros((height, width), np.float32)
-    top = round(where[0] * (height - ink.shape[0]))
-    left = round(where[1] * (width - ink.shape[1]))
+    top = 1 + round(where[0] * (height - ink.shape[0] - 2))
+    left = 1 + round(where[1] * (width - ink.shape[1] - 2))
     alpha[top:top + ink.shape[0], left:left + ink.shape[1]] = ink / 255.0
     image = light * (1 - alpha) + ink_level * alpha
     image += np.random.default_rng(seed).normal(0, noise, image.shape)

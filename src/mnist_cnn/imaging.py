@@ -57,6 +57,7 @@ LINE_SLOPE = 0.36  # tan(20 degrees): a page photographed turned by up to that
 LINE_MARGIN = 0.15  # ink on a ruling is at least this much darker than the ruling
 BORDER_RUN = 0.2  # a filled blob touching this share of the border is a page's or desk's edge
 FILLED = 0.4  # ... when it fills this share of its box (a stroke fills far less)
+CONVEX = 0.85  # ... and this share of its convex hull
 # MNIST's strokes are 1.9 to 5.0 px wide in the 28x28 field (2nd and 98th percentiles of its
 # training digits, measured as stroke_width does); a little beyond that, strokes are redrawn
 THINNEST, THICKEST = 1.6, 5.6
@@ -351,27 +352,29 @@ def extract_ink(gray: np.ndarray, source: str = "<image>"
             "nearly uniform image)")
     # darkness relative to the paper it is on: the same for a stroke in light and in shadow
     relative = contrast / np.maximum(255.0 - paper, 32.0)
-    # Ink and faint lines differ in darkness: Otsu among the candidates splits them
-    values = np.clip(np.rint(relative[candidates] * 255), 0, 255).astype(np.uint8)
+    # The edges of a desk or a shadow along the border, and the page's rulings, go before the
+    # ink's darkness is judged: they would pull the split between ink and paper towards them
+    kept = _drop_border_edges(candidates)
+    if not kept.any():
+        raise ImageError(f"{source}: no ink found apart from the edges of the picture (a page's "
+                         "edge, a desk or a shadow); photograph the digit with paper around it")
+    weak = _remove_lines(kept, relative)
+    if not weak.any():  # the lines were all there is: keep what was found rather than nothing
+        weak = kept
+    # Ink and faint marks differ in darkness: Otsu among what is left splits them
+    values = np.clip(np.rint(relative[weak] * 255), 0, 255).astype(np.uint8)
     split = otsu_threshold(np.bincount(values, minlength=256))
-    strong_level = (split + 0.5) / 255 if split is not None else float(relative[candidates].min()) - 1e-6
+    strong_level = (split + 0.5) / 255 if split is not None else float(relative[weak].min()) - 1e-6
     # ink that differs from its paper by VISIBLE gray levels is always read, whatever the noise
     strong_contrast = min(VISIBLE, max(MIN_CONTRAST, NOISE_FACTOR * noise))
-    strong = candidates & (relative > strong_level) & (contrast >= strong_contrast)
+    strong = weak & (relative > strong_level) & (contrast >= strong_contrast)
     if not strong.any():
-        best = float(contrast.max())
+        best = float(contrast[weak].max())
         raise ImageError(
             f"{source}: no ink found (the darkest mark differs from the paper by {best:.0f} gray "
             f"levels, needed: {strong_contrast:.0f}; noise {noise:.1f}): a blank or nearly uniform "
             "image, or write with a darker pen")
-    weak = _remove_lines(candidates, relative)
     solid = _connected_to(weak, strong)
-    if not solid.any():  # the lines were all there is: keep what was found rather than nothing
-        solid = _connected_to(candidates, strong)
-    solid = _drop_border_edges(solid)
-    if not solid.any():
-        raise ImageError(f"{source}: no ink found apart from the edges of the picture (a page's "
-                         "edge or a shadow); photograph the digit with some paper around it")
 
     # Soft strokes are kept: levels between the paper and the ink are stretched, not binarised
     ink_level = float(np.quantile(relative[solid], 0.99))
@@ -482,6 +485,8 @@ def _drop_border_edges(solid: np.ndarray) -> np.ndarray:
     a shadow's corner, a page's edge. They touch the border along BORDER_RUN of the shorter side
     or more, or fill a corner, and fill at least FILLED of their box; a digit touches it at most
     at a stroke's end, and strokes fill little of their box."""
+    if min(solid.shape) < 16:  # a strip of an image is all border
+        return solid
     count, labels, stats, _ = cv2.connectedComponentsWithStats(solid.astype(np.uint8),
                                                                 connectivity=8)
     if count <= 1:
@@ -496,9 +501,16 @@ def _drop_border_edges(solid: np.ndarray) -> np.ndarray:
     bottom = top + stats[:, cv2.CC_STAT_HEIGHT] == solid.shape[0]
     corner = ((left == 0) | right) & ((top == 0) | bottom)
     drop = ((contact > BORDER_RUN * min(solid.shape)) | corner) & (filled >= FILLED)
+    # ... and they are convex, as a desk's or a shadow's straight edges make them: a digit in
+    # a corner of a tight crop is not
+    for label in np.flatnonzero(drop[1:]) + 1:
+        x, y, w, h = stats[label, :4]
+        blob = (labels[y:y + h, x:x + w] == label).astype(np.uint8)
+        contours, _ = cv2.findContours(blob, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        hull = cv2.contourArea(cv2.convexHull(np.vstack(contours)))
+        drop[label] = stats[label, cv2.CC_STAT_AREA] >= CONVEX * hull
     drop[0] = True
-    kept = ~drop[labels]
-    return kept if kept.any() else solid
+    return ~drop[labels]
 
 
 def pick_digit(ink: np.ndarray) -> np.ndarray:
