@@ -259,14 +259,13 @@ def test_export_checks_its_destination_before_the_slow_work(trained, tmp_path, c
     assert calls == []
 
 
-def test_a_gzip_bomb_in_the_data_folder_is_a_quick_one_line_error(mnist_data_dir, tmp_path,
-                                                                  capsys):
+def test_a_gzip_bomb_in_the_data_folder_is_a_quick_one_line_error(mnist_gz_dir, tmp_path, capsys):
     import gzip
     import shutil
     import time
 
     for name in ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
-        shutil.copy(mnist_data_dir / f"{name}.gz", tmp_path)
+        shutil.copy(mnist_gz_dir / f"{name}.gz", tmp_path)
     zeros = gzip.compress(bytes(16 * 2**20))
     header = gzip.compress(bytes([0, 0, 8, 1]) + (60_000).to_bytes(4, "big"))
     (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(header + zeros * 256)  # 4 GiB
