@@ -293,3 +293,30 @@ def test_holding_out_every_training_image_is_a_one_line_error(mnist_data_dir, tm
     assert captured.err == ("mnist-cnn: error: mnist: cannot hold out 60,000 of its 60,000 "
                             "training images for validation\n")
     assert not (tmp_path / "run").exists()
+
+
+def modules_loaded_by(argv: list[str]) -> set[str]:
+    """The modules a command imports, run in a fresh interpreter."""
+    code = ("import sys; from mnist_cnn.cli import main\n"
+            f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+            "print('MODULES', *sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    return set(result.stdout.rsplit("MODULES", 1)[1].split())
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["models"], ["train", "--help"]])
+def test_commands_that_run_no_network_do_not_import_torch(argv):
+    assert "torch" not in modules_loaded_by(argv)  # it takes seconds to import on a small CPU
+
+
+def test_predict_imports_only_what_it_needs(tmp_path):
+    from PIL import Image, ImageDraw
+
+    photo = Image.new("L", (100, 120), 255)
+    ImageDraw.Draw(photo).line([(50, 15), (50, 105)], fill=0, width=10)
+    photo.save(tmp_path / "one.png")
+    loaded = modules_loaded_by(["predict", str(tmp_path / "one.png"), "--threads", "1"])
+    slow = {"scipy.stats", "matplotlib", "fastapi", "onnx", "onnxruntime", "torch._dynamo", "sympy"}
+    assert not loaded & slow

@@ -294,7 +294,10 @@ def skeleton(meta: CheckpointMeta, source: str) -> nn.Module:
             if params > MAX_PARAMETERS:
                 raise MnistCnnError(f"{source}: model_args {recipe.model_args} make a network of "
                                     f"{params:,} parameters (limit {MAX_PARAMETERS:,})")
-            outputs = model(torch.empty(1, 1, 28, 28)).shape
+        # the output shape from one blank image, through a CPU copy of the size just allowed: on
+        # the meta device a forward pass imports torch's compiler stack (over a second)
+        with torch.random.fork_rng(devices=[]), torch.no_grad():  # the caller's RNG untouched
+            outputs = model_entry(recipe.model).build(**args).eval()(torch.zeros(1, 1, 28, 28)).shape
     except MnistCnnError:
         raise
     except Exception as e:  # anything a tampered size makes the build or a forward pass raise

