@@ -13,7 +13,8 @@ threshold on the network's confidence that accepts 99% of the calibration digits
 (benchmarks/not_a_digit.py builds them: MNIST validation digits and font digits, photographed),
 stored as the checkpoint's digit_threshold.
 
-Usage: MNIST_DATA_DIR=../shared/data/mnist python benchmarks/build_pretrained.py
+Usage: .venv/bin/python benchmarks/build_pretrained.py  (MNIST from $MNIST_DATA_DIR, the cache or
+a download, as for every command)
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def main() -> None:
     runtime = setup("auto", recipe.precision, tune_allocator=True)
     train(build_model(recipe), data, recipe, runtime, RUN, resume=(RUN / CHECKPOINT_NAME).is_file(),
           progress=False)
-    model, _ = load_checkpoint(RUN / CHECKPOINT_NAME)
+    model, base = load_checkpoint(RUN / CHECKPOINT_NAME)
     exposed = recipe.replace(epochs=1, lr=3e-4, schedule="cosine", outlier_exposure=0.5)
     train(model, data, exposed, runtime, RUN_OE, resume=(RUN_OE / CHECKPOINT_NAME).is_file(),
           progress=False)
@@ -60,6 +61,7 @@ def main() -> None:
     shipped.pop("optimizer", None)
     shipped["metrics"] = {**shipped["metrics"], "test_accuracy": test.accuracy}
     shipped["digit_threshold"] = threshold
+    shipped["earlier_epochs"] = base.epoch  # its history is the last run's: say what came before
     save_checkpoint(SHIPPED, model, shipped)
     print(f"wrote {SHIPPED} ({SHIPPED.stat().st_size / 2**20:.1f} MiB)")
 

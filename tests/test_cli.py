@@ -36,12 +36,29 @@ def test_summary_prints_the_lecture_shapes(capsys):
     assert "50,090" in printed
 
 
+def test_summary_without_a_model_prints_the_lectures_two_networks(capsys):
+    assert main(["summary"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("model simple: the lecture's simple CNN")
+    assert "\nmodel deep: the lecture's deep CNN" in printed
+    assert "(?, 7, 7, 64)" in printed and "(?, 4, 4, 128)" in printed
+
+
 def test_models_lists_both_networks(capsys):
     assert main(["models"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    by_name = {line.split()[0]: line for line in lines}
+    by_name = {line.split()[0]: line for line in lines if not line.startswith(" ")}
     assert "50,090 parameters" in by_name["simple"]
     assert "1,379,333 parameters" in by_name["deep"]
+
+
+def test_models_gives_the_measured_accuracy_of_each(capsys):
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    accuracy = {name.split()[0]: line.split("test accuracy ")[1]
+                for name, line in zip(lines[::2], lines[1::2])}
+    assert accuracy["best"] == "99.72% (mean of 3 seeds)"  # as docs/measurements.md has it
+    assert accuracy["simple"].startswith("98.77%") and accuracy["deep"].startswith("99.32%")
 
 
 def test_data_info_prints_counts_and_checksums(capsys, mnist_data_dir):

@@ -408,7 +408,8 @@ def format_ensemble(report: EnsembleReport) -> str:
 
 def evaluate_command(sub) -> None:
     p = sub.add_parser("evaluate", help="test accuracy, per-class accuracy, confusion matrix")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", nargs="?",
+                   help="a .safetensors checkpoint (default: the model shipped with mnist-cnn)")
     p.add_argument("--show", type=COUNT, default=1, help="random test digits to show")
     p.add_argument("--seed", type=SEED, default=0, help="which random digits to show")
     add_evaluation_args(p)
@@ -416,19 +417,19 @@ def evaluate_command(sub) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from .checkpoint import load_checkpoint
+    from .checkpoint import load_checkpoint, pretrained_path
     from .device import setup
     from .evaluation import evaluate, format_metrics
 
     runtime = setup(args.device, "fp32", args.threads)
-    model, meta = load_checkpoint(args.checkpoint, device=runtime.device)
+    path = args.checkpoint or pretrained_path()
+    name = args.checkpoint or "the model shipped with mnist-cnn"
+    model, meta = load_checkpoint(path, device=runtime.device)
     data = data_for(args, meta)
     if data.checksums != meta.checksums and args.dataset is None:
-        print(f"note: {args.checkpoint} was trained on other {data.name} files",
-              file=sys.stderr)
+        print(f"note: {name} was trained on other {data.name} files", file=sys.stderr)
     metrics = evaluate(model, data.test, args.batch_size, runtime)
-    epoch = "?" if meta.epoch is None else meta.epoch
-    print(f"{args.checkpoint}: {meta.recipe.model} after epoch {epoch}, "
+    print(f"{name}: {meta.recipe.model} {meta.trained_for()}, "
           f"evaluated on {data.name} test in batches of {args.batch_size}")
     print(format_metrics(metrics, data.classes))
     show_predictions(model, data.test, data.classes, args.show, args.seed, runtime)
