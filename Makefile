@@ -17,11 +17,18 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/mnist-cnn train --model fast --out runs/demo --overwrite --show 3
+	@echo
+	@echo "Next (the command is $(BIN)/mnist-cnn; 'source $(BIN)/activate' makes it mnist-cnn):"
+	@echo "  $(BIN)/mnist-cnn predict photo.jpg                    read the digit in your photo"
+	@echo "  make serve                                               draw digits at http://127.0.0.1:8000/"
+	@echo "  $(BIN)/mnist-cnn evaluate runs/demo/last.safetensors  per-class accuracy, confusion matrix"
+	@echo "  $(BIN)/mnist-cnn plot runs/demo/last.safetensors      curves, mistakes, filters (PNG)"
 
-# the page to draw digits on, answered by the model `make demo` trained
+# the page to draw digits on, answered by the model shipped with mnist-cnn, or by the checkpoint
+# named: make serve CHECKPOINT=runs/demo/last.safetensors
+CHECKPOINT ?=
 serve: $(STAMP)
-	test -f runs/demo/last.safetensors || $(MAKE) demo
-	$(BIN)/mnist-cnn serve runs/demo/last.safetensors
+	$(BIN)/mnist-cnn serve $(CHECKPOINT)
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

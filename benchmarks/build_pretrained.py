@@ -20,9 +20,11 @@ probabilities honest (calibration.py), and the threshold on the calibrated confi
 accepts 99% of the calibration digits, stored as the checkpoint's temperature and
 digit_threshold.
 
-Usage: python benchmarks/build_pretrained.py [--start CHECKPOINT]
+Usage: .venv/bin/python benchmarks/build_pretrained.py [--start CHECKPOINT]
   --start: fine-tune for photos from this checkpoint's weights instead of training the base
   network first (the shipped model was built from the previous shipped model this way).
+
+MNIST comes from $MNIST_DATA_DIR, the cache or a download, as for every command.
 """
 
 from __future__ import annotations
@@ -86,7 +88,7 @@ def main() -> None:
         runtime = setup("auto", recipe.precision, tune_allocator=True)
         train(build_model(recipe), data, recipe, runtime, RUN,
               resume=(RUN / CHECKPOINT_NAME).is_file(), progress=False)
-    model, _ = load_checkpoint(args.start or RUN / CHECKPOINT_NAME)
+    model, start = load_checkpoint(args.start or RUN / CHECKPOINT_NAME)
 
     photos = photos_of(data.train, PHOTOS, 1, Path("runs/photo-fields-train.npz"))
     # Some simulated photos come out as no digit at all (a desk's corner or a blur taken for
@@ -131,6 +133,8 @@ def main() -> None:
     shipped["metrics"] = {**shipped["metrics"], "test_accuracy": test.accuracy}
     shipped["digit_threshold"] = threshold
     shipped["temperature"] = temperature
+    # its history is the last run's: say how many epochs came before it
+    shipped["earlier_epochs"] = (start.earlier_epochs or 0) + (start.epoch or 0)
     save_checkpoint(SHIPPED, model, shipped)
     print(f"wrote {SHIPPED} ({SHIPPED.stat().st_size / 2**20:.1f} MiB)")
 

@@ -3,7 +3,7 @@
 #   1. `fast`: training time to a 99% model, 5 seeds (benchmarks/time_to_99.py)
 #   2. the lecture's networks (simple, deep): training images/s in fp32 and bf16, one epoch
 #   3. DDP: `fast` in one process on one GPU, then under torchrun over every GPU (NCCL)
-# Usage: MNIST_DATA_DIR=... [PYTHON=.venv/bin/python] bash benchmarks/gpu.sh
+# Usage: [PYTHON=.venv/bin/python] bash benchmarks/gpu.sh  (MNIST: $MNIST_DATA_DIR, the cache or a download)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}

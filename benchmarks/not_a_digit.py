@@ -11,8 +11,7 @@ Prints, per set, the share accepted as digits (and, for digits, accepted and rea
 the threshold in the checkpoint's metadata, and writes the ROC curve (digits vs non-digits) as
 a PNG.
 
-Usage: MNIST_DATA_DIR=../shared/data/mnist python benchmarks/not_a_digit.py [checkpoint]
-       [--plot not-a-digit-roc.png]
+Usage: .venv/bin/python benchmarks/not_a_digit.py [checkpoint] [--plot not-a-digit-roc.png]
 """
 
 from __future__ import annotations

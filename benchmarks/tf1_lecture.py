@@ -55,22 +55,28 @@ tf.disable_v2_behavior()  # placeholders, sessions and graph-mode optimisers, as
 BATCH_SIZE = 100
 VALIDATION_SIZE = 5000  # the first 5,000 training images are held out, as the lecture's reader did
 LEARNING_RATE = 0.001
-# beside the checkout, as in CI (shared/data/mnist); $MNIST_DATA_DIR or --data-dir otherwise
-DEFAULT_DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared",
-                                "data", "mnist")
-FILES = {
-    "train_images": "train-images-idx3-ubyte.gz",
-    "train_labels": "train-labels-idx1-ubyte.gz",
-    "test_images": "t10k-images-idx3-ubyte.gz",
-    "test_labels": "t10k-labels-idx1-ubyte.gz",
+# mnist-cnn's cache (`mnist-cnn data fetch` fills it), unless $MNIST_DATA_DIR or --data-dir say
+DEFAULT_DATA_DIR = os.path.join(
+    os.environ.get("MNIST_CNN_CACHE")
+    or os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "mnist-cnn"),
+    "mnist")
+FILES = {  # each raw or gzip-compressed (name.gz)
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
 }
 
 
 # ----------------------------------------------------------------------------------------------- data
 def read_idx(path: str) -> np.ndarray:
-    """One gzip-compressed IDX file as a uint8 array of the shape its header states."""
-    with gzip.open(path, "rb") as f:
-        raw = f.read()
+    """One IDX file (raw, or path + ".gz") as a uint8 array of the shape its header states."""
+    if os.path.exists(path + ".gz"):
+        with gzip.open(path + ".gz", "rb") as f:
+            raw = f.read()
+    else:
+        with open(path, "rb") as f:
+            raw = f.read()
     # Header: two zero bytes, a type code (0x08 = unsigned byte), the number of dimensions, then each
     # dimension as a big-endian 32-bit integer.
     if raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
@@ -147,7 +153,7 @@ def parse_args():
     parser.add_argument("--seed", type=int, default=777,
                         help="graph-level TensorFlow seed, also seeds the shuffling (default: %(default)s)")
     parser.add_argument("--data-dir", default=os.environ.get("MNIST_DATA_DIR", DEFAULT_DATA_DIR),
-                        help=f"folder with the four MNIST .gz IDX files (default: $MNIST_DATA_DIR, else "
+                        help=f"folder with the four MNIST IDX files, raw or .gz (default: $MNIST_DATA_DIR, "
                              f"{DEFAULT_DATA_DIR})")
     args = parser.parse_args()
     if args.epochs <= 0:

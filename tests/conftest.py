@@ -16,14 +16,11 @@ import pytest
 import torch
 
 from mnist_cnn.data import Dataset, load_dataset, make_dataset
-from mnist_cnn.sources import DATASETS, FILES, find_files
+from mnist_cnn.errors import MnistCnnError
+from mnist_cnn.sources import DATASETS, FILES, find_files, locate
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_MNIST_DIR = Path(__file__).resolve().parents[2] / "shared/data/mnist"
-
-
-def mnist_dir() -> Path:
-    return Path(os.environ.get("MNIST_DATA_DIR") or DEFAULT_MNIST_DIR)
+NO_DATA = "the real MNIST could not be had"  # how a skip for want of data begins (summarised)
 
 
 def idx_bytes(array: np.ndarray, dtype_code: int = 0x08) -> bytes:
@@ -72,15 +69,41 @@ def write_dataset_dir(directory: Path, arrays: dict[str, np.ndarray], gz: bool =
 
 @pytest.fixture(scope="session")
 def mnist_data_dir() -> Path:
-    """The real MNIST's folder. Without it the tests that need it skip, saying why; under CI
-    (MNIST_CNN_REQUIRE_DATA) they fail instead, so that a missing file cannot pass unseen."""
-    directory = mnist_dir()
-    if find_files(directory) is None:
-        message = f"MNIST not found in {directory} (set MNIST_DATA_DIR)"
-        if os.environ.get("MNIST_CNN_REQUIRE_DATA"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return directory
+    """The real MNIST's folder, found as the product finds it (sources.locate): $MNIST_DATA_DIR,
+    the user cache, or a download checked against the pinned SHA-256s. When it cannot be had, a
+    test that needs it fails; MNIST_CNN_REQUIRE_DATA=0 makes that a skip, which the summary at
+    the end of the run names (pytest_terminal_summary below), so that it is never missed."""
+    try:
+        return locate("mnist")
+    except MnistCnnError as e:
+        message = f"{NO_DATA}: {e}"
+        if os.environ.get("MNIST_CNN_REQUIRE_DATA") == "0":
+            pytest.skip(message)
+        pytest.fail(f"{message}\n(MNIST_CNN_REQUIRE_DATA=0 skips the tests that need it)",
+                    pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def mnist_gz_dir(mnist_data_dir, tmp_path_factory) -> Path:
+    """The real MNIST as the four .gz files a mirror serves (the cache keeps them raw)."""
+    paths = find_files(mnist_data_dir)
+    if all(p.suffix == ".gz" for p in paths.values()):
+        return mnist_data_dir
+    folder = tmp_path_factory.mktemp("mnist-gz")
+    for stem, path in paths.items():
+        raw = path.read_bytes()
+        if path.suffix != ".gz":
+            raw = gzip.compress(raw, compresslevel=1)  # level 1: a second, not ten
+        (folder / f"{stem}.gz").write_bytes(raw)
+    return folder
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Says loudly how many tests skipped for want of the real MNIST (only `-rs` would)."""
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if NO_DATA in str(r.longrepr)]
+    if skipped:
+        terminalreporter.write_sep("!", f"{len(skipped)} tests that need the real MNIST were "
+                                   "SKIPPED (MNIST_CNN_REQUIRE_DATA=0)", red=True, bold=True)
 
 
 @pytest.fixture(scope="session")

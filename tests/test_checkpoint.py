@@ -381,6 +381,7 @@ def replace_tensor(name: str, value: torch.Tensor):
     (setitem("meta", "step", 6.5), "'step' must be a non-negative integer"),
     (setitem("meta", "step", -24), "'step' must be a non-negative integer"),
     (setitem("meta", "epoch", True), "'epoch' must be a non-negative integer"),
+    (setitem("meta", "earlier_epochs", -15), "'earlier_epochs' must be a non-negative integer"),
     (setitem("meta", "dataset", ["mnist"]), "unknown dataset"),
     (setitem("meta", "optimizer", {"param_groups": "all"}), "'optimizer' must hold"),
     (nan_weight, "model.0.weight holds NaN or infinite values"),

@@ -36,12 +36,29 @@ def test_summary_prints_the_lecture_shapes(capsys):
     assert "50,090" in printed
 
 
+def test_summary_without_a_model_prints_the_lectures_two_networks(capsys):
+    assert main(["summary"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("model simple: the lecture's simple CNN")
+    assert "\nmodel deep: the lecture's deep CNN" in printed
+    assert "(?, 7, 7, 64)" in printed and "(?, 4, 4, 128)" in printed
+
+
 def test_models_lists_both_networks(capsys):
     assert main(["models"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    by_name = {line.split()[0]: line for line in lines}
+    by_name = {line.split()[0]: line for line in lines if not line.startswith(" ")}
     assert "50,090 parameters" in by_name["simple"]
     assert "1,379,333 parameters" in by_name["deep"]
+
+
+def test_models_gives_the_measured_accuracy_of_each(capsys):
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    accuracy = {name.split()[0]: line.split("test accuracy ")[1]
+                for name, line in zip(lines[::2], lines[1::2])}
+    assert accuracy["best"] == "99.72% (mean of 3 seeds)"  # as docs/measurements.md has it
+    assert accuracy["simple"].startswith("98.77%") and accuracy["deep"].startswith("99.32%")
 
 
 def test_data_info_prints_counts_and_checksums(capsys, mnist_data_dir):
@@ -259,14 +276,13 @@ def test_export_checks_its_destination_before_the_slow_work(trained, tmp_path, c
     assert calls == []
 
 
-def test_a_gzip_bomb_in_the_data_folder_is_a_quick_one_line_error(mnist_data_dir, tmp_path,
-                                                                  capsys):
+def test_a_gzip_bomb_in_the_data_folder_is_a_quick_one_line_error(mnist_gz_dir, tmp_path, capsys):
     import gzip
     import shutil
     import time
 
     for name in ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
-        shutil.copy(mnist_data_dir / f"{name}.gz", tmp_path)
+        shutil.copy(mnist_gz_dir / f"{name}.gz", tmp_path)
     zeros = gzip.compress(bytes(16 * 2**20))
     header = gzip.compress(bytes([0, 0, 8, 1]) + (60_000).to_bytes(4, "big"))
     (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(header + zeros * 256)  # 4 GiB
@@ -294,3 +310,30 @@ def test_holding_out_every_training_image_is_a_one_line_error(mnist_data_dir, tm
     assert captured.err == ("mnist-cnn: error: mnist: cannot hold out 60,000 of its 60,000 "
                             "training images for validation\n")
     assert not (tmp_path / "run").exists()
+
+
+def modules_loaded_by(argv: list[str]) -> set[str]:
+    """The modules a command imports, run in a fresh interpreter."""
+    code = ("import sys; from mnist_cnn.cli import main\n"
+            f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+            "print('MODULES', *sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    return set(result.stdout.rsplit("MODULES", 1)[1].split())
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["models"], ["train", "--help"]])
+def test_commands_that_run_no_network_do_not_import_torch(argv):
+    assert "torch" not in modules_loaded_by(argv)  # it takes seconds to import on a small CPU
+
+
+def test_predict_imports_only_what_it_needs(tmp_path):
+    from PIL import Image, ImageDraw
+
+    photo = Image.new("L", (100, 120), 255)
+    ImageDraw.Draw(photo).line([(50, 15), (50, 105)], fill=0, width=10)
+    photo.save(tmp_path / "one.png")
+    loaded = modules_loaded_by(["predict", str(tmp_path / "one.png"), "--threads", "1"])
+    slow = {"scipy.stats", "matplotlib", "fastapi", "onnx", "onnxruntime", "torch._dynamo", "sympy"}
+    assert not loaded & slow

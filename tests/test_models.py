@@ -235,11 +235,31 @@ def test_fast_ignores_the_blank_border_it_crops():
         assert torch.equal(model(x), model(ringed))
 
 
+def test_the_catalog_tells_the_registered_networks_as_they_are():
+    """The command line describes the networks from catalog.py, without torch: it must agree."""
+    from mnist_cnn import catalog
+    from mnist_cnn.augment import PRESETS
+
+    assert list(catalog.NETWORKS) == list(MODELS)
+    for name, network in catalog.NETWORKS.items():
+        parameters = sum(p.numel() for p in build_model(name).parameters())
+        assert network.parameters == parameters, name
+        assert MODELS[name].description == network.description
+    assert catalog.AUGMENT_PRESETS == tuple(PRESETS)
+
+
+def test_a_network_missing_from_the_catalog_cannot_be_registered():
+    from mnist_cnn.models import register
+
+    with pytest.raises(ValueError, match="missing from catalog.NETWORKS"):
+        register("mystery", Recipe(model="simple"))(lambda: None)
+
+
 def test_a_name_cannot_be_registered_twice():
     from mnist_cnn.models import MODELS, register
 
     with pytest.raises(ValueError, match="'simple' is registered already"):
-        register("simple", MODELS["simple"].recipe, "another")(lambda: None)
+        register("simple", MODELS["simple"].recipe)(lambda: None)
     assert MODELS["simple"].description.startswith("the lecture's simple CNN")
 
 

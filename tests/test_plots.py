@@ -134,3 +134,15 @@ def test_plot_command_reports_a_bad_photo(models, tmp_path):
                              "--image", str(bad)])
     assert code == 1 and "mnist-cnn: error:" in err and "notes.png" in err
     assert not (tmp_path / "p").exists()  # nothing drawn from a failed command
+
+
+def test_one_epoch_is_a_dot_at_its_step_within_sensible_axes():
+    # what the one-epoch demo logs: a single record
+    figure = training_curves([{"epoch": 1, "step": 286, "cost": 0.34, "val_loss": 0.1,
+                               "val_accuracy": 0.9905}])
+    cost_ax, accuracy_ax = figure.axes
+    assert cost_ax.get_lines()[0].get_xdata().tolist() == [286]
+    assert cost_ax.get_xlabel().startswith("training step")
+    left, right = accuracy_ax.get_xlim()
+    assert left == 0 and right > 286
+    assert accuracy_ax.get_ylim()[1] <= 100

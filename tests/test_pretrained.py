@@ -71,3 +71,17 @@ def test_a_fresh_install_reads_a_drawn_digit_without_any_data(tmp_path):
     answer = json.loads(result.stdout)[0]
     assert answer["digit"] == "7" and answer["is_digit"] is True
     assert not (tmp_path / "empty-cache").exists()  # nothing was fetched or cached
+
+
+def test_the_shipped_model_says_how_long_it_trained():
+    _, meta = load_pretrained()
+    # 15 epochs of the `best` recipe, then 1 with outlier exposure (benchmarks/build_pretrained.py)
+    assert meta.earlier_epochs == 15 and meta.epoch == 1 and meta.recipe.outlier_exposure > 0
+    assert meta.trained_for() == "after 16 epochs (15, then 1 with the recipe recorded)"
+
+
+def test_evaluate_needs_no_checkpoint(mnist_data_dir):
+    code, out, err = run_main(["evaluate", "--data-dir", str(mnist_data_dir), "--show", "0",
+                               "--threads", "1"])
+    assert code == 0, err
+    assert out.startswith("the model shipped with mnist-cnn: best after 16 epochs")

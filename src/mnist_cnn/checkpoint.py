@@ -61,6 +61,9 @@ class CheckpointMeta:
     train_size: int | None = None  # images trained on (fewer when some were held out)
     epoch: int | None = None
     step: int | None = None
+    # epochs the weights had trained in an earlier run before this one went on from them (the
+    # shipped model: 15 of the `best` recipe, then 1 with outlier exposure)
+    earlier_epochs: int | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
     param_groups: list[dict[str, Any]] | None = None  # the optimizer's, as torch saves them
@@ -71,6 +74,15 @@ class CheckpointMeta:
     # (calibration.py); None: as trained
     temperature: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # other JSON keys, kept as they were
+
+    def trained_for(self) -> str:
+        """How long the weights trained, counting an earlier run they went on from."""
+        if self.epoch is None:
+            return "after epoch ?"
+        if self.earlier_epochs:
+            return (f"after {self.earlier_epochs + self.epoch} epochs ({self.earlier_epochs}, "
+                    f"then {self.epoch} with the recipe recorded)")
+        return f"after epoch {self.epoch}"
 
     def class_names(self) -> tuple[str, ...]:
         # checkpoints written by `train` name their classes; otherwise the dataset's are the ones
@@ -83,7 +95,8 @@ class CheckpointMeta:
         optional = {"dataset": self.dataset, "checksums": self.checksums,
                     "classes": list(self.classes) if self.classes is not None else None,
                     "train_size": self.train_size, "epoch": self.epoch, "step": self.step,
-                    "digit_threshold": self.digit_threshold, "temperature": self.temperature}
+                    "earlier_epochs": self.earlier_epochs, "digit_threshold": self.digit_threshold,
+                    "temperature": self.temperature}
         d.update({k: v for k, v in optional.items() if v is not None})
         if self.metrics:
             d["metrics"] = self.metrics
@@ -117,7 +130,7 @@ class CheckpointMeta:
         if classes is not None and not (isinstance(classes, list) and classes
                                         and all(isinstance(c, str) for c in classes)):
             raise bad("'classes' must be a list of class names")
-        for key in ("train_size", "epoch", "step"):
+        for key in ("train_size", "epoch", "step", "earlier_epochs"):
             if d.get(key) is not None and not (is_int(d[key]) and 0 <= d[key] < MAX_COUNT):
                 raise bad(f"{key!r} must be a non-negative integer, not {short(d[key])}")
         metrics = d.get("metrics") or {}
@@ -149,7 +162,7 @@ class CheckpointMeta:
         return cls(recipe=recipe, format=d["format"], version=d["version"], dataset=dataset,
                    checksums=checksums, classes=tuple(classes) if classes else None,
                    train_size=d.get("train_size"), epoch=d.get("epoch"), step=d.get("step"),
-                   metrics=metrics, history=history,
+                   earlier_epochs=d.get("earlier_epochs"), metrics=metrics, history=history,
                    param_groups=param_groups, digit_threshold=threshold, temperature=temperature,
                    extra={k: v for k, v in d.items() if k not in known})
 
@@ -303,7 +316,10 @@ def skeleton(meta: CheckpointMeta, source: str) -> nn.Module:
             if params > MAX_PARAMETERS:
                 raise MnistCnnError(f"{source}: model_args {recipe.model_args} make a network of "
                                     f"{params:,} parameters (limit {MAX_PARAMETERS:,})")
-            outputs = model(torch.empty(1, 1, 28, 28)).shape
+        # the output shape from one blank image, through a CPU copy of the size just allowed: on
+        # the meta device a forward pass imports torch's compiler stack (over a second)
+        with torch.random.fork_rng(devices=[]), torch.no_grad():  # the caller's RNG untouched
+            outputs = model_entry(recipe.model).build(**args).eval()(torch.zeros(1, 1, 28, 28)).shape
     except MnistCnnError:
         raise
     except Exception as e:  # anything a tampered size makes the build or a forward pass raise

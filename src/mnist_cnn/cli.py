@@ -9,29 +9,23 @@ import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from . import data as datamod
-from . import distributed, sources
-from .augment import PRESETS as AUGMENT_PRESETS
-from .checkpoint import CheckpointMeta, load_checkpoint, pretrained_path, read_checkpoint
-from .device import Runtime, setup
-from .ensemble import (
-    EnsembleReport,
-    evaluate_ensemble,
-    format_verdicts,
-    member_recipes,
-    seed_members,
-    select_members,
-    train_recipes,
-)
+# Only what builds the parser is imported here. Each command imports the rest when it runs:
+# torch alone takes seconds to import on a small CPU, and `--help` or `models` need none of it.
+from . import catalog, sources
 from .errors import MnistCnnError
-from .evaluation import ascii_digit, evaluate, format_metrics, predict_proba
-from .models import MODELS, build_model, recipe_for, summary
-from .recipes import OPTIMIZERS, PRECISIONS, SCHEDULES, Recipe
+from .recipes import OPTIMIZERS, PRECISIONS, SCHEDULES
 from .server import limits as server_limits
-from .training import start_optimizer_import, train
+
+if TYPE_CHECKING:
+    import torch
+
+    from .checkpoint import CheckpointMeta
+    from .data import Dataset, Split
+    from .device import Runtime
+    from .ensemble import EnsembleReport
+    from .recipes import Recipe
 
 # --------------------------------------------------------------------------------------------
 # argument types: a bad value is argparse's usage error (exit 2) naming the option, never a
@@ -111,7 +105,7 @@ def add_evaluation_args(p: argparse.ArgumentParser) -> None:
 
 def add_recipe_args(p: argparse.ArgumentParser, model_required: bool = True) -> None:
     """A training command's flags: each overrides one field of the network's default recipe."""
-    p.add_argument("--model", required=model_required, choices=sorted(MODELS))
+    p.add_argument("--model", required=model_required, choices=sorted(catalog.NETWORKS))
     p.add_argument("--epochs", type=real_number(0, include_low=False))
     p.add_argument("--batch-size", type=POSITIVE)
     p.add_argument("--lr", type=real_number(0, include_low=False), help="(peak) learning rate")
@@ -120,12 +114,12 @@ def add_recipe_args(p: argparse.ArgumentParser, model_required: bool = True) -> 
     p.add_argument("--schedule", choices=SCHEDULES)
     p.add_argument("--label-smoothing", type=real_number(0))
     p.add_argument("--dropout", type=float, help="drop probability (1 - keep_prob)")
-    p.add_argument("--augment", nargs="?", const="standard", choices=list(AUGMENT_PRESETS),
+    p.add_argument("--augment", nargs="?", const="standard", choices=catalog.AUGMENT_PRESETS,
                    help="augment training batches with a preset (alone: standard)")
     p.add_argument("--precision", choices=PRECISIONS)
     p.add_argument("--seed", type=SEED)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--validation", type=COUNT, default=datamod.VALIDATION_SIZE, metavar="N",
+    p.add_argument("--validation", type=COUNT, default=sources.VALIDATION_SIZE, metavar="N",
                    help="training images held out to validate every epoch (default: "
                    "%(default)s, the lecture's split); 0 trains on all of them, once a recipe "
                    "has been chosen, and validates nothing")
@@ -141,12 +135,16 @@ def recipe_overrides(args: argparse.Namespace) -> dict:
 
 
 def recipe_from_args(args: argparse.Namespace) -> Recipe:
+    from .models import recipe_for
+
     return recipe_for(args.model, args.dataset).replace(**recipe_overrides(args))
 
 
-def data_for(args: argparse.Namespace, meta: CheckpointMeta) -> datamod.Dataset:
+def data_for(args: argparse.Namespace, meta: CheckpointMeta) -> Dataset:
     """The dataset named by --dataset, else the one the checkpoint was trained on."""
-    return datamod.load_dataset(args.dataset or meta.dataset or "mnist", args.data_dir)
+    from .data import load_dataset
+
+    return load_dataset(args.dataset or meta.dataset or "mnist", args.data_dir)
 
 
 # --------------------------------------------------------------------------------------------
@@ -161,10 +159,14 @@ def data_command(sub) -> None:
 
 
 def cmd_data(args: argparse.Namespace) -> None:
+    import torch
+
+    from .data import load_dataset
+
     if args.action == "fetch":
         directory = sources.locate(args.dataset, args.data_dir, download=True)
         print(f"{args.dataset}: available in {directory}")
-    ds = datamod.load_dataset(args.dataset, args.data_dir, download=args.action == "fetch")
+    ds = load_dataset(args.dataset, args.data_dir, download=args.action == "fetch")
     print(f"dataset   {ds.name}\nsource    {ds.source}")
     for name, split in (("train", ds.train), ("val", ds.val), ("test", ds.test)):
         counts = torch.bincount(split.labels, minlength=len(ds.classes)).tolist()
@@ -193,21 +195,25 @@ def models_command(sub) -> None:
 
 
 def cmd_models(args: argparse.Namespace) -> None:
-    width = max(len(name) for name in MODELS)
-    for entry in MODELS.values():
-        params = sum(p.numel() for p in build_model(entry.name).parameters())
-        print(f"{entry.name:<{width}} {params:>10,} parameters  {entry.description}")
+    width = max(len(name) for name in catalog.NETWORKS)
+    for name, network in catalog.NETWORKS.items():
+        print(f"{name:<{width}} {network.parameters:>10,} parameters  {network.description}")
+        print(f"{'':<{width}} {'':>10}   test accuracy {network.accuracy}")
 
 
 def summary_command(sub) -> None:
-    p = sub.add_parser("summary", help="print each layer's output shape and parameter count")
-    p.add_argument("--model", required=True, choices=sorted(MODELS))
+    p = sub.add_parser("summary", help="print each layer's output shape and parameter count "
+                       "(default: the lecture's two networks)")
+    p.add_argument("--model", choices=sorted(catalog.NETWORKS))
     p.set_defaults(func=cmd_summary)
 
 
 def cmd_summary(args: argparse.Namespace) -> None:
-    print(f"model {args.model}: {MODELS[args.model].description}")
-    print(summary(build_model(args.model)))
+    from .models import build_model, summary
+
+    for n, name in enumerate([args.model] if args.model else ["simple", "deep"]):
+        print(f"{chr(10) if n else ''}model {name}: {catalog.NETWORKS[name].description}")
+        print(summary(build_model(name)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,6 +233,8 @@ def train_command(sub) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from . import distributed
+
     recipe = recipe_from_args(args)
     runtime, data = start_runtime_and_data(args, recipe.precision)
     try:
@@ -238,16 +246,23 @@ def cmd_train(args: argparse.Namespace) -> None:
         distributed.stop()
 
 
-def start_runtime_and_data(args: argparse.Namespace, precision: str
-                           ) -> tuple[Runtime, datamod.Dataset]:
+def start_runtime_and_data(args: argparse.Namespace, precision: str) -> tuple[Runtime, Dataset]:
     """The runtime and data of a training command."""
+    from .data import load_dataset
+    from .device import setup
+    from .training import start_optimizer_import
+
     runtime = setup(args.device, precision, args.threads, tune_allocator=True, distributed=True)
     start_optimizer_import()  # overlaps the data loading
-    return runtime, datamod.load_dataset(args.dataset, args.data_dir, val_size=args.validation)
+    return runtime, load_dataset(args.dataset, args.data_dir, val_size=args.validation)
 
 
 def train_and_test(args: argparse.Namespace, recipe: Recipe, runtime: Runtime,
-                   data: datamod.Dataset) -> None:
+                   data: Dataset) -> None:
+    from .evaluation import evaluate
+    from .models import build_model
+    from .training import train
+
     out = Path(args.out or f"runs/{recipe.model}")
     if runtime.is_main:  # under torchrun, rank 0 speaks for the group
         print(f"training {recipe.model} on {data.name} ({len(data.train)} train / "
@@ -276,11 +291,15 @@ def save_test_metrics(checkpoint: Path, metrics: dict) -> None:
     (checkpoint.parent / "test_metrics.json").write_text(json.dumps(metrics) + "\n")
 
 
-def show_predictions(model: torch.nn.Module, split: datamod.Split, classes: tuple[str, ...],
+def show_predictions(model: torch.nn.Module, split: Split, classes: tuple[str, ...],
                      count: int, seed: int, runtime) -> None:
     """Random test digits drawn as text, with label and prediction (as the lecture does)."""
     if count <= 0:
         return
+    import torch
+
+    from .evaluation import ascii_digit, predict_proba
+
     picks = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:count]
     probs = predict_proba(model, split.images[picks], runtime=runtime)
     for i, p in zip(picks.tolist(), probs):
@@ -318,6 +337,9 @@ def ensemble_command(sub) -> None:
 
 
 def cmd_ensemble_train(args: argparse.Namespace) -> None:
+    from . import distributed
+    from .ensemble import evaluate_ensemble, format_verdicts, select_members, train_recipes
+
     recipes, names, out = ensemble_recipes(args)
     runtime, data = start_runtime_and_data(args, recipes[0].precision)
     try:
@@ -342,6 +364,7 @@ def cmd_ensemble_train(args: argparse.Namespace) -> None:
 def ensemble_recipes(args: argparse.Namespace) -> tuple[list[Recipe], list[str] | None, Path]:
     """The members' recipes, folder names and the ensemble folder: --model with --members N
     (seeds S, S+1, ... in member-K/), or a --member spec per member."""
+    from .ensemble import member_recipes, seed_members
     if args.member:
         if args.model or args.members:
             raise MnistCnnError("--member lists the members: give it without --model and --members")
@@ -360,6 +383,10 @@ def ensemble_recipes(args: argparse.Namespace) -> tuple[list[Recipe], list[str] 
 
 
 def cmd_ensemble_evaluate(args: argparse.Namespace) -> None:
+    from .checkpoint import read_checkpoint
+    from .device import setup
+    from .ensemble import evaluate_ensemble
+
     runtime = setup(args.device, "fp32", args.threads)
     _, meta = read_checkpoint(args.checkpoints[0])  # its dataset; the members load below
     data = data_for(args, meta)
@@ -381,7 +408,8 @@ def format_ensemble(report: EnsembleReport) -> str:
 
 def evaluate_command(sub) -> None:
     p = sub.add_parser("evaluate", help="test accuracy, per-class accuracy, confusion matrix")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", nargs="?",
+                   help="a .safetensors checkpoint (default: the model shipped with mnist-cnn)")
     p.add_argument("--show", type=COUNT, default=1, help="random test digits to show")
     p.add_argument("--seed", type=SEED, default=0, help="which random digits to show")
     add_evaluation_args(p)
@@ -389,15 +417,19 @@ def evaluate_command(sub) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    from .checkpoint import load_checkpoint, pretrained_path
+    from .device import setup
+    from .evaluation import evaluate, format_metrics
+
     runtime = setup(args.device, "fp32", args.threads)
-    model, meta = load_checkpoint(args.checkpoint, device=runtime.device)
+    path = args.checkpoint or pretrained_path()
+    name = args.checkpoint or "the model shipped with mnist-cnn"
+    model, meta = load_checkpoint(path, device=runtime.device)
     data = data_for(args, meta)
     if data.checksums != meta.checksums and args.dataset is None:
-        print(f"note: {args.checkpoint} was trained on other {data.name} files",
-              file=sys.stderr)
+        print(f"note: {name} was trained on other {data.name} files", file=sys.stderr)
     metrics = evaluate(model, data.test, args.batch_size, runtime)
-    epoch = "?" if meta.epoch is None else meta.epoch
-    print(f"{args.checkpoint}: {meta.recipe.model} after epoch {epoch}, "
+    print(f"{name}: {meta.recipe.model} {meta.trained_for()}, "
           f"evaluated on {data.name} test in batches of {args.batch_size}")
     print(format_metrics(metrics, data.classes))
     show_predictions(model, data.test, data.classes, args.show, args.seed, runtime)
@@ -425,7 +457,8 @@ def predict_command(sub) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from . import predict  # imported here: the other commands need none of it
+    from . import predict
+    from .device import setup
 
     checkpoints, images = predict.split_arguments(args.inputs)
     runtime = setup(args.device, "fp32", args.threads)
@@ -464,6 +497,8 @@ def export_command(sub) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     from . import export  # imported here: onnx and onnxruntime load slowly
+    from .checkpoint import load_checkpoint
+    from .device import setup
     from .files import ensure_writable_folder
 
     runtime = setup("cpu", "fp32", args.threads)
@@ -492,6 +527,8 @@ def plot_command(sub) -> None:
 
 def cmd_plot(args: argparse.Namespace) -> None:
     from . import plots  # imported here: matplotlib loads slowly
+    from .checkpoint import load_checkpoint
+    from .device import setup
     from .imaging import load_and_preprocess
 
     runtime = setup(args.device, "fp32", args.threads)
@@ -529,6 +566,8 @@ def serve_command(sub) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn  # imported here: only this command serves
 
+    from .checkpoint import pretrained_path
+    from .device import setup
     from .server import create_app
     from .server.serving import server_config
 

@@ -15,7 +15,7 @@ import torch
 
 from .errors import MnistCnnError
 from .idx import parse_idx, read_file_bytes, sha256
-from .sources import FILES, DatasetInfo, dataset_info, find_files, locate
+from .sources import FILES, VALIDATION_SIZE, DatasetInfo, dataset_info, find_files, locate
 
 
 @dataclass
@@ -39,8 +39,6 @@ class Dataset:
     checksums: dict[str, str] = field(default_factory=dict)
     source: str = ""
 
-
-VALIDATION_SIZE = 5_000  # the lecture's split: the first 5,000 training images
 
 def load_directory(directory: Path, info: DatasetInfo, verify: bool = True) -> dict[str, np.ndarray]:
     """Read and validate the four files of `info` from `directory`."""

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from scipy.stats import binomtest
 from torch import nn
 
 from . import distributed
@@ -241,6 +240,8 @@ def keep_members(probs: Sequence[torch.Tensor], labels: torch.Tensor,
     so that prefix follows noise (measured: it kept 2 of 7 members, 99.71% on the test split,
     against 99.81% for all 7, README). A member that is truly worse still stands out.
     """
+    from scipy.stats import binomtest  # imported here: scipy.stats takes most of a second
+
     wrong = [p.argmax(1) != labels for p in probs]
     best = min(range(len(probs)), key=lambda i: int(wrong[i].sum()))
     verdicts = []

@@ -1,4 +1,4 @@
-"""Every network, registered by name with its default recipe.
+"""Every network, registered by name with its default recipe (catalog.py says what each is).
 
 Models take float images in [0, 1], shape (N, 1, 28, 28); `as_input` makes them from the uint8
 tensors the dataset holds. Any further normalisation is a layer of the model itself, so that
@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .catalog import NETWORKS
 from .errors import MnistCnnError
 from .recipes import Recipe
 
@@ -31,12 +32,14 @@ class ModelEntry:
 MODELS: dict[str, ModelEntry] = {}
 
 
-def register(name: str, recipe: Recipe, description: str,
-             dataset_model_args: dict[str, dict] | None = None):
+def register(name: str, recipe: Recipe, dataset_model_args: dict[str, dict] | None = None):
     def decorator(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in MODELS:  # a second network under one name would replace the first unseen
             raise ValueError(f"a model named {name!r} is registered already")
-        MODELS[name] = ModelEntry(name, build, recipe, description, dataset_model_args or {})
+        if name not in NETWORKS:  # the command line knows the networks from the catalog
+            raise ValueError(f"a model named {name!r} is missing from catalog.NETWORKS")
+        MODELS[name] = ModelEntry(name, build, recipe, NETWORKS[name].description,
+                                  dataset_model_args or {})
         return build
     return decorator
 
@@ -128,8 +131,7 @@ def conv_block(c_in: int, c_out: int, dropout: float = 0.0) -> list[nn.Module]:
     return layers
 
 
-@register("simple", Recipe(model="simple"),
-          "the lecture's simple CNN: 2 conv blocks (32, 64), dense 10 (~98.9%)")
+@register("simple", Recipe(model="simple"))
 def simple_cnn(dropout: float = 0.0) -> nn.Module:
     model = nn.Sequential(
         *conv_block(1, 32, dropout),   # (?, 14, 14, 32)
@@ -141,8 +143,7 @@ def simple_cnn(dropout: float = 0.0) -> nn.Module:
     return model
 
 
-@register("deep", Recipe(model="deep", dropout=0.3),
-          "the lecture's deep CNN: 3 conv blocks (32, 64, 128), dense 625, dropout 0.3 (~99.3%)")
+@register("deep", Recipe(model="deep", dropout=0.3))
 def deep_cnn(dropout: float = 0.3) -> nn.Module:
     model = nn.Sequential(
         *conv_block(1, 32, dropout),    # (?, 14, 14, 32)
@@ -221,7 +222,6 @@ class Standardize(nn.Module):
 @register("fast", Recipe(model="fast", epochs=1, batch_size=192, lr=0.04, betas=(0.9, 0.99),
                          schedule="onecycle", warmup=0.3, label_smoothing=0.1, precision="bf16",
                          model_args={"crop": 24, "standardize": True}),
-          "a small batch-normalised CNN that reaches 99% in one epoch (seconds on a CPU)",
           dataset_model_args={"fashion-mnist": {"crop": 28}})
 def fast_cnn(dropout: float = 0.0, widths: tuple[int, int, int, int] = (16, 16, 32, 64),
              crop: int = 24, standardize: bool = False) -> nn.Module:
@@ -256,8 +256,7 @@ def best_recipe(name: str) -> Recipe:
                   precision="bf16")
 
 
-@register("best", best_recipe("best"),
-          "a VGG-style batch-normalised CNN with augmentation (~99.6%)")
+@register("best", best_recipe("best"))
 def best_cnn(dropout: float = 0.25, width: int = 32, channels: int = 1) -> nn.Module:
     w = width
     return nn.Sequential(
@@ -275,8 +274,7 @@ def best_cnn(dropout: float = 0.25, width: int = 32, channels: int = 1) -> nn.Mo
 
 # Ensemble members that differ from `best` in more than their seed: members that make the same
 # mistakes cannot correct each other (issue 13: five `best` seeds scored no better than one).
-@register("wide", best_recipe("wide"),
-          "`best` with 1.5x the channels (48, 96, 192), for ensembles")
+@register("wide", best_recipe("wide"))
 def wide_cnn(dropout: float = 0.25, width: int = 48) -> nn.Module:
     return best_cnn(dropout, width)
 
@@ -324,8 +322,7 @@ class Deskew(nn.Module):
         return f"max_shear={self.max_shear}"
 
 
-@register("upright", best_recipe("upright"),
-          "`best` on deskewed input (each digit's slant undone from its moments), for ensembles")
+@register("upright", best_recipe("upright"))
 def upright_cnn(dropout: float = 0.25, width: int = 32) -> nn.Module:
     return nn.Sequential(Deskew(), *best_cnn(dropout, width))
 
@@ -357,8 +354,7 @@ class WidthNormalize(nn.Module):
         return f"width={self.width}"
 
 
-@register("widthnorm", best_recipe("widthnorm"),
-          "`best` on width-normalised input (each digit stretched to 16 pixels wide), for ensembles")
+@register("widthnorm", best_recipe("widthnorm"))
 def widthnorm_cnn(dropout: float = 0.25, width: int = 32) -> nn.Module:
     return nn.Sequential(WidthNormalize(), *best_cnn(dropout, width))
 
@@ -374,14 +370,12 @@ class Views(nn.Module):
         return torch.cat([x, self.deskew(x), self.width_normalize(x)], dim=1)
 
 
-@register("views", best_recipe("views"),
-          "`best` reading each digit as written, deskewed and width-normalised (3 channels)")
+@register("views", best_recipe("views"))
 def views_cnn(dropout: float = 0.25, width: int = 32) -> nn.Module:
     return nn.Sequential(Views(), *best_cnn(dropout, width, channels=3))
 
 
-@register("upright-widthnorm", best_recipe("upright-widthnorm"),
-          "`best` on deskewed, then width-normalised input, for ensembles")
+@register("upright-widthnorm", best_recipe("upright-widthnorm"))
 def upright_widthnorm_cnn(dropout: float = 0.25, width: int = 32) -> nn.Module:
     return nn.Sequential(Deskew(), WidthNormalize(), *best_cnn(dropout, width))
 
@@ -391,8 +385,7 @@ def conv5_bn(c_in: int, c_out: int) -> list[nn.Module]:
             nn.ReLU(inplace=True)]
 
 
-@register("five", best_recipe("five"),
-          "another topology for ensembles: 5x5 kernels, two pools, a dense hidden layer of 256")
+@register("five", best_recipe("five"))
 def five_cnn(dropout: float = 0.25, width: int = 32) -> nn.Module:
     w = width
     return nn.Sequential(

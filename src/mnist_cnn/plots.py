@@ -55,26 +55,31 @@ def _grid(count: int, columns: int, cell: float = 1.3, title_space: float = 0.0,
 
 
 def training_curves(history: Sequence[dict]) -> Figure:
-    """Cost and validation accuracy per epoch, as the training loop logged them."""
+    """Cost and validation accuracy after each epoch, as the training loop logged them, against
+    the steps trained: a one-epoch run is a dot at its last step, not an axis of its own."""
     if not history:
         raise MnistCnnError("no training history to plot: the checkpoint records no epochs")
     if not all("cost" in r for r in history):
         raise MnistCnnError("no training curves to plot: the checkpoint's history records no cost")
     validated = all("val_accuracy" in r for r in history)  # not when trained on every image
-    epochs = [r["epoch"] for r in history]
+    by_step = all("step" in r for r in history)  # every record since steps were logged
+    x = [r["step"] if by_step else r["epoch"] for r in history]
+    xlabel = "training step (a dot: the end of an epoch)" if by_step else "epoch"
     figure = Figure(figsize=(9 if validated else 4.5, 3.5), layout="constrained")
     cost_ax, *others = figure.subplots(1, 2 if validated else 1, squeeze=False)[0]
-    cost_ax.plot(epochs, [r["cost"] for r in history], marker="o", label="training cost")
+    cost_ax.plot(x, [r["cost"] for r in history], marker="o", label="training cost")
     if all("val_loss" in r for r in history):
-        cost_ax.plot(epochs, [r["val_loss"] for r in history], marker="o", label="validation loss")
-    cost_ax.set(xlabel="epoch", ylabel="cross-entropy", title="Cost")
+        cost_ax.plot(x, [r["val_loss"] for r in history], marker="o", label="validation loss")
+    cost_ax.set(xlabel=xlabel, ylabel="cross-entropy", title="Cost")
     cost_ax.legend()
     for accuracy_ax in others:
-        accuracy_ax.plot(epochs, [100 * r["val_accuracy"] for r in history], marker="o",
+        accuracy_ax.plot(x, [100 * r["val_accuracy"] for r in history], marker="o",
                          color="tab:green")
-        accuracy_ax.set(xlabel="epoch", ylabel="%", title="Validation accuracy")
+        accuracy_ax.set(xlabel=xlabel, ylabel="%", title="Validation accuracy")
+        accuracy_ax.set_ylim(top=min(100, accuracy_ax.get_ylim()[1]))  # never above 100%
     for ax in (cost_ax, *others):
         ax.grid(alpha=0.3)
+        ax.set_xlim(left=0)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return figure
 

