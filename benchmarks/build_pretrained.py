@@ -73,6 +73,17 @@ def photos_of(split: Split, count: int, seed: int, cache: Path) -> Split:
     return Split(torch.from_numpy(fields)[:, None], torch.from_numpy(labels))
 
 
+def fair_photos(model, photos: Split, name: str) -> Split:
+    """Without the simulated photos that came out as no digit at all (a desk's corner or a blur
+    taken for the writing): those where `model` does not even rank the digit's class among its
+    best three. They are not taught, or calibrated on, as that digit; refusing them is right."""
+    top3 = logits_of(model, photos).topk(3, dim=1).indices
+    fair = (top3 == photos.labels[:, None]).any(dim=1)
+    print(f"{int(fair.sum()):,} photos of {name} digits kept ({int((~fair).sum()):,} dropped)",
+          flush=True)
+    return Split(photos.images[fair], photos.labels[fair])
+
+
 def logits_of(model, split: Split) -> torch.Tensor:
     return torch.cat(list(iterate_logits(model, split.images, 1000)))
 
@@ -90,15 +101,9 @@ def main() -> None:
               resume=(RUN / CHECKPOINT_NAME).is_file(), progress=False)
     model, start = load_checkpoint(args.start or RUN / CHECKPOINT_NAME)
 
-    photos = photos_of(data.train, PHOTOS, 1, Path("runs/photo-fields-train.npz"))
-    # Some simulated photos come out as no digit at all (a desk's corner or a blur taken for
-    # the writing): where the starting network does not even rank the digit's class among its
-    # best three, the photo is dropped rather than taught as that digit
-    top3 = torch.cat(list(iterate_logits(model, photos.images, 1000))).topk(3, dim=1).indices
-    fair = (top3 == photos.labels[:, None]).any(dim=1)
-    photos = Split(photos.images[fair], photos.labels[fair])
-    print(f"{len(photos):,} photos of training digits kept ({int((~fair).sum()):,} dropped)",
-          flush=True)
+    starting = model
+    photos = fair_photos(starting, photos_of(data.train, PHOTOS, 1,
+                                             Path("runs/photo-fields-train.npz")), "training")
     mixed = replace(data, train=Split(torch.cat([data.train.images, photos.images]),
                                       torch.cat([data.train.labels, photos.labels])))
     # fp32: the fine-tune is short, and CPUs without bf16 instructions emulate bf16 slowly
@@ -110,7 +115,8 @@ def main() -> None:
     model, meta = load_checkpoint(RUN_PHOTOS / CHECKPOINT_NAME)
 
     # Calibration, on held-out digits only: the validation split, as is and photographed
-    val_photos = photos_of(data.val, 4000, 2, Path("runs/photo-fields-val.npz"))
+    val_photos = fair_photos(starting, photos_of(data.val, 4000, 2,
+                                                 Path("runs/photo-fields-val.npz")), "validation")
     held_out = Split(torch.cat([data.val.images, val_photos.images]),
                      torch.cat([data.val.labels, val_photos.labels]))
     logits = logits_of(model, held_out)

@@ -118,7 +118,7 @@ def test_visible_ink_is_never_refused_as_blank(digit, font, paper, contrast, siz
     alpha = np.zeros((height, width), np.float32)
     top = 1 + round(where[0] * (height - ink.shape[0] - 2))
     left = 1 + round(where[1] * (width - ink.shape[1] - 2))
-    alpha[top:top + ink.shape[0], left:left + ink.shape[1]] = ink / 255.0
+    alpha[top:top + ink.shape[0], left:left + ink.shape[1]] = ink / float(ink.max())  # its core
     image = light * (1 - alpha) + ink_level * alpha
     image += np.random.default_rng(seed).normal(0, noise, image.shape)
     preprocess(np.clip(np.rint(image), 0, 255).astype(np.uint8))  # raises ImageError if refused

@@ -338,7 +338,7 @@ def extract_ink(gray: np.ndarray, source: str = "<image>"
     # the opening follows the paper's grain from below: its typical pixel is the zero of contrast
     contrast -= typical - 255
     candidates = contrast >= max(MIN_CONTRAST / 2, NOISE_FACTOR / 2 * noise)
-    if noise > VISIBLE / 2:  # ink 40 levels from such paper would be lost in its grain
+    if not candidates.any() and noise > VISIBLE / 2:
         raise ImageError(f"{source}: no writing found: the picture is grainy all over (noise "
                          f"{noise:.0f} gray levels), nothing stands out from it")
     if not candidates.any():
@@ -398,7 +398,8 @@ def light_paper(gray: np.ndarray) -> bool:
     scale = min(1.0, 128 / max(height, width))
     small = cv2.resize(gray, (max(1, round(width * scale)), max(1, round(height * scale))),
                        interpolation=cv2.INTER_AREA).astype(np.float32)
-    lighting = cv2.GaussianBlur(small, (0, 0), 0.15 * max(small.shape)) + 1.0
+    # (+32: on dark paper the division would make its noise as bright as lit paper)
+    lighting = cv2.GaussianBlur(small, (0, 0), 0.15 * max(small.shape)) + 32.0
     flat = np.clip(np.rint(small / lighting * 128), 0, 255).astype(np.uint8)
     hist = np.bincount(flat.ravel(), minlength=256)
     split = otsu_threshold(hist)
