@@ -400,12 +400,38 @@ def replace_tensor(name: str, value: torch.Tensor):
     (replace_tensor("model.0.weight", torch.zeros(32, 1, 3, 3, dtype=torch.float16)),
      "model.0.weight is (32, 1, 3, 3) float16"),
     (rename("model.7.bias", "model.7.biases"), "missing model.7.bias"),
+    # JSON integers have no size limit, floats do: 10**400 is no number
+    (setitem("meta", "digit_threshold", 10 ** 400), "'digit_threshold' must be a probability"),
+    (setitem("meta", "metrics", {"cost": 10 ** 400}), "'metrics' must map"),
+    (setitem("meta", "history", [{"epoch": 1, "cost": -10 ** 400}]), "'history' must be"),
+    (setitem("recipe", "lr", 10 ** 400), "wrong type of lr"),
+    (setitem("recipe", "epochs", 10 ** 400), "wrong type of epochs"),
+    (setitem("recipe", "dropout", 10 ** 400), "wrong type of dropout"),
+    (setitem("recipe", "batch_size", 10 ** 400), "batch size must be positive (at most"),
 ])
 def test_tampered_checkpoints_are_one_line_errors(resumable, tmp_path, change, problem):
     path = tampered(resumable, tmp_path / "bad.safetensors", change)
     with pytest.raises(MnistCnnError, match=re.escape(problem)) as e:
         load_checkpoint(path)
     assert_one_line_error(e, path)
+
+
+def test_a_number_thousands_of_digits_long_is_one_line(resumable, tmp_path):
+    """Python refuses to parse integers of over 4,300 digits (a ValueError, not JSON's error)."""
+    tensors, meta = unpack(resumable)
+    text = json.dumps(meta).replace('"format"', f'"digit_threshold": 1{"0" * 5000}, "format"')
+    path = tmp_path / "long.safetensors"
+    path.write_bytes(save_tensors(tensors, metadata={META_KEY: text}))
+    with pytest.raises(MnistCnnError, match="thousands of digits") as e:
+        load_checkpoint(path)
+    assert_one_line_error(e, path)
+
+
+def test_a_huge_version_number_is_shown_short(resumable, tmp_path):
+    path = tampered(resumable, tmp_path / "v.safetensors", setitem("meta", "version", 10 ** 400))
+    with pytest.raises(MnistCnnError, match="is newer") as e:
+        load_checkpoint(path)
+    assert len(str(e.value)) < 200 + len(str(path))
 
 
 def test_a_checkpoint_without_an_epoch_still_evaluates(models, tmp_path):

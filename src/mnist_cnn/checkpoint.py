@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
-import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from torch import nn
 from .errors import MnistCnnError
 from .files import write_atomically
 from .models import build_model, model_entry
-from .recipes import Recipe
+from .recipes import Recipe, is_number
 from .sources import DATASETS, dataset_info
 
 FORMAT = "mnist-cnn-checkpoint"
@@ -99,10 +98,10 @@ class CheckpointMeta:
                 or not isinstance(d.get("recipe"), dict) or not is_int(d.get("version"))):
             raise bad("not a mnist-cnn checkpoint (unexpected metadata)")
         if d["version"] > VERSION:
-            raise bad(f"checkpoint format version {d['version']} is newer than this mnist-cnn "
+            raise bad(f"checkpoint format version {short(d['version'])} is newer than this mnist-cnn "
                       f"understands ({VERSION}); upgrade mnist-cnn")
         if d["version"] < 1:
-            raise bad(f"checkpoint format version {d['version']} does not exist")
+            raise bad(f"checkpoint format version {short(d['version'])} does not exist")
         recipe = recipe_of(d, source)
         dataset, checksums, classes = d.get("dataset"), d.get("checksums"), d.get("classes")
         if dataset is not None and not (isinstance(dataset, str) and dataset in DATASETS):
@@ -147,11 +146,6 @@ class CheckpointMeta:
 
 def is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
-
-
-def is_number(x: Any) -> bool:
-    return (isinstance(x, (int, float)) and not isinstance(x, bool)
-            and math.isfinite(x))
 
 
 def is_record(r: Any) -> bool:
@@ -237,6 +231,9 @@ def parse_checkpoint(raw: bytes, path: str | os.PathLike
     except (KeyError, TypeError, AttributeError, json.JSONDecodeError):
         raise MnistCnnError(f"{path}: a safetensors file, but not a mnist-cnn checkpoint "
                             "(no mnist-cnn metadata)") from None
+    except ValueError:  # an integer of thousands of digits, which Python refuses to parse
+        raise MnistCnnError(f"{path}: the mnist-cnn metadata holds a number thousands of digits "
+                            "long") from None
     except RecursionError:  # JSON nested thousands deep
         raise MnistCnnError(f"{path}: the mnist-cnn metadata is nested too deeply") from None
     meta = CheckpointMeta.from_dict(meta, str(path))
