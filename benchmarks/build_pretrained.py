@@ -11,13 +11,15 @@ Then "not a digit" (novelty.py): one more epoch from those weights with outlier 
 (synthetic non-digits pushed towards a uniform answer; runs/pretrained-best-oe), and the
 threshold on the network's confidence that accepts 99% of the calibration digits
 (benchmarks/not_a_digit.py builds them: MNIST validation digits and font digits, photographed),
-stored as the checkpoint's digit_threshold.
+stored as the checkpoint's digit_threshold. Last, it prints the file's SHA-256, to pin as
+PRETRAINED_SHA256 in src/mnist_cnn/checkpoint.py.
 
 Usage: MNIST_DATA_DIR=../shared/data/mnist python benchmarks/build_pretrained.py
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -62,6 +64,9 @@ def main() -> None:
     shipped["digit_threshold"] = threshold
     save_checkpoint(SHIPPED, model, shipped)
     print(f"wrote {SHIPPED} ({SHIPPED.stat().st_size / 2**20:.1f} MiB)")
+    # mnist-cnn refuses a shipped file whose hash is not the pinned one
+    digest = hashlib.sha256(SHIPPED.read_bytes()).hexdigest()
+    print(f'pin it in src/mnist_cnn/checkpoint.py: PRETRAINED_SHA256 = "{digest}"')
 
 
 if __name__ == "__main__":

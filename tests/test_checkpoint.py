@@ -354,6 +354,11 @@ def inf_weight(tensors, meta):
     tensors["model.7.bias"][3] = float("-inf")
 
 
+def huge_weight(tensors, meta):
+    """Finite, so the finite check passes: once, it made a clear 7 read "3, 100%"."""
+    tensors["model.0.weight"][0, 0, 0, 0] = 1e4
+
+
 def rename(old: str, new: str):
     def change(tensors, meta):
         tensors[new] = tensors.pop(old)
@@ -385,6 +390,7 @@ def replace_tensor(name: str, value: torch.Tensor):
     (setitem("meta", "optimizer", {"param_groups": "all"}), "'optimizer' must hold"),
     (nan_weight, "model.0.weight holds NaN or infinite values"),
     (inf_weight, "model.7.bias holds NaN or infinite values"),
+    (huge_weight, "model.0.weight holds 1e+04, far beyond what training reaches"),
     (rename("optim.0.exp_avg", "optim.x.exp_avg"), "unexpected tensor 'optim.x.exp_avg'"),
     (rename("optim.0.exp_avg", "optim.0"), "unexpected tensor 'optim.0'"),
     (rename("optim.0.exp_avg", "optim.9.exp_avg"), "optim.9.exp_avg does not fit"),
@@ -432,6 +438,27 @@ def test_a_huge_version_number_is_shown_short(resumable, tmp_path):
     with pytest.raises(MnistCnnError, match="is newer") as e:
         load_checkpoint(path)
     assert len(str(e.value)) < 200 + len(str(path))
+
+
+def test_a_running_variance_may_be_the_square_of_a_weight_bound(tmp_path):
+    path = fast_checkpoint(tmp_path)
+    tampered(path, path, replace_tensor("model.6.running_var", torch.full((16,), 1e5)))
+    load_checkpoint(path)  # large for a weight, not for a variance (a square)
+    tampered(path, path, replace_tensor("model.6.running_var", torch.full((16,), 1e7)))
+    with pytest.raises(MnistCnnError, match="model.6.running_var holds 1e\\+07, far beyond"):
+        load_checkpoint(path)
+
+
+def test_real_checkpoints_stay_far_inside_the_bounds(models):
+    """The shipped model and a freshly trained one: a hundred times below the bounds."""
+    from mnist_cnn.checkpoint import MAX_VARIANCE, MAX_WEIGHT, pretrained_path
+
+    for path in (pretrained_path(), models.checkpoint):
+        tensors, _ = read_checkpoint(path)
+        for name, t in tensors.items():
+            if name.startswith("model.") and t.is_floating_point():
+                limit = MAX_VARIANCE if name.endswith(".running_var") else MAX_WEIGHT
+                assert float(t.abs().max()) < limit / 100, (path, name)
 
 
 def test_a_checkpoint_without_an_epoch_still_evaluates(models, tmp_path):
@@ -678,7 +705,8 @@ def test_an_accepted_mutation_evaluates(resumable, tmp_path):
     assert "simple after epoch 1" in out
 
 
-@pytest.mark.parametrize("change", [nan_weight, setitem("meta", "classes", list("0123456789x"))])
+@pytest.mark.parametrize("change", [nan_weight, huge_weight,
+                                    setitem("meta", "classes", list("0123456789x"))])
 def test_commands_refuse_a_damaged_checkpoint_in_one_line(resumable, digit_png, tmp_path, change):
     """Once: predict printed "8 (nan%)" and exited 0, export wrote the NaN model, and the server
     answered "probability": null (or 500 to every request, for the wrong number of classes)."""

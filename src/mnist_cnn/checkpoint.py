@@ -11,6 +11,7 @@ on the `meta` device, which allocates nothing), and every tensor's name, shape, 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import inspect
 import json
 import os
@@ -44,6 +45,13 @@ OPTIMIZER_STATE = {"adam": ("step", "exp_avg", "exp_avg_sq"),
                    "sgd": ("momentum_buffer",)}
 OPTIM_KEY = re.compile(r"optim\.(0|[1-9][0-9]{0,8})\.([a-z_]+)")
 RNG_KEY = "rng.torch"
+# Training keeps every value of a network small: the shipped model's largest is 6.8 (a batch-norm
+# running variance), its largest weight 1.2. Adam moves a weight by about lr per step at most, so
+# even the longest recipe here (best: 15 epochs of 430 steps at a peak lr of 0.003) moves one by
+# under 20. A value past these bounds is damage (one flipped exponent bit turns 0.3 into 1e38;
+# a first-layer weight of 1e4 made a clear 7 read "3, 100%"), never training.
+MAX_WEIGHT = 1000.0  # |value| of any weight, bias or running mean
+MAX_VARIANCE = MAX_WEIGHT ** 2  # a batch-norm running variance: a square of such values
 
 
 @dataclass(frozen=True)
@@ -213,7 +221,10 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], C
     """The tensors and metadata of a checkpoint, checked as a whole: every way of being wrong is
     reported as one line naming the file."""
     path = Path(path)
-    return parse_checkpoint(read_bytes(path), path)
+    raw = read_bytes(path)
+    if path.resolve() == SHIPPED.resolve():
+        check_shipped(raw, path)
+    return parse_checkpoint(raw, path)
 
 
 def parse_checkpoint(raw: bytes, path: str | os.PathLike
@@ -333,6 +344,12 @@ def check_tensors(tensors: dict[str, torch.Tensor], meta: CheckpointMeta, networ
                                 f"{short(name)}")
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise MnistCnnError(f"{source}: tensor {name} holds NaN or infinite values")
+        if name in expected and t.is_floating_point() and t.numel():
+            limit = MAX_VARIANCE if name.endswith(".running_var") else MAX_WEIGHT
+            largest = float(t.abs().max())
+            if largest > limit:
+                raise MnistCnnError(f"{source}: tensor {name} holds {largest:.3g}, far beyond what "
+                                    f"training reaches (at most {limit:g}): the file is damaged")
         if name.endswith(".running_var") and bool((t < 0).any()):
             raise MnistCnnError(f"{source}: tensor {name} holds negative variances")
     check_optimizer_tensors(tensors, list(network.parameters()), meta.recipe.optimizer, source)
@@ -412,17 +429,27 @@ def load_checkpoint(path: str | os.PathLike, expect_model: str | None = None,
 
 
 # A trained network shipped inside the package, so that predict and serve work right after
-# installation; benchmarks/build_pretrained.py rebuilds it from a fixed recipe and seed.
+# installation; benchmarks/build_pretrained.py rebuilds it from a fixed recipe and seed, and
+# prints the SHA-256 to pin here.
 PRETRAINED = "pretrained/mnist-best.safetensors"
+PRETRAINED_SHA256 = "ee7005adcdcf72fcc95699a1c13677137f0b2a27d84d058bfbe8bed5aa10bdd7"
+SHIPPED = Path(__file__).parent / PRETRAINED
 
 
 def pretrained_path() -> Path:
     """Where the shipped checkpoint lies (package data)."""
-    path = Path(__file__).with_name(PRETRAINED.split("/")[0]) / PRETRAINED.split("/")[1]
-    if not path.is_file():
-        raise MnistCnnError(f"{path}: the model shipped with mnist-cnn is missing; reinstall "
+    if not SHIPPED.is_file():
+        raise MnistCnnError(f"{SHIPPED}: the model shipped with mnist-cnn is missing; reinstall "
                             "mnist-cnn, or name a checkpoint")
-    return path
+    return SHIPPED
+
+
+def check_shipped(raw: bytes, path: Path) -> None:
+    """The shipped model is exactly the file mnist-cnn was built with: a damaged weight can stay
+    finite and in range, and still make it answer wrongly with confidence."""
+    if hashlib.sha256(raw).hexdigest() != PRETRAINED_SHA256:
+        raise MnistCnnError(f"{path}: the model shipped with mnist-cnn is damaged (not the file "
+                            "it was built with); reinstall mnist-cnn")
 
 
 def load_pretrained(device: torch.device | str = "cpu") -> tuple[nn.Module, CheckpointMeta]:
