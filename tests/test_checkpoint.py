@@ -35,6 +35,13 @@ def perturbed(name: str = "simple"):
     return model
 
 
+def save_unchecked(path: pathlib.Path, model: torch.nn.Module, meta: dict) -> None:
+    """A file that save_checkpoint refuses to write: the readers' refusals are under test."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    meta = {"format": "mnist-cnn-checkpoint", "version": 1, **meta}
+    path.write_bytes(save_tensors(tensors, metadata={META_KEY: json.dumps(meta)}))
+
+
 @pytest.fixture
 def batch() -> torch.Tensor:
     return as_input(torch.randint(0, 256, (6, 1, 28, 28), dtype=torch.uint8,
@@ -218,8 +225,8 @@ def test_malformed_metadata_is_our_error(tmp_path, meta):
 
 def test_newer_format_version_is_refused(tmp_path):
     path = tmp_path / "future.safetensors"
-    save_checkpoint(path, build_model("simple"),
-                    {"recipe": recipe_for("simple").to_dict(), "version": 2})
+    save_unchecked(path, build_model("simple"),
+                   {"recipe": recipe_for("simple").to_dict(), "version": 2})
     with pytest.raises(MnistCnnError, match="version 2 is newer"):
         load_checkpoint(path)
 
@@ -227,7 +234,7 @@ def test_newer_format_version_is_refused(tmp_path):
 def test_unknown_model_in_the_recipe(tmp_path):
     path = tmp_path / "c.safetensors"
     recipe = recipe_for("simple").to_dict() | {"model": "transformer"}
-    save_checkpoint(path, build_model("simple"), {"recipe": recipe})
+    save_unchecked(path, build_model("simple"), {"recipe": recipe})
     with pytest.raises(MnistCnnError, match="unknown model 'transformer'"):
         load_checkpoint(path)
 
@@ -240,7 +247,7 @@ def test_checkpoint_of_another_model_than_expected(saved):
 
 def test_weights_that_do_not_fit_the_recipes_network(tmp_path):
     path = tmp_path / "liar.safetensors"
-    save_checkpoint(path, build_model("simple"), {"recipe": recipe_for("deep").to_dict()})
+    save_unchecked(path, build_model("simple"), {"recipe": recipe_for("deep").to_dict()})
     with pytest.raises(MnistCnnError, match="do not fit") as e:
         load_checkpoint(path)
     assert str(path) in str(e.value)
@@ -719,3 +726,25 @@ def test_commands_refuse_a_damaged_checkpoint_in_one_line(resumable, digit_png, 
     assert not (tmp_path / "m.onnx").exists()
     with pytest.raises(MnistCnnError, match=re.escape(str(path))):
         create_app([path])
+
+
+def test_weights_that_overflow_inside_the_bounds_are_no_answer(tiny_dataset, tmp_path,
+                                                               monkeypatch):
+    """Every weight 999 and every variance 0: each value in range, but the outputs overflow to
+    infinity. evaluate once printed "loss nan" and exited 0."""
+    import mnist_cnn.data
+
+    model = build_model("fast")
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if t.is_floating_point():
+                t.fill_(0.0 if name.endswith("running_var") else 999.0)
+    path = tmp_path / "overflow.safetensors"
+    save_checkpoint(path, model, {"recipe": recipe_for("fast").to_dict(), "dataset": "mnist",
+                                  "checksums": tiny_dataset.checksums})
+    monkeypatch.setattr(mnist_cnn.data, "load_dataset", lambda *_args, **_kwargs: tiny_dataset)
+    for argv in (["evaluate", str(path)], ["ensemble", "evaluate", str(path)]):
+        code, out, err = run_main([*argv, "--threads", "1"])
+        assert code == 1 and out == ""
+        assert err == (f"mnist-cnn: error: {path}: the network's outputs are not finite numbers: "
+                       "its weights are damaged\n")

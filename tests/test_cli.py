@@ -294,3 +294,17 @@ def test_holding_out_every_training_image_is_a_one_line_error(mnist_data_dir, tm
     assert captured.err == ("mnist-cnn: error: mnist: cannot hold out 60,000 of its 60,000 "
                             "training images for validation\n")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_diverging_run_exits_non_zero_saying_what_to_change(mnist_data_dir, tmp_path):
+    """Once: "cost = nan", "Accuracy: 0.0980", exit 0, and a last.safetensors nothing could load."""
+    code, printed, errors = run_main(
+        ["train", "--model", "fast", "--optimizer", "sgd", "--lr", "1e6", "--epochs", "1",
+         "--out", str(tmp_path / "run"), "--no-progress", "--data-dir", str(mnist_data_dir),
+         "--device", "cpu", "--threads", "1"])
+    assert code == 1
+    last = errors.splitlines()[-1]
+    assert last.startswith("mnist-cnn: error: training diverged in epoch 1: the loss is nan")
+    assert last.endswith("lower the learning rate (--lr, now 1e+06); no checkpoint was written")
+    assert "Accuracy" not in printed and "Traceback" not in errors
+    assert not (tmp_path / "run" / "last.safetensors").exists()

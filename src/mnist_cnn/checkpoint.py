@@ -183,7 +183,20 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module,
 
     `meta` is a CheckpointMeta, or a dict holding "recipe" (a Recipe's dict) and otherwise
     free-form JSON: dataset name and checksums, classes, epoch, step, metrics, history.
+    A checkpoint that the readers would refuse (NaN weights, say) is not written.
     """
+    try:
+        data = encode_checkpoint(model, meta, optimizer, rng_state)
+    except MnistCnnError as e:
+        raise MnistCnnError(f"{path}: not written, since it could not be read back: {e}") from None
+    write_atomically(path, data)
+
+
+def encode_checkpoint(model: nn.Module, meta: CheckpointMeta | dict[str, Any],
+                      optimizer: torch.optim.Optimizer | None = None,
+                      rng_state: torch.Tensor | None = None) -> bytes:
+    """The bytes of save_checkpoint's file, checked as read_checkpoint checks a file (an error
+    says what is wrong, without a file name)."""
     if isinstance(meta, CheckpointMeta):
         meta = meta.to_dict()
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -199,7 +212,11 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module,
     if rng_state is not None:
         tensors[RNG_KEY] = rng_state
     data = save_tensors(tensors, metadata={META_KEY: json.dumps(meta)})
-    write_atomically(path, data)
+    try:
+        parse_checkpoint(data, "checkpoint")
+    except MnistCnnError as e:
+        raise MnistCnnError(str(e).removeprefix("checkpoint: ")) from None
+    return data
 
 
 def read_bytes(path: Path) -> bytes:
@@ -349,7 +366,7 @@ def check_tensors(tensors: dict[str, torch.Tensor], meta: CheckpointMeta, networ
             largest = float(t.abs().max())
             if largest > limit:
                 raise MnistCnnError(f"{source}: tensor {name} holds {largest:.3g}, far beyond what "
-                                    f"training reaches (at most {limit:g}): the file is damaged")
+                                    f"training reaches (at most {limit:g})")
         if name.endswith(".running_var") and bool((t < 0).any()):
             raise MnistCnnError(f"{source}: tensor {name} holds negative variances")
     check_optimizer_tensors(tensors, list(network.parameters()), meta.recipe.optimizer, source)

@@ -18,6 +18,7 @@ from .augment import PRESETS as AUGMENT_PRESETS
 from .checkpoint import CheckpointMeta, load_checkpoint, pretrained_path, read_checkpoint
 from .device import Runtime, setup
 from .ensemble import (
+    NOT_FINITE,
     EnsembleReport,
     evaluate_ensemble,
     format_verdicts,
@@ -27,7 +28,7 @@ from .ensemble import (
     train_recipes,
 )
 from .errors import MnistCnnError
-from .evaluation import ascii_digit, evaluate, format_metrics, predict_proba
+from .evaluation import Metrics, ascii_digit, evaluate, format_metrics, predict_proba
 from .models import MODELS, build_model, recipe_for, summary
 from .recipes import OPTIMIZERS, PRECISIONS, SCHEDULES, Recipe
 from .server import limits as server_limits
@@ -265,7 +266,8 @@ def train_and_test(args: argparse.Namespace, recipe: Recipe, runtime: Runtime,
     if not runtime.is_main:
         return
     print(f"Learning Finished! ({result.train_seconds:.1f} s of training)")
-    test = evaluate(model, data.test, recipe.eval_batch_size, runtime)
+    test = check_finite(evaluate(model, data.test, recipe.eval_batch_size, runtime),
+                        result.checkpoint or recipe.model)
     print(f"Accuracy: {test.accuracy:.4f} on the {test.count} test images")
     if result.checkpoint is not None:
         save_test_metrics(result.checkpoint, test.summary())
@@ -395,12 +397,19 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if data.checksums != meta.checksums and args.dataset is None:
         print(f"note: {args.checkpoint} was trained on other {data.name} files",
               file=sys.stderr)
-    metrics = evaluate(model, data.test, args.batch_size, runtime)
+    metrics = check_finite(evaluate(model, data.test, args.batch_size, runtime), args.checkpoint)
     epoch = "?" if meta.epoch is None else meta.epoch
     print(f"{args.checkpoint}: {meta.recipe.model} after epoch {epoch}, "
           f"evaluated on {data.name} test in batches of {args.batch_size}")
     print(format_metrics(metrics, data.classes))
     show_predictions(model, data.test, data.classes, args.show, args.seed, runtime)
+
+
+def check_finite(metrics: Metrics, source: str | Path) -> Metrics:
+    """Weights inside the readers' bounds can still overflow (a loss of NaN is no answer)."""
+    if not math.isfinite(metrics.loss):
+        raise MnistCnnError(f"{source}: {NOT_FINITE}")
+    return metrics
 
 
 # --------------------------------------------------------------------------------------------

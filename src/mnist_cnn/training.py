@@ -29,11 +29,11 @@ from . import distributed
 from .checkpoint import (
     RNG_KEY,
     CheckpointMeta,
+    encode_checkpoint,
     load_optimizer_state,
     load_weights,
     parse_checkpoint,
     read_bytes,
-    save_checkpoint,
 )
 from .data import Dataset
 from .device import Runtime
@@ -55,6 +55,15 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     checkpoint: Path | None = None
     train_seconds: float = 0.0
+    epoch: int | None = None  # the epoch `checkpoint` holds
+
+
+class Diverged(Exception):
+    """The loss or the weights are no longer finite numbers (`_train` says what to do)."""
+
+
+# On a GPU, checking the loss waits for the queued work: done every this many steps, not every one
+CHECK_EVERY = 32
 
 
 def start_optimizer_import() -> threading.Thread:
@@ -226,20 +235,35 @@ def _train(model: nn.Module, data: Dataset, recipe: Recipe, runtime: Runtime,
         if world > 1:
             log(f"{world} processes: global batch {recipe.batch_size}, "
                 f"{recipe.batch_size // world} per process")
-        result = TrainResult(model, history, out / CHECKPOINT_NAME if resume else None)
+        result = TrainResult(model, history, out / CHECKPOINT_NAME if resume else None,
+                             epoch=history[-1]["epoch"] if resume and history else None)
         run = EpochRunner(model, optimizer, recipe, runtime, data, plan, progress)
         for epoch, first, last in plan.remaining(done):
-            cost, seconds = run(epoch, first, last)
-            result.train_seconds += seconds
-            if not runtime.is_main:
-                continue  # rank 0 alone validates, logs and writes; the others wait at its next step
-            record = end_of_epoch(model, optimizer, data, recipe, runtime, epoch,
-                                  epoch * plan.steps_per_epoch + last, last - first, cost, seconds,
-                                  history)
-            log(format_epoch(record))
-            if out is not None:
-                result.checkpoint = write_epoch(out, model, optimizer, recipe, data, history)
+            try:
+                cost, seconds = run(epoch, first, last)
+                result.train_seconds += seconds
+                if not runtime.is_main:
+                    continue  # rank 0 alone validates, logs and writes; the others wait for it
+                record = end_of_epoch(model, optimizer, data, recipe, runtime, epoch,
+                                      epoch * plan.steps_per_epoch + last, last - first, cost,
+                                      seconds, history)
+                if not math.isfinite(record.get("val_loss", 0.0)):
+                    raise Diverged("the validation loss is not a finite number")
+                log(format_epoch(record))
+                if out is not None:
+                    result.checkpoint = write_epoch(out, model, optimizer, recipe, data, history)
+                    result.epoch = record["epoch"]
+            except Diverged as e:
+                raise MnistCnnError(diverged(str(e), epoch, recipe, result)) from None
     return result
+
+
+def diverged(problem: str, epoch: int, recipe: Recipe, result: TrainResult) -> str:
+    """One line: what went wrong, what to change, and what the run folder holds."""
+    kept = (f"{result.checkpoint} is left as it was (epoch {result.epoch})"
+            if result.checkpoint is not None else "no checkpoint was written")
+    return (f"training diverged in epoch {epoch + 1}: {problem}; lower the learning rate "
+            f"(--lr, now {recipe.lr:g}); {kept}")
 
 
 class EpochRunner:
@@ -255,6 +279,9 @@ class EpochRunner:
         self.augment = make_augmenter(recipe, runtime)
         self.outliers = make_outliers(recipe, runtime)
         self.net = wrap_for_ranks(model, runtime)
+        # on one CPU process the check is free; elsewhere it waits for the GPU or the other ranks
+        alone_on_cpu = runtime.device.type == "cpu" and runtime.world_size == 1
+        self.check_every = 1 if alone_on_cpu else CHECK_EVERY
 
     def __call__(self, epoch: int, first: int, last: int) -> tuple[float, float]:
         """Steps first..last-1 of `epoch`: (mean training loss over all ranks, seconds)."""
@@ -266,31 +293,40 @@ class EpochRunner:
         bar = tqdm(range(first, last), desc=f"epoch {epoch + 1}/{self.plan.num_epochs}",
                    leave=False, unit="batch",
                    disable=not self.progress or not runtime.is_main or not sys.stderr.isatty())
-        for i in bar:
-            runtime.poll_threads()  # before the step: the first one can decide the first steps
-            step = epoch * self.plan.steps_per_epoch + i
-            for group in optimizer.param_groups:
-                group["lr"] = recipe.lr * lr_factor(recipe, step, self.plan.total_steps)
-            idx = shard(perm, i, recipe.batch_size, runtime.rank, runtime.world_size)
-            x = runtime.to_batch(as_input(self.images[idx]))
-            if self.augment is not None:
-                x = self.augment(x, step)
-            if self.outliers is not None:  # one forward pass for digits and non-digits together
-                x = torch.cat([x, self.outliers(step)])
-            with runtime.autocast():
-                logits = self.net(x)
-                loss = F.cross_entropy(logits[:len(idx)], self.labels[idx],
-                                       label_smoothing=recipe.label_smoothing)
-                if self.outliers is not None:  # cross-entropy to the uniform distribution
-                    loss = loss - recipe.outlier_exposure * F.log_softmax(
-                        logits[len(idx):].float(), dim=1).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach()
+        with bar:  # closed (its line cleared) also when a step raises
+            for i in bar:
+                runtime.poll_threads()  # before the step: the first one can decide the first steps
+                step = epoch * self.plan.steps_per_epoch + i
+                for group in optimizer.param_groups:
+                    group["lr"] = recipe.lr * lr_factor(recipe, step, self.plan.total_steps)
+                idx = shard(perm, i, recipe.batch_size, runtime.rank, runtime.world_size)
+                x = runtime.to_batch(as_input(self.images[idx]))
+                if self.augment is not None:
+                    x = self.augment(x, step)
+                if self.outliers is not None:  # one forward pass for digits and non-digits together
+                    x = torch.cat([x, self.outliers(step)])
+                with runtime.autocast():
+                    logits = self.net(x)
+                    loss = F.cross_entropy(logits[:len(idx)], self.labels[idx],
+                                           label_smoothing=recipe.label_smoothing)
+                    if self.outliers is not None:  # cross-entropy to the uniform distribution
+                        loss = loss - recipe.outlier_exposure * F.log_softmax(
+                            logits[len(idx):].float(), dim=1).mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += loss.detach()
+                if (i + 1 - first) % self.check_every == 0:
+                    # a diverged run stops at once, before its NaN weights reach a checkpoint; every
+                    # rank checks the same sum, so that all of them stop together
+                    total = float(distributed.sum_over_ranks(loss_sum.clone(), runtime))
+                    if not math.isfinite(total):
+                        raise Diverged(f"the loss is {total} by step {step + 1}")
         runtime.synchronize()  # so the epoch's time includes the GPU's queued work
         seconds = time.perf_counter() - started
         cost = float(distributed.sum_over_ranks(loss_sum, runtime))
+        if not math.isfinite(cost):
+            raise Diverged(f"the loss is {cost}")
         return cost / ((last - first) * runtime.world_size), seconds
 
 
@@ -394,7 +430,11 @@ def write_epoch(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, r
             "epoch": history[-1]["epoch"],
             "step": history[-1]["step"],
             "metrics": history[-1], "history": history}
-    save_checkpoint(path, model, meta, optimizer, torch.get_rng_state())
+    try:  # checked as the readers will check it: a diverged run's weights are refused here
+        raw = encode_checkpoint(model, meta, optimizer, torch.get_rng_state())
+    except MnistCnnError as e:
+        raise Diverged(str(e)) from None
+    write_atomically(path, raw)
     # the log is rewritten whole (it is small) so that it always matches the checkpoint
     lines = "".join(json.dumps(r) + "\n" for r in history).encode()
     write_atomically(out / METRICS_NAME, lines)
