@@ -139,7 +139,7 @@ def test_failed_save_keeps_the_old_file(saved, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", broken_replace)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(MnistCnnError, match=re.escape(f"{path}: cannot write it (No space left")):
         save_checkpoint(path, build_model("simple"), {"recipe": recipe_for("simple").to_dict()})
     monkeypatch.undo()
     assert path.read_bytes() == before

@@ -29,6 +29,7 @@ from .ensemble import (
 )
 from .errors import MnistCnnError
 from .evaluation import Metrics, ascii_digit, evaluate, format_metrics, predict_proba
+from .files import ensure_writable_folder, write_atomically
 from .models import MODELS, build_model, recipe_for, summary
 from .recipes import OPTIMIZERS, PRECISIONS, SCHEDULES, Recipe
 from .server import limits as server_limits
@@ -275,7 +276,7 @@ def train_and_test(args: argparse.Namespace, recipe: Recipe, runtime: Runtime,
 
 
 def save_test_metrics(checkpoint: Path, metrics: dict) -> None:
-    (checkpoint.parent / "test_metrics.json").write_text(json.dumps(metrics) + "\n")
+    write_atomically(checkpoint.parent / "test_metrics.json", (json.dumps(metrics) + "\n").encode())
 
 
 def show_predictions(model: torch.nn.Module, split: datamod.Split, classes: tuple[str, ...],
@@ -473,7 +474,6 @@ def export_command(sub) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     from . import export  # imported here: onnx and onnxruntime load slowly
-    from .files import ensure_writable_folder
 
     runtime = setup("cpu", "fp32", args.threads)
     model, meta = load_checkpoint(args.checkpoint, device=runtime.device)
@@ -506,8 +506,9 @@ def cmd_plot(args: argparse.Namespace) -> None:
     runtime = setup(args.device, "fp32", args.threads)
     model, meta = load_checkpoint(args.checkpoint, device=runtime.device)
     photo = load_and_preprocess(args.image) if args.image else None
-    data = data_for(args, meta)
     out = Path(args.out or Path(args.checkpoint).parent / "plots")
+    ensure_writable_folder(out, what="folder of the plots")  # before the slow drawing
+    data = data_for(args, meta)
     for path in plots.write_report(model, meta, data.test, data.classes, out, runtime,
                                    args.batch_size, photo):
         print(f"wrote {path}")

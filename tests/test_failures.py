@@ -1,0 +1,131 @@
+"""What goes wrong around a command rather than inside it: a full disk, an unwritable file,
+Ctrl-C. Each ends in one line and an exit status that tells, never a traceback.
+
+The disk fills through a file-size limit (RLIMIT_FSIZE, as `ulimit -f` sets it): past it a write
+fails with EFBIG, "File too large", as it would with ENOSPC on a full disk (Python ignores the
+SIGXFSZ signal that would otherwise end the process). Commands run as processes here, on the tiny
+synthetic dataset (tests/distributed_worker.py), so that neither the limit nor a signal reaches
+pytest itself.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import run_main
+from distributed_worker import tiny_dataset
+
+import mnist_cnn.data
+
+TESTS = Path(__file__).resolve().parent
+WORKER = TESTS / "distributed_worker.py"
+TRAIN = ["train", "--model", "simple", "--batch-size", "100", "--threads", "1", "--no-progress"]
+
+
+def env() -> dict[str, str]:
+    paths = [str(TESTS.parent / "src"), str(TESTS)]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "PYTHONDONTWRITEBYTECODE": "1",
+            "OMP_NUM_THREADS": "1"}
+
+
+def file_size_limit(size: int):
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+    return limit
+
+
+def command(args: list[str], size_limit: int | None = None) -> subprocess.CompletedProcess:
+    """`mnist-cnn ARGS` on the tiny dataset in a process of its own, files capped in size."""
+    return subprocess.run([sys.executable, str(WORKER), *args], capture_output=True, text=True,
+                          env=env(), timeout=180,
+                          preexec_fn=file_size_limit(size_limit) if size_limit else None)
+
+
+def assert_one_line_error(done: subprocess.CompletedProcess, message: str) -> None:
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert done.stderr.splitlines()[-1] == f"mnist-cnn: error: {message}"
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """One epoch of `simple` on the tiny dataset: a run folder with its checkpoint."""
+    out = tmp_path_factory.mktemp("run")
+    done = command([*TRAIN, "--epochs", "1", "--out", str(out)])
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# a full disk, an unwritable file
+
+
+def test_a_full_disk_during_training_is_one_line(tmp_path):
+    """The folder check passes (the probe is small); the first checkpoint (600 KB) does not fit."""
+    out = tmp_path / "run"
+    done = command([*TRAIN, "--epochs", "2", "--out", str(out)], size_limit=200_000)
+    assert_one_line_error(done, f"{out}/last.safetensors: cannot write it (File too large)")
+    assert not (out / "last.safetensors").exists() and leftovers(out) == []
+
+
+def test_a_full_disk_keeps_the_last_checkpoint_and_resume_recovers(run_dir, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in ("last.safetensors", "metrics.jsonl"):
+        (out / name).write_bytes((run_dir / name).read_bytes())
+    before = (out / "last.safetensors").read_bytes()
+    done = command([*TRAIN, "--epochs", "2", "--out", str(out), "--resume"], size_limit=200_000)
+    assert_one_line_error(done, f"{out}/last.safetensors: cannot write it (File too large)")
+    assert (out / "last.safetensors").read_bytes() == before and leftovers(out) == []
+    done = command([*TRAIN, "--epochs", "2", "--out", str(out), "--resume"])
+    assert done.returncode == 0, done.stderr
+    assert "Epoch: 0002" in done.stdout
+
+
+def test_an_export_to_a_full_disk_is_one_line(run_dir, tmp_path):
+    onnx = tmp_path / "model.onnx"
+    done = command(["export", str(run_dir / "last.safetensors"), "--onnx", str(onnx),
+                    "--no-check", "--threads", "1"], size_limit=100_000)
+    assert_one_line_error(done, f"{onnx}: cannot write it (File too large)")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_plots_on_a_full_disk_are_one_line(run_dir, tmp_path):
+    plots = tmp_path / "plots"
+    done = command(["plot", str(run_dir / "last.safetensors"), "--out", str(plots),
+                    "--threads", "1"], size_limit=5_000)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    last = done.stderr.splitlines()[-1]
+    assert last.startswith(f"mnist-cnn: error: {plots}/") and last.endswith(
+        ".png: cannot write it (File too large)")
+    assert leftovers(plots) == []
+
+
+def test_plots_into_a_file_are_one_line(run_dir, tmp_path):
+    not_a_folder = tmp_path / "plots"
+    not_a_folder.write_text("a file")
+    code, out, err = run_main(["plot", str(run_dir / "last.safetensors"), "--out",
+                               str(not_a_folder), "--threads", "1"])
+    assert code == 1 and out == ""
+    assert err == (f"mnist-cnn: error: {not_a_folder}: the folder of the plots is not a folder "
+                   "(a file has that name, or is in its path)\n")
+
+
+def test_test_metrics_that_cannot_be_written_are_one_line(tmp_path, monkeypatch):
+    """test_metrics.json was written in place: a failure left it empty, in a traceback."""
+    monkeypatch.setattr(mnist_cnn.data, "load_dataset", tiny_dataset)
+    out = tmp_path / "run"
+    (out / "test_metrics.json").mkdir(parents=True)  # in its way: a folder of that name
+    code, printed, err = run_main([*TRAIN, "--epochs", "1", "--out", str(out)])
+    assert code == 1 and "Accuracy: " in printed
+    assert err == f"mnist-cnn: error: {out}/test_metrics.json: cannot write it (Is a directory)\n"
+    assert (out / "last.safetensors").is_file() and leftovers(out) == []
