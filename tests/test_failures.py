@@ -10,8 +10,11 @@ pytest itself.
 
 from __future__ import annotations
 
+import json
 import os
 import resource
+import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -129,3 +132,142 @@ def test_test_metrics_that_cannot_be_written_are_one_line(tmp_path, monkeypatch)
     assert code == 1 and "Accuracy: " in printed
     assert err == f"mnist-cnn: error: {out}/test_metrics.json: cannot write it (Is a directory)\n"
     assert (out / "last.safetensors").is_file() and leftovers(out) == []
+
+
+# --------------------------------------------------------------------------------------------
+# Ctrl-C: one line, exit status 130, and the truth about what was saved
+
+
+def interrupted(args: list[str], **where: str) -> subprocess.CompletedProcess:
+    """The command, sent SIGINT (as Ctrl-C does) at a training step (INTERRUPT_AT) or when a
+    function is called (INTERRUPT_IN): see tests/distributed_worker.py."""
+    return subprocess.run([sys.executable, str(WORKER), *args], capture_output=True, text=True,
+                          env={**env(), **where}, timeout=180)
+
+
+def assert_interrupted(done: subprocess.CompletedProcess, detail: str = "") -> None:
+    assert done.returncode == 130, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert done.stderr.splitlines() == [f"mnist-cnn: interrupted{detail}"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="watches the imports in /proc")
+def test_ctrl_c_while_the_command_starts(tmp_path):
+    """During the imports (torch's shared library is loaded, its Python modules not yet)."""
+    process = subprocess.Popen([sys.executable, "-m", "mnist_cnn", "models"], env=env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        while "libtorch" not in Path(f"/proc/{process.pid}/maps").read_text():
+            assert process.poll() is None
+    except FileNotFoundError:  # it ended already: the imports were faster than this loop
+        pytest.fail("the command ended before its imports could be interrupted")
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert (process.returncode, out, err) == (130, "", "mnist-cnn: interrupted\n")
+
+
+def test_ctrl_c_before_the_first_epoch_ends_says_nothing_was_saved(tmp_path):
+    out = tmp_path / "run"
+    done = interrupted([*TRAIN, "--epochs", "3", "--out", str(out)], INTERRUPT_AT="3")
+    assert_interrupted(done, ": before the first epoch ended; nothing was saved")
+    assert list(out.iterdir()) == []  # no checkpoint, no lock, no temporary file
+
+
+def test_ctrl_c_in_a_later_epoch_names_the_checkpoint_and_how_to_continue(tmp_path):
+    out = tmp_path / "run"
+    done = interrupted([*TRAIN, "--epochs", "3", "--out", str(out)], INTERRUPT_AT="8")
+    assert_interrupted(done, f": {out}/last.safetensors holds epoch 1; the same command with "
+                       "--resume continues from there")
+    done = interrupted([*TRAIN, "--epochs", "3", "--out", str(out), "--resume"],
+                       INTERRUPT_AT="14")
+    assert_interrupted(done, f": {out}/last.safetensors holds epoch 2; the same command "
+                       "continues from there")
+    done = command([*TRAIN, "--epochs", "3", "--out", str(out), "--resume"])
+    assert done.returncode == 0 and "after epoch 2" in done.stdout, done.stderr
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+
+
+def test_ctrl_c_while_overwriting_leaves_the_earlier_run(run_dir, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(run_dir, out)
+    before = (out / "last.safetensors").read_bytes()
+    done = interrupted([*TRAIN, "--epochs", "2", "--out", str(out), "--overwrite"],
+                       INTERRUPT_AT="2")
+    assert_interrupted(done, f": before the first epoch ended; nothing was saved; the run {out} "
+                       "held before is as it was")
+    assert (out / "last.safetensors").read_bytes() == before
+    done = interrupted([*TRAIN, "--epochs", "2", "--out", str(out), "--overwrite"],
+                       INTERRUPT_AT="8")
+    assert_interrupted(done, f": {out}/last.safetensors holds epoch 1; the same command with "
+                       "--resume instead of --overwrite continues from there")
+
+
+@pytest.mark.parametrize(("where", "detail"), [
+    ("mnist_cnn.data.load_dataset", ": before training started; nothing was saved"),
+    ("mnist_cnn.training.resume_from", ": {out}/last.safetensors is as it was"),
+    ("mnist_cnn.cli.evaluate", ": training had finished ({out}/last.safetensors holds epoch 1); "
+     "its test accuracy was not measured"),
+])
+def test_ctrl_c_around_the_training_loop(run_dir, tmp_path, where, detail):
+    out = tmp_path / "run"
+    shutil.copytree(run_dir, out)
+    done = interrupted([*TRAIN, "--epochs", "1", "--out", str(out), "--resume"],
+                       INTERRUPT_IN=where)
+    assert_interrupted(done, detail.format(out=out))
+
+
+def test_ctrl_c_in_an_ensemble_member(tmp_path):
+    out = tmp_path / "ensemble"
+    args = ["ensemble", "train", "--model", "simple", "--members", "2", "--batch-size", "100",
+            "--epochs", "2", "--threads", "1", "--no-progress", "--out", str(out)]
+    done = interrupted(args, INTERRUPT_AT="8")
+    assert_interrupted(done, f": {out}/member-0/last.safetensors holds epoch 1; the same command "
+                       "continues from there, keeping the members that finished")
+
+
+@pytest.mark.parametrize(("args", "where"), [
+    (["evaluate", "{checkpoint}"], "mnist_cnn.cli.evaluate"),
+    (["predict", "{checkpoint}", "{digit}"], "mnist_cnn.predict.predict_images"),
+    (["export", "{checkpoint}", "--onnx", "{tmp}/m.onnx", "--no-check"],
+     "mnist_cnn.export.export_checkpoint"),
+    (["plot", "{checkpoint}", "--out", "{tmp}/plots"], "mnist_cnn.plots.write_report"),
+    (["data", "info"], "mnist_cnn.data.load_dataset"),
+])
+def test_ctrl_c_in_any_command_is_one_line(run_dir, tmp_path, args, where):
+    from PIL import Image
+
+    Image.new("L", (28, 28), 255).save(tmp_path / "digit.png")
+    names = {"checkpoint": run_dir / "last.safetensors", "digit": tmp_path / "digit.png",
+             "tmp": tmp_path}
+    done = interrupted([a.format(**names) for a in args] + (["--threads", "1"] if
+                       args[0] != "data" else []), INTERRUPT_IN=where)
+    assert_interrupted(done)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_ctrl_c_stops_the_server_in_one_line(run_dir):
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "mnist_cnn", "serve",
+                               str(run_dir / "last.safetensors"), "--port", str(port),
+                               "--threads", "1"], env=env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5).read()
+            break
+        except OSError:
+            assert time.monotonic() < deadline and server.poll() is None
+            time.sleep(0.2)
+    server.send_signal(signal.SIGINT)
+    out, err = server.communicate(timeout=60)
+    assert server.returncode == 130
+    assert "(Ctrl-C stops)" in out
+    assert err == "mnist-cnn: interrupted: the server stopped\n"

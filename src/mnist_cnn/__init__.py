@@ -1,17 +1,23 @@
 """mnist-cnn: handwritten-digit recognition with convolutional networks on PyTorch."""
 
-from .checkpoint import load_checkpoint, load_pretrained, save_checkpoint
-from .data import Dataset, load_dataset
-from .device import Runtime, setup
-from .errors import MnistCnnError
-from .evaluation import Metrics, evaluate, predict_proba
-from .models import MODELS, build_model, recipe_for, summary
-from .recipes import Recipe
-from .training import train
+import importlib
 
-__all__ = [
-    "MODELS", "Dataset", "Metrics", "MnistCnnError", "Recipe", "Runtime", "build_model",
-    "evaluate", "load_checkpoint", "load_dataset", "load_pretrained", "predict_proba", "recipe_for",
-    "save_checkpoint", "setup", "summary", "train",
-]
+# Each public name, from the module that defines it; loaded on first use (PEP 562), so that the
+# `mnist-cnn` command starts before torch is imported (see __main__.py)
+_EXPORTS = {
+    "load_checkpoint": "checkpoint", "load_pretrained": "checkpoint",
+    "save_checkpoint": "checkpoint", "Dataset": "data", "load_dataset": "data",
+    "Runtime": "device", "setup": "device", "MnistCnnError": "errors", "Metrics": "evaluation",
+    "evaluate": "evaluation", "predict_proba": "evaluation", "MODELS": "models",
+    "build_model": "models", "recipe_for": "models", "summary": "models", "Recipe": "recipes",
+    "train": "training",
+}
+
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

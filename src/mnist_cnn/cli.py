@@ -27,13 +27,13 @@ from .ensemble import (
     select_members,
     train_recipes,
 )
-from .errors import MnistCnnError
+from .errors import Interrupted, MnistCnnError
 from .evaluation import Metrics, ascii_digit, evaluate, format_metrics, predict_proba
 from .files import ensure_writable_folder, write_atomically
 from .models import MODELS, build_model, recipe_for, summary
 from .recipes import OPTIMIZERS, PRECISIONS, SCHEDULES, Recipe
 from .server import limits as server_limits
-from .training import start_optimizer_import, train
+from .training import CHECKPOINT_NAME, TrainingInterrupted, start_optimizer_import, train
 
 # --------------------------------------------------------------------------------------------
 # argument types: a bad value is argparse's usage error (exit 2) naming the option, never a
@@ -230,7 +230,10 @@ def train_command(sub) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     recipe = recipe_from_args(args)
-    runtime, data = start_runtime_and_data(args, recipe.precision)
+    try:
+        runtime, data = start_runtime_and_data(args, recipe.precision)
+    except KeyboardInterrupt:
+        raise Interrupted("before training started; nothing was saved") from None
     try:
         train_and_test(args, recipe, runtime, data)
         # the ranks leave together: one tearing its connections down while rank 0 still tests
@@ -260,18 +263,30 @@ def train_and_test(args: argparse.Namespace, recipe: Recipe, runtime: Runtime,
     try:
         result = train(model, data, recipe, runtime, out, resume=args.resume,
                        progress=not args.no_progress, overwrite=args.overwrite)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: {out}/last.safetensors holds the last finished epoch; continue "
-              "with the same command plus --resume", file=sys.stderr)
-        raise SystemExit(130) from None
+    except TrainingInterrupted as e:
+        if e.checkpoint is None:
+            earlier = (f"; the run {out} held before is as it was"
+                       if (out / CHECKPOINT_NAME).is_file() else "")
+            raise Interrupted(f"before the first epoch ended; nothing was saved{earlier}") \
+                from None
+        if e.epoch is None:
+            raise Interrupted(f"{e.checkpoint} is as it was") from None
+        again = ("the same command" if args.resume else "the same command with --resume"
+                 + (" instead of --overwrite" if args.overwrite else ""))
+        raise Interrupted(f"{e.checkpoint} holds epoch {e.epoch}; {again} continues from there"
+                          ) from None
     if not runtime.is_main:
         return
     print(f"Learning Finished! ({result.train_seconds:.1f} s of training)")
-    test = check_finite(evaluate(model, data.test, recipe.eval_batch_size, runtime),
-                        result.checkpoint or recipe.model)
-    print(f"Accuracy: {test.accuracy:.4f} on the {test.count} test images")
-    if result.checkpoint is not None:
-        save_test_metrics(result.checkpoint, test.summary())
+    try:
+        test = check_finite(evaluate(model, data.test, recipe.eval_batch_size, runtime),
+                            result.checkpoint or recipe.model)
+        print(f"Accuracy: {test.accuracy:.4f} on the {test.count} test images")
+        if result.checkpoint is not None:
+            save_test_metrics(result.checkpoint, test.summary())
+    except KeyboardInterrupt:
+        raise Interrupted(f"training had finished ({result.checkpoint} holds epoch "
+                          f"{result.epoch}); its test accuracy was not measured") from None
     show_predictions(model, data.test, data.classes, args.show, recipe.seed, runtime)
 
 
@@ -326,6 +341,12 @@ def cmd_ensemble_train(args: argparse.Namespace) -> None:
     try:
         paths = train_recipes(recipes, data, runtime, out, not args.no_progress,
                               overwrite=args.overwrite, names=names)
+    except TrainingInterrupted as e:
+        saved = (f"{e.checkpoint} holds epoch {e.epoch}" if e.epoch is not None
+                 else "the member in training saved nothing")
+        again = "the same command" + (" without --overwrite" if args.overwrite else "")
+        raise Interrupted(f"{saved}; {again} continues from there, keeping the members that "
+                          "finished") from None
     finally:
         distributed.stop()
     if not runtime.is_main:
@@ -549,7 +570,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
                      max_concurrent=args.max_concurrent, queue_timeout=args.queue_timeout,
                      request_timeout=args.request_timeout)
     print(f"mnist-cnn: draw a digit at http://{args.host}:{args.port}/ (Ctrl-C stops)")
-    uvicorn.Server(server_config(app, args.host, args.port, args.request_timeout)).run()
+    try:
+        uvicorn.Server(server_config(app, args.host, args.port, args.request_timeout)).run()
+    except KeyboardInterrupt:  # uvicorn stops gracefully, then raises Ctrl-C again
+        raise Interrupted("the server stopped") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -579,12 +603,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
     try:
+        args = parse_args(argv)
         args.func(args)
     except MnistCnnError as e:
         print(f"mnist-cnn: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as e:  # Ctrl-C: one line, saying what was saved where that matters
+        detail = f": {e}" if isinstance(e, Interrupted) else ""
+        print(f"mnist-cnn: interrupted{detail}", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -12,6 +12,7 @@ import contextlib
 import importlib
 import json
 import math
+import signal
 import sys
 import threading
 import time
@@ -56,6 +57,15 @@ class TrainResult:
     checkpoint: Path | None = None
     train_seconds: float = 0.0
     epoch: int | None = None  # the epoch `checkpoint` holds
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during `train`: what the run folder holds. `checkpoint` None: nothing of this run;
+    `epoch` None: the checkpoint resumed from, as it was."""
+
+    def __init__(self, checkpoint: Path | None, epoch: int | None) -> None:
+        super().__init__(checkpoint, epoch)
+        self.checkpoint, self.epoch = checkpoint, epoch
 
 
 class Diverged(Exception):
@@ -165,25 +175,30 @@ def train(model: nn.Module, data: Dataset, recipe: Recipe, runtime: Runtime,
     """
     if not runtime.is_main:
         log = quiet
-    if out_dir is None:
-        return _train(model, data, recipe, runtime, None, resume, progress, log)
-    out = Path(out_dir)
-    with contextlib.ExitStack() as claim:
-        error = None
-        if runtime.is_main:
-            try:
-                if distributed.restart_count() > 0 and (out / CHECKPOINT_NAME).is_file():
-                    resume = True  # the checkpoint is this run's own, from before the failure
-                claim.enter_context(claim_run_folder(out, checkpoint_bytes(model),
-                                                     CHECKPOINT_NAME, resume or overwrite))
-            except MnistCnnError as e:
-                error = e
-        ok, resume = distributed.broadcast_ints([error is None, resume], runtime)
-        if error is not None:
-            raise error
-        if not ok:
-            raise MnistCnnError(f"{out}: rank 0 could not use the run folder (its message says why)")
-        return _train(model, data, recipe, runtime, out, bool(resume), progress, log)
+    result = TrainResult(model)
+    try:
+        if out_dir is None:
+            return _train(model, data, recipe, runtime, None, resume, progress, log, result)
+        out = Path(out_dir)
+        with contextlib.ExitStack() as claim:
+            error = None
+            if runtime.is_main:
+                try:
+                    if distributed.restart_count() > 0 and (out / CHECKPOINT_NAME).is_file():
+                        resume = True  # the checkpoint is this run's own, from before the failure
+                    claim.enter_context(claim_run_folder(out, checkpoint_bytes(model),
+                                                         CHECKPOINT_NAME, resume or overwrite))
+                except MnistCnnError as e:
+                    error = e
+            ok, resume = distributed.broadcast_ints([error is None, resume], runtime)
+            if error is not None:
+                raise error
+            if not ok:
+                raise MnistCnnError(f"{out}: rank 0 could not use the run folder (its message "
+                                    "says why)")
+            return _train(model, data, recipe, runtime, out, bool(resume), progress, log, result)
+    except KeyboardInterrupt:  # Ctrl-C: the caller learns what the folder holds
+        raise TrainingInterrupted(result.checkpoint, result.epoch) from None
 
 
 @dataclass(frozen=True)
@@ -215,8 +230,9 @@ class StepPlan:
 
 
 def _train(model: nn.Module, data: Dataset, recipe: Recipe, runtime: Runtime,
-           out_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
-           log: Callable[[str], None] = print) -> TrainResult:
+           out_dir: str | Path | None, resume: bool, progress: bool,
+           log: Callable[[str], None], result: TrainResult) -> TrainResult:
+    """train()'s work; `result` follows what the run folder holds, even when interrupted."""
     world = runtime.world_size
     if recipe.batch_size % world:
         raise MnistCnnError(f"the global batch of {recipe.batch_size} does not split evenly over "
@@ -231,12 +247,13 @@ def _train(model: nn.Module, data: Dataset, recipe: Recipe, runtime: Runtime,
         torch.manual_seed(recipe.seed)
         done, history = 0, []  # steps done so far, one record per epoch
         if resume:
+            result.checkpoint = out / CHECKPOINT_NAME if out is not None else None
             done, history = resume_from(out, model, optimizer, recipe, data, log, runtime)
+            result.epoch = history[-1]["epoch"] if history else None
+        result.history = history
         if world > 1:
             log(f"{world} processes: global batch {recipe.batch_size}, "
                 f"{recipe.batch_size // world} per process")
-        result = TrainResult(model, history, out / CHECKPOINT_NAME if resume else None,
-                             epoch=history[-1]["epoch"] if resume and history else None)
         run = EpochRunner(model, optimizer, recipe, runtime, data, plan, progress)
         for epoch, first, last in plan.remaining(done):
             try:
@@ -251,8 +268,10 @@ def _train(model: nn.Module, data: Dataset, recipe: Recipe, runtime: Runtime,
                     raise Diverged("the validation loss is not a finite number")
                 log(format_epoch(record))
                 if out is not None:
-                    result.checkpoint = write_epoch(out, model, optimizer, recipe, data, history)
-                    result.epoch = record["epoch"]
+                    with ctrl_c_deferred():  # the files and `result` change together
+                        result.checkpoint = write_epoch(out, model, optimizer, recipe, data,
+                                                        history)
+                        result.epoch = record["epoch"]
             except Diverged as e:
                 raise MnistCnnError(diverged(str(e), epoch, recipe, result)) from None
     return result
@@ -420,6 +439,24 @@ def make_outliers(recipe: Recipe, runtime: Runtime):
 
 
 OUTLIER_POOL = 6000  # non-digits generated for outlier exposure (about 20 s)
+
+
+@contextlib.contextmanager
+def ctrl_c_deferred() -> Iterator[None]:
+    """Ctrl-C waits for the block's end: the checkpoint, its log and what the run says it saved
+    stay in step (kill -9 cannot be deferred: `--resume` rebuilds the log)."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(previous):
+        yield
+        return
+    caught = []
+    signal.signal(signal.SIGINT, lambda *args: caught.append(args))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        previous(*caught[0])  # Python's own handler raises KeyboardInterrupt
 
 
 def write_epoch(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, recipe: Recipe,
