@@ -69,7 +69,7 @@ def run_dir(tmp_path_factory) -> Path:
 
 
 # --------------------------------------------------------------------------------------------
-# a full disk, an unwritable file
+# a full disk, a file that cannot be written or read
 
 
 def test_a_full_disk_during_training_is_one_line(tmp_path):
@@ -132,6 +132,52 @@ def test_test_metrics_that_cannot_be_written_are_one_line(tmp_path, monkeypatch)
     assert code == 1 and "Accuracy: " in printed
     assert err == f"mnist-cnn: error: {out}/test_metrics.json: cannot write it (Is a directory)\n"
     assert (out / "last.safetensors").is_file() and leftovers(out) == []
+
+
+def locked(folder: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """`folder`, made unopenable (mode 000). Root opens it all the same: for root, every stat
+    inside it is refused as the kernel refuses it to anyone else."""
+    folder.mkdir(exist_ok=True)
+    folder.chmod(0)
+    if os.geteuid() == 0:
+        real_stat = Path.stat
+
+        def stat(self, *args, **kwargs):
+            if folder in self.parents:
+                raise PermissionError(13, "Permission denied", str(self))
+            return real_stat(self, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "stat", stat)
+    return folder
+
+
+@pytest.fixture
+def restore_modes(tmp_path):
+    yield
+    for folder in tmp_path.iterdir():
+        folder.chmod(0o755)  # so that pytest can remove it
+
+
+def test_a_checkpoint_in_a_folder_one_cannot_open_is_one_line(tmp_path, monkeypatch,
+                                                              restore_modes):
+    checkpoint = locked(tmp_path / "private", monkeypatch) / "last.safetensors"
+    for argv in (["evaluate", str(checkpoint)],
+                 ["predict", str(checkpoint), str(tmp_path / "digit.png")]):
+        code, out, err = run_main([*argv, "--threads", "1"])
+        assert (code, out) == (1, "")
+        assert err == (f"mnist-cnn: error: {checkpoint}: cannot read the checkpoint (Permission "
+                       "denied)\n")
+
+
+def test_an_unreadable_package_folder_is_one_line(tmp_path, monkeypatch, restore_modes):
+    from mnist_cnn import checkpoint
+
+    shipped = locked(tmp_path / "pretrained", monkeypatch) / "mnist-best.safetensors"
+    monkeypatch.setattr(checkpoint, "SHIPPED", shipped)
+    code, out, err = run_main(["predict", str(tmp_path / "digit.png"), "--threads", "1"])
+    assert (code, out) == (1, "")
+    assert err == (f"mnist-cnn: error: {shipped}: cannot read the model shipped with mnist-cnn "
+                   "(Permission denied); reinstall mnist-cnn, or name a checkpoint\n")
 
 
 # --------------------------------------------------------------------------------------------

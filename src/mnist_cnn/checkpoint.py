@@ -221,7 +221,11 @@ def encode_checkpoint(model: nn.Module, meta: CheckpointMeta | dict[str, Any],
 
 def read_bytes(path: Path) -> bytes:
     """The file's bytes, refused before reading when it is larger than any checkpoint."""
-    if not path.is_file():
+    try:
+        is_file = path.is_file()
+    except OSError as e:  # is_file() answers False for most errors, not for EACCES
+        raise MnistCnnError(f"{path}: cannot read the checkpoint ({e.strerror or e})") from None
+    if not is_file:
         raise MnistCnnError(f"{path}: no such checkpoint file")
     try:
         with path.open("rb") as f:
@@ -455,7 +459,13 @@ SHIPPED = Path(__file__).parent / PRETRAINED
 
 def pretrained_path() -> Path:
     """Where the shipped checkpoint lies (package data)."""
-    if not SHIPPED.is_file():
+    try:
+        is_file = SHIPPED.is_file()
+    except OSError as e:  # the package's folder unreadable: is_file() raises for EACCES
+        raise MnistCnnError(f"{SHIPPED}: cannot read the model shipped with mnist-cnn "
+                            f"({e.strerror or e}); reinstall mnist-cnn, or name a checkpoint"
+                            ) from None
+    if not is_file:
         raise MnistCnnError(f"{SHIPPED}: the model shipped with mnist-cnn is missing; reinstall "
                             "mnist-cnn, or name a checkpoint")
     return SHIPPED

@@ -500,10 +500,10 @@ def cmd_export(args: argparse.Namespace) -> None:
     model, meta = load_checkpoint(args.checkpoint, device=runtime.device)
     # checked before the slow export and parity check, which would otherwise be lost; the
     # checkpoint (weights and optimizer state) is larger than the ONNX file it becomes
-    if Path(args.onnx).is_dir():
-        raise MnistCnnError(f"{args.onnx}: is a folder; --onnx names the file to write")
     ensure_writable_folder(Path(args.onnx).parent, Path(args.checkpoint).stat().st_size,
                            what="folder of --onnx")
+    if Path(args.onnx).is_dir():
+        raise MnistCnnError(f"{args.onnx}: is a folder; --onnx names the file to write")
     test = None if args.no_check else data_for(args, meta).test
     sidecar = export.export_checkpoint(model, meta, args.checkpoint, args.onnx, args.opset, test)
     size = Path(args.onnx).stat().st_size
