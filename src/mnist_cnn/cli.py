@@ -235,10 +235,11 @@ def cmd_train(args: argparse.Namespace) -> None:
     except KeyboardInterrupt:
         raise Interrupted("before training started; nothing was saved") from None
     try:
-        train_and_test(args, recipe, runtime, data)
-        # the ranks leave together: one tearing its connections down while rank 0 still tests
-        # could crash at exit (seen once, as an abort in gloo)
-        distributed.barrier(runtime)
+        with distributed.peers_lost_as_error(runtime):
+            train_and_test(args, recipe, runtime, data)
+            # the ranks leave together: one tearing its connections down while rank 0 still
+            # tests could crash at exit (seen once, as an abort in gloo)
+            distributed.barrier(runtime)
     finally:
         distributed.stop()
 
@@ -339,8 +340,9 @@ def cmd_ensemble_train(args: argparse.Namespace) -> None:
     recipes, names, out = ensemble_recipes(args)
     runtime, data = start_runtime_and_data(args, recipes[0].precision)
     try:
-        paths = train_recipes(recipes, data, runtime, out, not args.no_progress,
-                              overwrite=args.overwrite, names=names)
+        with distributed.peers_lost_as_error(runtime):
+            paths = train_recipes(recipes, data, runtime, out, not args.no_progress,
+                                  overwrite=args.overwrite, names=names)
     except TrainingInterrupted as e:
         saved = (f"{e.checkpoint} holds epoch {e.epoch}" if e.epoch is not None
                  else "the member in training saved nothing")
