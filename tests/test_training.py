@@ -431,3 +431,13 @@ def test_save_checkpoint_refuses_what_the_readers_would(tmp_path):
                        "tensor model.0.weight holds NaN"):
         save_checkpoint(tmp_path / "c.safetensors", model, {"recipe": SIMPLE.to_dict()})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_resuming_with_nothing_left_to_do_rebuilds_a_lost_log(tiny_dataset, runtime, tmp_path):
+    """A kill between the checkpoint's rename and the log's write leaves the log behind."""
+    run(SIMPLE, tiny_dataset, runtime, tmp_path)
+    (tmp_path / "metrics.jsonl").unlink()
+    result = run(SIMPLE, tiny_dataset, runtime, tmp_path, resume=True)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == result.history
+    assert [r["epoch"] for r in result.history] == [1]

@@ -6,6 +6,7 @@ import argparse
 import gc
 import json
 import math
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -164,6 +165,9 @@ def data_command(sub) -> None:
 
 def cmd_data(args: argparse.Namespace) -> None:
     if args.action == "fetch":
+        if not (args.data_dir or os.environ.get(sources.env_var(args.dataset))):
+            for name in sources.repair_cache(args.dataset):  # only a new download mends them
+                print(f"{args.dataset}: {name} in the cache fails its checksum; fetching it again")
         directory = sources.locate(args.dataset, args.data_dir, download=True)
         print(f"{args.dataset}: available in {directory}")
     ds = datamod.load_dataset(args.dataset, args.data_dir, download=args.action == "fetch")

@@ -6,5 +6,9 @@ class MnistCnnError(Exception):
     Exit status 1."""
 
 
+class CannotWrite(MnistCnnError):
+    """A file could not be written (a full disk, a read-only folder): no download's fault."""
+
+
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C, with what the user needs to know, such as what was saved. Exit status 130."""

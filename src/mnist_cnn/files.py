@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import MnistCnnError
+from .errors import CannotWrite, MnistCnnError
 
 
 def write_atomically(path: str | os.PathLike, data: bytes) -> None:
@@ -24,7 +24,7 @@ def write_atomically(path: str | os.PathLike, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:
-        raise MnistCnnError(f"{path}: cannot write it ({_one_line(e)})") from None
+        raise CannotWrite(f"{path}: cannot write it ({_one_line(e)})") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -36,7 +36,7 @@ def write_atomically(path: str | os.PathLike, data: bytes) -> None:
         with contextlib.suppress(OSError):
             Path(tmp).unlink(missing_ok=True)
         if isinstance(e, OSError):
-            raise MnistCnnError(f"{path}: cannot write it ({_one_line(e)})") from None
+            raise CannotWrite(f"{path}: cannot write it ({_one_line(e)})") from None
         raise
 
 

