@@ -308,3 +308,15 @@ def test_a_diverging_run_exits_non_zero_saying_what_to_change(mnist_data_dir, tm
     assert last.endswith("lower the learning rate (--lr, now 1e+06); no checkpoint was written")
     assert "Accuracy" not in printed and "Traceback" not in errors
     assert not (tmp_path / "run" / "last.safetensors").exists()
+
+
+def test_a_reader_that_stops_early_is_no_traceback():
+    """`mnist-cnn models | head -1`: once a BrokenPipeError traceback."""
+    import os
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before anything is written
+    done = subprocess.run([sys.executable, "-m", "mnist_cnn", "models"], stdout=write_end,
+                          stderr=subprocess.PIPE, text=True, timeout=120)
+    os.close(write_end)
+    assert (done.returncode, done.stderr) == (141, "")  # as a command killed by SIGPIPE

@@ -292,10 +292,20 @@ def test_a_broken_torchrun_environment_is_a_one_line_error(launched_as_rank_1_of
 def test_a_wrong_timeout_is_a_one_line_error(monkeypatch):
     from mnist_cnn import distributed
 
-    for value in ("0", "-5"):
+    for value in ("0", "-5", "9" * 30):  # the last overflowed a timedelta
         monkeypatch.setenv("MNIST_CNN_DIST_TIMEOUT", value)
-        with pytest.raises(MnistCnnError, match=f"MNIST_CNN_DIST_TIMEOUT is {value}: .* at least 1"):
+        with pytest.raises(MnistCnnError, match=f"MNIST_CNN_DIST_TIMEOUT is {value[:17]}.*: .* "
+                           "must be from 1 to 2,592,000"):
             distributed.timeout()
+
+
+def test_no_processes_per_machine_is_a_one_line_error(launched_as_rank_1_of_2, monkeypatch):
+    from mnist_cnn.device import setup
+
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "0")  # each process's share of the cores divided by it
+    with pytest.raises(MnistCnnError, match="inconsistent torchrun environment: .*"
+                       "LOCAL_WORLD_SIZE=0"):
+        setup("cpu", distributed=True)
 
 
 def test_leftover_torchrun_variables_say_what_the_run_waits_for(tmp_path):

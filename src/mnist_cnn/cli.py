@@ -7,6 +7,7 @@ import gc
 import json
 import math
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -624,7 +625,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def run() -> None:
     """The console command: main(), then a quick exit."""
-    status = main()
+    try:
+        status = main()
+    except BrokenPipeError:  # `mnist-cnn ... | head`: the reader stopped early, no error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # for the exit's flush
+        status = 128 + signal.SIGPIPE  # what a command killed by SIGPIPE reports
     # Interpreter shutdown would run the cycle collector over the ~300k objects torch creates at
     # import, about half a second: a tenth of a `fast` training run. Frozen objects are skipped.
     gc.freeze()

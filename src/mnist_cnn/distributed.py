@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 # seconds): long enough for rank 0's validation and checkpoint between two steps, short enough
 # that a rank whose peers are gone does not wait forever. torchrun stops a failed group sooner.
 DEFAULT_TIMEOUT = 600
+MAX_TIMEOUT = 30 * 24 * 3600  # a month; torch keeps timeouts in milliseconds of a C++ integer
+MAX_WORLD = 2 ** 20  # processes in a group: far more than any cluster runs
 
 
 @dataclass(frozen=True)
@@ -60,9 +62,12 @@ def launch_from_env() -> Launch:
                     local_rank=_env_int("LOCAL_RANK", 0),
                     local_world_size=_env_int("LOCAL_WORLD_SIZE", 1),
                     restart_count=restart_count())
-    if not 0 <= launch.rank < launch.world_size or not 0 <= launch.local_rank:
-        raise MnistCnnError(f"inconsistent torchrun environment: RANK={launch.rank}, "
-                            f"WORLD_SIZE={launch.world_size}, LOCAL_RANK={launch.local_rank}")
+    if (not 0 <= launch.rank < launch.world_size <= MAX_WORLD or not 0 <= launch.local_rank
+            or not 1 <= launch.local_world_size <= launch.world_size):
+        raise MnistCnnError(f"inconsistent torchrun environment: RANK={short(launch.rank)}, "
+                            f"WORLD_SIZE={short(launch.world_size)}, "
+                            f"LOCAL_RANK={short(launch.local_rank)}, "
+                            f"LOCAL_WORLD_SIZE={short(launch.local_world_size)}")
     return launch
 
 
@@ -73,10 +78,15 @@ def restart_count() -> int:
 
 def timeout() -> timedelta:
     seconds = _env_int("MNIST_CNN_DIST_TIMEOUT", DEFAULT_TIMEOUT)
-    if seconds < 1:
-        raise MnistCnnError(f"$MNIST_CNN_DIST_TIMEOUT is {seconds}: the seconds a process waits "
-                            "for the others must be at least 1")
+    if not 1 <= seconds <= MAX_TIMEOUT:
+        raise MnistCnnError(f"$MNIST_CNN_DIST_TIMEOUT is {short(seconds)}: the seconds a process "
+                            f"waits for the others must be from 1 to {MAX_TIMEOUT:,}")
     return timedelta(seconds=seconds)
+
+
+def short(n: int) -> str:
+    text = str(n)
+    return text if len(text) <= 20 else text[:17] + "..."
 
 
 def first_line(e: BaseException) -> str:
