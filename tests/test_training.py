@@ -421,6 +421,12 @@ def test_weights_beyond_the_readers_bounds_are_never_written(tiny_dataset, runti
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_huge_weight_decay_is_named_as_a_cause(tiny_dataset, runtime, tmp_path):
+    with pytest.raises(MnistCnnError, match=r"lower the learning rate \(--lr, now 0.001\) or the "
+                       r"weight decay \(--weight-decay, now 1e\+300\); no checkpoint"):
+        run(SIMPLE.replace(weight_decay=1e300), tiny_dataset, runtime, tmp_path)
+
+
 def test_save_checkpoint_refuses_what_the_readers_would(tmp_path):
     from mnist_cnn.checkpoint import save_checkpoint
 

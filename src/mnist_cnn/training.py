@@ -281,8 +281,10 @@ def diverged(problem: str, epoch: int, recipe: Recipe, result: TrainResult) -> s
     """One line: what went wrong, what to change, and what the run folder holds."""
     kept = (f"{result.checkpoint} is left as it was (epoch {result.epoch})"
             if result.checkpoint is not None else "no checkpoint was written")
+    decay = (f" or the weight decay (--weight-decay, now {recipe.weight_decay:g})"
+             if recipe.weight_decay > 0 else "")
     return (f"training diverged in epoch {epoch + 1}: {problem}; lower the learning rate "
-            f"(--lr, now {recipe.lr:g}); {kept}")
+            f"(--lr, now {recipe.lr:g}){decay}; {kept}")
 
 
 class EpochRunner:
