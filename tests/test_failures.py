@@ -234,6 +234,17 @@ def test_ctrl_c_in_a_later_epoch_names_the_checkpoint_and_how_to_continue(tmp_pa
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
 
 
+def test_ctrl_c_while_a_checkpoint_is_written_waits_for_it_and_its_log(tmp_path):
+    """Sent between the checkpoint's write and its log's: both are written, then it stops."""
+    out = tmp_path / "run"
+    done = interrupted([*TRAIN, "--epochs", "3", "--out", str(out)],
+                       INTERRUPT_IN="mnist_cnn.training.write_metrics")
+    assert_interrupted(done, f": {out}/last.safetensors holds epoch 1; the same command with "
+                       "--resume continues from there")
+    assert [json.loads(line)["epoch"] for line in
+            (out / "metrics.jsonl").read_text().splitlines()] == [1]
+
+
 def test_ctrl_c_while_overwriting_leaves_the_earlier_run(run_dir, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(run_dir, out)

@@ -630,6 +630,8 @@ def run() -> None:
     except BrokenPipeError:  # `mnist-cnn ... | head`: the reader stopped early, no error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # for the exit's flush
         status = 128 + signal.SIGPIPE  # what a command killed by SIGPIPE reports
+    # the command is over, its line printed: a second Ctrl-C would only break the exit's cleanup
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Interpreter shutdown would run the cycle collector over the ~300k objects torch creates at
     # import, about half a second: a tenth of a `fast` training run. Frozen objects are skipped.
     gc.freeze()
