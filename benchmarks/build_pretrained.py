@@ -12,13 +12,15 @@ training digits plus PHOTOS photos of training digits on notebook pages (mnist_c
 ruled and squared paper, shadows, desks, pencil, ink colours, stroke widths, tilts, sizes),
 each through the same decoding and preprocessing as `mnist-cnn predict`, so that training sees
 what use sees; with outlier exposure (synthetic non-digits, photographed the same ways, pushed
-towards a uniform answer; runs/pretrained-best-photos).
+towards a uniform answer; runs/pretrained-best-photos), and one more epoch with the
+non-digits weighed as much as the digits (runs/pretrained-best-exposed).
 
 Last, calibration on held-out data (photos of MNIST's validation digits and of the calibration
 fonts, and the validation digits themselves): the temperature that makes the shown
 probabilities honest (calibration.py), and the threshold on the calibrated confidence that
 accepts 99% of the calibration digits, stored as the checkpoint's temperature and
-digit_threshold.
+digit_threshold. It prints the file's SHA-256, to pin as PRETRAINED_SHA256 in
+src/mnist_cnn/checkpoint.py.
 
 Usage: .venv/bin/python benchmarks/build_pretrained.py [--start CHECKPOINT]
   --start: fine-tune for photos from this checkpoint's weights instead of training the base
@@ -30,6 +32,7 @@ MNIST comes from $MNIST_DATA_DIR, the cache or a download, as for every command.
 from __future__ import annotations
 
 import argparse
+import hashlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -150,6 +153,9 @@ def main() -> None:
     shipped["earlier_epochs"] = (start.earlier_epochs or 0) + (start.epoch or 0) + PHOTO_EPOCHS
     save_checkpoint(SHIPPED, model, shipped)
     print(f"wrote {SHIPPED} ({SHIPPED.stat().st_size / 2**20:.1f} MiB)")
+    # mnist-cnn refuses a shipped file whose hash is not the pinned one
+    digest = hashlib.sha256(SHIPPED.read_bytes()).hexdigest()
+    print(f'pin it in src/mnist_cnn/checkpoint.py: PRETRAINED_SHA256 = "{digest}"')
 
 
 if __name__ == "__main__":

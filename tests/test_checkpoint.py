@@ -35,6 +35,13 @@ def perturbed(name: str = "simple"):
     return model
 
 
+def save_unchecked(path: pathlib.Path, model: torch.nn.Module, meta: dict) -> None:
+    """A file that save_checkpoint refuses to write: the readers' refusals are under test."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    meta = {"format": "mnist-cnn-checkpoint", "version": 1, **meta}
+    path.write_bytes(save_tensors(tensors, metadata={META_KEY: json.dumps(meta)}))
+
+
 @pytest.fixture
 def batch() -> torch.Tensor:
     return as_input(torch.randint(0, 256, (6, 1, 28, 28), dtype=torch.uint8,
@@ -132,7 +139,7 @@ def test_failed_save_keeps_the_old_file(saved, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", broken_replace)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(MnistCnnError, match=re.escape(f"{path}: cannot write it (No space left")):
         save_checkpoint(path, build_model("simple"), {"recipe": recipe_for("simple").to_dict()})
     monkeypatch.undo()
     assert path.read_bytes() == before
@@ -218,8 +225,8 @@ def test_malformed_metadata_is_our_error(tmp_path, meta):
 
 def test_newer_format_version_is_refused(tmp_path):
     path = tmp_path / "future.safetensors"
-    save_checkpoint(path, build_model("simple"),
-                    {"recipe": recipe_for("simple").to_dict(), "version": 2})
+    save_unchecked(path, build_model("simple"),
+                   {"recipe": recipe_for("simple").to_dict(), "version": 2})
     with pytest.raises(MnistCnnError, match="version 2 is newer"):
         load_checkpoint(path)
 
@@ -227,7 +234,7 @@ def test_newer_format_version_is_refused(tmp_path):
 def test_unknown_model_in_the_recipe(tmp_path):
     path = tmp_path / "c.safetensors"
     recipe = recipe_for("simple").to_dict() | {"model": "transformer"}
-    save_checkpoint(path, build_model("simple"), {"recipe": recipe})
+    save_unchecked(path, build_model("simple"), {"recipe": recipe})
     with pytest.raises(MnistCnnError, match="unknown model 'transformer'"):
         load_checkpoint(path)
 
@@ -240,7 +247,7 @@ def test_checkpoint_of_another_model_than_expected(saved):
 
 def test_weights_that_do_not_fit_the_recipes_network(tmp_path):
     path = tmp_path / "liar.safetensors"
-    save_checkpoint(path, build_model("simple"), {"recipe": recipe_for("deep").to_dict()})
+    save_unchecked(path, build_model("simple"), {"recipe": recipe_for("deep").to_dict()})
     with pytest.raises(MnistCnnError, match="do not fit") as e:
         load_checkpoint(path)
     assert str(path) in str(e.value)
@@ -354,6 +361,11 @@ def inf_weight(tensors, meta):
     tensors["model.7.bias"][3] = float("-inf")
 
 
+def huge_weight(tensors, meta):
+    """Finite, so the finite check passes: once, it made a clear 7 read "3, 100%"."""
+    tensors["model.0.weight"][0, 0, 0, 0] = 1e4
+
+
 def rename(old: str, new: str):
     def change(tensors, meta):
         tensors[new] = tensors.pop(old)
@@ -386,6 +398,7 @@ def replace_tensor(name: str, value: torch.Tensor):
     (setitem("meta", "optimizer", {"param_groups": "all"}), "'optimizer' must hold"),
     (nan_weight, "model.0.weight holds NaN or infinite values"),
     (inf_weight, "model.7.bias holds NaN or infinite values"),
+    (huge_weight, "model.0.weight holds 1e+04, far beyond what training reaches"),
     (rename("optim.0.exp_avg", "optim.x.exp_avg"), "unexpected tensor 'optim.x.exp_avg'"),
     (rename("optim.0.exp_avg", "optim.0"), "unexpected tensor 'optim.0'"),
     (rename("optim.0.exp_avg", "optim.9.exp_avg"), "optim.9.exp_avg does not fit"),
@@ -401,12 +414,59 @@ def replace_tensor(name: str, value: torch.Tensor):
     (replace_tensor("model.0.weight", torch.zeros(32, 1, 3, 3, dtype=torch.float16)),
      "model.0.weight is (32, 1, 3, 3) float16"),
     (rename("model.7.bias", "model.7.biases"), "missing model.7.bias"),
+    # JSON integers have no size limit, floats do: 10**400 is no number
+    (setitem("meta", "digit_threshold", 10 ** 400), "'digit_threshold' must be a probability"),
+    (setitem("meta", "metrics", {"cost": 10 ** 400}), "'metrics' must map"),
+    (setitem("meta", "history", [{"epoch": 1, "cost": -10 ** 400}]), "'history' must be"),
+    (setitem("recipe", "lr", 10 ** 400), "wrong type of lr"),
+    (setitem("recipe", "epochs", 10 ** 400), "wrong type of epochs"),
+    (setitem("recipe", "dropout", 10 ** 400), "wrong type of dropout"),
+    (setitem("recipe", "batch_size", 10 ** 400), "batch size must be positive (at most"),
 ])
 def test_tampered_checkpoints_are_one_line_errors(resumable, tmp_path, change, problem):
     path = tampered(resumable, tmp_path / "bad.safetensors", change)
     with pytest.raises(MnistCnnError, match=re.escape(problem)) as e:
         load_checkpoint(path)
     assert_one_line_error(e, path)
+
+
+def test_a_number_thousands_of_digits_long_is_one_line(resumable, tmp_path):
+    """Python refuses to parse integers of over 4,300 digits (a ValueError, not JSON's error)."""
+    tensors, meta = unpack(resumable)
+    text = json.dumps(meta).replace('"format"', f'"digit_threshold": 1{"0" * 5000}, "format"')
+    path = tmp_path / "long.safetensors"
+    path.write_bytes(save_tensors(tensors, metadata={META_KEY: text}))
+    with pytest.raises(MnistCnnError, match="thousands of digits") as e:
+        load_checkpoint(path)
+    assert_one_line_error(e, path)
+
+
+def test_a_huge_version_number_is_shown_short(resumable, tmp_path):
+    path = tampered(resumable, tmp_path / "v.safetensors", setitem("meta", "version", 10 ** 400))
+    with pytest.raises(MnistCnnError, match="is newer") as e:
+        load_checkpoint(path)
+    assert len(str(e.value)) < 200 + len(str(path))
+
+
+def test_a_running_variance_may_be_the_square_of_a_weight_bound(tmp_path):
+    path = fast_checkpoint(tmp_path)
+    tampered(path, path, replace_tensor("model.6.running_var", torch.full((16,), 1e5)))
+    load_checkpoint(path)  # large for a weight, not for a variance (a square)
+    tampered(path, path, replace_tensor("model.6.running_var", torch.full((16,), 1e7)))
+    with pytest.raises(MnistCnnError, match="model.6.running_var holds 1e\\+07, far beyond"):
+        load_checkpoint(path)
+
+
+def test_real_checkpoints_stay_far_inside_the_bounds(models):
+    """The shipped model and a freshly trained one: a hundred times below the bounds."""
+    from mnist_cnn.checkpoint import MAX_VARIANCE, MAX_WEIGHT, pretrained_path
+
+    for path in (pretrained_path(), models.checkpoint):
+        tensors, _ = read_checkpoint(path)
+        for name, t in tensors.items():
+            if name.startswith("model.") and t.is_floating_point():
+                limit = MAX_VARIANCE if name.endswith(".running_var") else MAX_WEIGHT
+                assert float(t.abs().max()) < limit / 100, (path, name)
 
 
 def test_a_checkpoint_without_an_epoch_still_evaluates(models, tmp_path):
@@ -653,7 +713,8 @@ def test_an_accepted_mutation_evaluates(resumable, tmp_path):
     assert "simple after epoch 1" in out
 
 
-@pytest.mark.parametrize("change", [nan_weight, setitem("meta", "classes", list("0123456789x"))])
+@pytest.mark.parametrize("change", [nan_weight, huge_weight,
+                                    setitem("meta", "classes", list("0123456789x"))])
 def test_commands_refuse_a_damaged_checkpoint_in_one_line(resumable, digit_png, tmp_path, change):
     """Once: predict printed "8 (nan%)" and exited 0, export wrote the NaN model, and the server
     answered "probability": null (or 500 to every request, for the wrong number of classes)."""
@@ -666,3 +727,25 @@ def test_commands_refuse_a_damaged_checkpoint_in_one_line(resumable, digit_png, 
     assert not (tmp_path / "m.onnx").exists()
     with pytest.raises(MnistCnnError, match=re.escape(str(path))):
         create_app([path])
+
+
+def test_weights_that_overflow_inside_the_bounds_are_no_answer(tiny_dataset, tmp_path,
+                                                               monkeypatch):
+    """Every weight 999 and every variance 0: each value in range, but the outputs overflow to
+    infinity. evaluate once printed "loss nan" and exited 0."""
+    import mnist_cnn.data
+
+    model = build_model("fast")
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if t.is_floating_point():
+                t.fill_(0.0 if name.endswith("running_var") else 999.0)
+    path = tmp_path / "overflow.safetensors"
+    save_checkpoint(path, model, {"recipe": recipe_for("fast").to_dict(), "dataset": "mnist",
+                                  "checksums": tiny_dataset.checksums})
+    monkeypatch.setattr(mnist_cnn.data, "load_dataset", lambda *_args, **_kwargs: tiny_dataset)
+    for argv in (["evaluate", str(path)], ["ensemble", "evaluate", str(path)]):
+        code, out, err = run_main([*argv, "--threads", "1"])
+        assert code == 1 and out == ""
+        assert err == (f"mnist-cnn: error: {path}: the network's outputs are not finite numbers: "
+                       "its weights are damaged\n")

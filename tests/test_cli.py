@@ -337,3 +337,29 @@ def test_predict_imports_only_what_it_needs(tmp_path):
     loaded = modules_loaded_by(["predict", str(tmp_path / "one.png"), "--threads", "1"])
     slow = {"scipy.stats", "matplotlib", "fastapi", "onnx", "onnxruntime", "torch._dynamo", "sympy"}
     assert not loaded & slow
+
+
+def test_a_diverging_run_exits_non_zero_saying_what_to_change(mnist_data_dir, tmp_path):
+    """Once: "cost = nan", "Accuracy: 0.0980", exit 0, and a last.safetensors nothing could load."""
+    code, printed, errors = run_main(
+        ["train", "--model", "fast", "--optimizer", "sgd", "--lr", "1e6", "--epochs", "1",
+         "--out", str(tmp_path / "run"), "--no-progress", "--data-dir", str(mnist_data_dir),
+         "--device", "cpu", "--threads", "1"])
+    assert code == 1
+    last = errors.splitlines()[-1]
+    assert last.startswith("mnist-cnn: error: training diverged in epoch 1: the loss is nan")
+    assert last.endswith("lower the learning rate (--lr, now 1e+06); no checkpoint was written")
+    assert "Accuracy" not in printed and "Traceback" not in errors
+    assert not (tmp_path / "run" / "last.safetensors").exists()
+
+
+def test_a_reader_that_stops_early_is_no_traceback():
+    """`mnist-cnn models | head -1`: once a BrokenPipeError traceback."""
+    import os
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before anything is written
+    done = subprocess.run([sys.executable, "-m", "mnist_cnn", "models"], stdout=write_end,
+                          stderr=subprocess.PIPE, text=True, timeout=120)
+    os.close(write_end)
+    assert (done.returncode, done.stderr) == (141, "")  # as a command killed by SIGPIPE

@@ -23,9 +23,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mnist_cnn import idx, sources
+from mnist_cnn.cli import main
 from mnist_cnn.data import load_dataset, load_directory, make_dataset
-from mnist_cnn.errors import MnistCnnError
-from mnist_cnn.idx import parse_idx, read_file_bytes
+from mnist_cnn.errors import CannotWrite, MnistCnnError
+from mnist_cnn.idx import parse_idx, read_file_bytes, sha256
 from mnist_cnn.sources import (
     DATASETS,
     FILES,
@@ -464,6 +465,57 @@ def test_offline_locate_explains_and_advises(monkeypatch, no_env):
     assert not (no_env / "mnist").exists() or list((no_env / "mnist").iterdir()) == []
 
 
+def serve_mnist(monkeypatch, mnist_gz):
+    """Downloads through a stand-in for urlopen that serves the real files: the opener."""
+    opener = fake_opener(lambda url: mnist_gz[stem_of(url)])
+    defaults = sources.download_from_mirrors.__defaults__
+    monkeypatch.setattr(sources.download_from_mirrors, "__defaults__", (defaults[0], opener))
+    return opener
+
+
+def test_data_fetch_repairs_a_corrupted_cache(monkeypatch, no_env, mnist_gz, capsys):
+    """Loading refuses a cached file that fails its checksum, and `data fetch` once kept it."""
+    cache = no_env / "mnist"
+    cache.mkdir(parents=True)
+    for stem, packed in mnist_gz.items():
+        (cache / stem).write_bytes(gzip.decompress(packed))
+    labels = cache / FILES["test_labels"]
+    labels.write_bytes(labels.read_bytes()[:-1] + b"\x09")  # one label changed
+    opener = serve_mnist(monkeypatch, mnist_gz)
+    assert main(["data", "fetch"]) == 0
+    printed = capsys.readouterr().out
+    assert f"mnist: {labels.name} in the cache fails its checksum; fetching it again" in printed
+    assert printed.count("(verified)") == 4 and len(opener.calls) == 4
+    assert sha256(labels.read_bytes()) == MNIST.sha256[labels.name]
+
+
+def test_an_unwritable_cache_is_said_so_before_downloading(monkeypatch, tmp_path, mnist_gz):
+    """Once: "could not obtain mnist (offline?)", after downloading from every mirror."""
+    monkeypatch.delenv("MNIST_DATA_DIR", raising=False)
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("MNIST_CNN_CACHE", str(tmp_path / "file" / "cache"))
+    opener = serve_mnist(monkeypatch, mnist_gz)
+    with pytest.raises(MnistCnnError) as e:
+        locate("mnist")
+    assert str(e.value).startswith(f"{tmp_path}/file/cache/mnist: cannot create the cache "
+                                   "folder (Not a directory); ") and "offline" not in str(e.value)
+    assert "$MNIST_CNN_CACHE" in str(e.value) and opener.calls == []
+
+
+def test_a_cache_that_fills_up_is_one_line_from_the_first_mirror(monkeypatch, no_env,
+                                                                  mnist_gz):
+    def full(path, data):
+        raise CannotWrite(f"{path}: cannot write it (No space left on device)")
+
+    monkeypatch.setattr(sources, "write_atomically", full)
+    opener = serve_mnist(monkeypatch, mnist_gz)
+    with pytest.raises(MnistCnnError) as e:
+        locate("mnist")
+    assert str(e.value) == (f"{no_env}/mnist/{FILES['train_images']}: cannot write it (No space "
+                            "left on device)")
+    assert len(opener.calls) == 4  # one mirror: the others would fill the same disk
+
+
 # --------------------------------------------------------------------------------------------
 # Fashion-MNIST
 
@@ -546,6 +598,51 @@ def test_a_bomb_in_the_data_folder_is_a_quick_one_line_error(tmp_path, mnist_gz_
     with pytest.raises(MnistCnnError, match=f"^{labels}: more than 60,008 bytes"):
         load_directory(tmp_path, MNIST)
     assert time.perf_counter() - started < 2
+
+
+EMPTY_MEMBER = gzip.compress(b"")  # 20 bytes
+
+
+def test_many_gzip_members_are_refused_quickly(tmp_path):
+    """100,000 empty members (2 MB) once took 2.9 s, 500,000 took 100 s: each member's end
+    copied all the rest of the file."""
+    labels = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    labels.write_bytes(gzip.compress(idx_bytes(np.zeros(10, np.uint8))) + EMPTY_MEMBER * 100_000)
+    message, seconds, _ = measured(lambda: read_file_bytes(labels))
+    assert message == (f"{labels}: more than 10,000 gzip members (damaged, or not an "
+                       "MNIST-format file); stopped reading")
+    assert seconds < 0.5
+
+
+def test_gzip_members_inflate_in_linear_time(monkeypatch, mnist_data_dir, tmp_path):
+    monkeypatch.setattr(idx, "MAX_GZIP_MEMBERS", 10**9)
+    header = gzip.compress(idx_bytes(np.zeros(10, np.uint8)))
+    seconds = []
+    for members in (20_000, 200_000):
+        started = time.perf_counter()
+        assert idx.read_idx_stream(idx.Gunzip(header + EMPTY_MEMBER * members), "x") == \
+            idx_bytes(np.zeros(10, np.uint8))
+        seconds.append(time.perf_counter() - started)
+    assert seconds[1] < 2.0 and seconds[1] < 30 * seconds[0]  # quadratic: 100 times as long
+    # and a file as bgzip writes them, a member per 64 KB block (120 here), reads as one
+    raw = gzip.decompress((mnist_data_dir / f"{FILES['test_images']}.gz").read_bytes())
+    blocks = tmp_path / f"{FILES['test_images']}.gz"
+    blocks.write_bytes(b"".join(gzip.compress(raw[i:i + 2**16], compresslevel=1)
+                                for i in range(0, len(raw), 2**16)))
+    assert read_file_bytes(blocks) == raw
+
+
+def test_a_download_of_many_gzip_members_is_refused_quickly(tmp_path, mnist_gz):
+    def serve(url):
+        if stem_of(url) == FILES["test_labels"]:
+            return EMPTY_MEMBER * 500_000  # 10 MB
+        return mnist_gz[stem_of(url)]
+
+    info = dataclasses.replace(MNIST, mirrors=("http://yann.lecun.com/exdb/mnist/",))
+    message, seconds, _ = measured(
+        lambda: download_from_mirrors(info, tmp_path / "mnist", opener=fake_opener(serve)))
+    assert "t10k-labels-idx1-ubyte.gz: more than 10,000 gzip members" in message
+    assert seconds < 5 and not (tmp_path / "mnist").exists()
 
 
 def test_a_download_bomb_is_refused(tmp_path, mnist_gz):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -57,14 +58,21 @@ def worker_env(**extra: str) -> dict[str, str]:
             "PYTHONUNBUFFERED": "1", **extra}  # unbuffered: a killed worker's lines still show
 
 
-def torchrun(args: list[str], nproc: int = 2, *launch: str, **env: str) -> str:
-    """Run the command under torchrun on this machine; its output (it must succeed)."""
+def launch(args: list[str], nproc: int = 2, *options: str, **env: str
+           ) -> subprocess.CompletedProcess:
+    """Run the command under torchrun on this machine (it must succeed, without a traceback)."""
     command = torchrun_command(args, "--nproc-per-node", str(nproc), "--rdzv-backend", "c10d",
-                               "--rdzv-endpoint", f"127.0.0.1:{free_port()}", *launch)
+                               "--rdzv-endpoint", f"127.0.0.1:{free_port()}", *options)
     proc = subprocess.run(command, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT,
                           env=worker_env(**env))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+def torchrun(args: list[str], nproc: int = 2, *options: str, **env: str) -> str:
+    """launch(), for its output."""
+    return launch(args, nproc, *options, **env).stdout
 
 
 def in_process(args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -157,8 +165,12 @@ def test_a_killed_worker_restarts_and_resumes_to_the_same_weights(two_processes,
     epoch 1's checkpoint by itself: each epoch logged once, and the weights of a run that never
     failed, bit for bit (which also shows that two runs with one seed agree exactly)."""
     out = runs / "killed"
-    stdout = torchrun([*TRAIN, "--epochs", "2", "--out", str(out)], 2, "--max-restarts", "1",
-                      KILL_AT="1:9")
+    proc = launch([*TRAIN, "--epochs", "2", "--out", str(out)], 2, "--max-restarts", "1",
+                  KILL_AT="1:9")
+    stdout = proc.stdout
+    # the survivor's collective failed: one line (it was gloo's traceback), then the restart
+    assert re.search(r"^mnist-cnn: error: rank 0 lost the other processes of its group \(",
+                     proc.stderr, re.M), proc.stderr
     assert "resuming" in stdout and "after epoch 1" in stdout
     assert stdout.count("Epoch: 0001") == 1 and stdout.count("Epoch: 0002") == 1
     assert epochs_logged(out) == [1, 2]
@@ -275,3 +287,45 @@ def test_a_broken_torchrun_environment_is_a_one_line_error(launched_as_rank_1_of
     monkeypatch.setenv("WORLD_SIZE", "two")
     with pytest.raises(MnistCnnError, match="WORLD_SIZE"):
         setup("cpu", distributed=True)
+
+
+def test_a_wrong_timeout_is_a_one_line_error(monkeypatch):
+    from mnist_cnn import distributed
+
+    for value in ("0", "-5", "9" * 30):  # the last overflowed a timedelta
+        monkeypatch.setenv("MNIST_CNN_DIST_TIMEOUT", value)
+        with pytest.raises(MnistCnnError, match=f"MNIST_CNN_DIST_TIMEOUT is {value[:17]}.*: .* "
+                           "must be from 1 to 2,592,000"):
+            distributed.timeout()
+
+
+def test_no_processes_per_machine_is_a_one_line_error(launched_as_rank_1_of_2, monkeypatch):
+    from mnist_cnn.device import setup
+
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "0")  # each process's share of the cores divided by it
+    with pytest.raises(MnistCnnError, match="inconsistent torchrun environment: .*"
+                       "LOCAL_WORLD_SIZE=0"):
+        setup("cpu", distributed=True)
+
+
+def test_leftover_torchrun_variables_say_what_the_run_waits_for(tmp_path):
+    """RANK=0 WORLD_SIZE=2 left in the environment, without torchrun: the run once waited 600 s
+    without a word. Now it says, within seconds, what it waits for, and gives up in one line."""
+    import time
+
+    env = worker_env(RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                     MASTER_PORT=str(free_port()), MNIST_CNN_DIST_TIMEOUT="12")
+    started = time.monotonic()
+    process = subprocess.Popen([sys.executable, str(WORKER), *TRAIN, "--epochs", "1", "--out",
+                                str(tmp_path / "run")], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    first = process.stderr.readline()
+    noticed = time.monotonic() - started
+    rest = process.stderr.read()
+    assert process.wait(timeout=LAUNCH_TIMEOUT) == 1
+    assert first == ("mnist-cnn: rank 0 of 2 is waiting for the other 1 process at "
+                     f"127.0.0.1:{env['MASTER_PORT']}, 12 s at most (RANK=0 and WORLD_SIZE=2 "
+                     "are set, but not by torchrun: unset them for a single-process run)\n")
+    assert noticed < 11  # 5 s after it started to wait (and the imports before)
+    assert rest.startswith("mnist-cnn: error: cannot join the torchrun process group: ")
+    assert rest.count("\n") == 1 and "Traceback" not in rest

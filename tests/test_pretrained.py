@@ -3,15 +3,18 @@ answers `predict` and `serve` without a checkpoint."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
+import pytest
 from conftest import run_main
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from mnist_cnn import evaluate, load_pretrained
-from mnist_cnn.checkpoint import pretrained_path
+from mnist_cnn import checkpoint, evaluate, load_pretrained
+from mnist_cnn.checkpoint import META_KEY, PRETRAINED_SHA256, pretrained_path
+from mnist_cnn.errors import MnistCnnError
 
 
 def test_shipped_weights_score_what_their_metadata_says(mnist):
@@ -85,3 +88,34 @@ def test_evaluate_needs_no_checkpoint(mnist_data_dir):
                                "--threads", "1"])
     assert code == 0, err
     assert out.startswith("the model shipped with mnist-cnn: best after 16 epochs")
+
+
+def test_the_shipped_file_is_the_one_pinned():
+    # rebuilding it (benchmarks/build_pretrained.py) means pinning its new hash in checkpoint.py
+    assert hashlib.sha256(pretrained_path().read_bytes()).hexdigest() == PRETRAINED_SHA256
+
+
+def test_a_damaged_shipped_model_is_refused_in_one_line(mnist, tmp_path, monkeypatch):
+    """One weight changed, finite and in range, so that only the pinned SHA-256 can tell."""
+    from safetensors.torch import load, save
+
+    from mnist_cnn.server import create_app
+
+    raw = pretrained_path().read_bytes()
+    header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
+    tensors = load(raw)
+    tensors["model.0.weight"][0, 0, 0, 0] = 0.25
+    damaged = tmp_path / "pretrained" / "mnist-best.safetensors"
+    damaged.parent.mkdir()
+    damaged.write_bytes(save(tensors, metadata={META_KEY: header["__metadata__"][META_KEY]}))
+    monkeypatch.setattr(checkpoint, "SHIPPED", damaged)
+    digit_photo(mnist, 0, tmp_path / "digit.png")
+    for argv in (["predict", str(tmp_path / "digit.png")],
+                 ["predict", "--number", str(tmp_path / "digit.png")],
+                 ["evaluate", str(damaged)]):
+        code, out, err = run_main([*argv, "--threads", "1"])
+        assert code == 1 and out == ""
+        assert err == (f"mnist-cnn: error: {damaged}: the model shipped with mnist-cnn is "
+                       "damaged (not the file it was built with); reinstall mnist-cnn\n")
+    with pytest.raises(MnistCnnError, match="reinstall mnist-cnn"):
+        create_app([pretrained_path()])

@@ -700,3 +700,25 @@ def test_slow_clients_are_cut_off_and_others_served(guarded_server):
     assert b"not complete after 1.5 s" in answered
     trickling_headers.close()
     trickling_body.close()
+
+
+def test_a_request_framed_two_ways_is_refused_and_its_connection_closed(guarded_server):
+    """Content-Length and Transfer-Encoding together: the request hidden in the body (by the
+    chunked framing, after its last chunk) once got an answer of its own."""
+    _, port = guarded_server
+    with socket.create_connection(("127.0.0.1", port)) as connection:
+        connection.settimeout(5)
+        connection.sendall(b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 44\r\n"
+                           b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+                           b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        answered = b""
+        while chunk := connection.recv(4096):  # b"": the server closed the connection
+            answered += chunk
+    assert answered.startswith(b"HTTP/1.1 400 ") and answered.count(b"HTTP/1.1") == 1
+    assert b"connection: close" in answered.lower() and b"not both" in answered
+    assert b"alive" not in answered
+
+
+def test_no_redirect_names_a_host_taken_from_the_request(client):
+    answer = client.get("/api/model/", headers={"host": "evil.example"}, follow_redirects=False)
+    assert answer.status_code == 404 and "location" not in answer.headers

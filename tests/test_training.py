@@ -369,3 +369,81 @@ def test_holding_out_impossible_numbers_of_images_is_refused(val_size):
 
     with pytest.raises(MnistCnnError, match="cannot hold out"):
         make_dataset(synthetic_arrays(), DATASETS["mnist"], "synthetic", val_size=val_size)
+
+
+# --------------------------------------------------------------------------------------------
+# A run that diverges stops with one line, and leaves the last good checkpoint as it was
+
+
+def overflow_from(monkeypatch, first_step: int) -> None:
+    """From `first_step` on, a learning rate of 1e30: the weights overflow, the loss is NaN."""
+    import mnist_cnn.training
+
+    real = mnist_cnn.training.lr_factor
+    monkeypatch.setattr(mnist_cnn.training, "lr_factor",
+                        lambda recipe, step, total: 1e30 if step >= first_step else
+                        real(recipe, step, total))
+
+
+def test_a_diverging_run_stops_at_once_and_writes_nothing(tiny_dataset, runtime, tmp_path,
+                                                         monkeypatch):
+    overflow_from(monkeypatch, 0)
+    recipe = SIMPLE.replace(epochs=3)  # 18 steps
+    model = build_model(recipe)
+    steps = count_training_steps(model)
+    with pytest.raises(MnistCnnError) as e:
+        train(model, tiny_dataset, recipe, runtime, tmp_path, progress=False, log=quiet)
+    assert str(e.value).startswith("training diverged in epoch 1: the loss is nan by step ")
+    assert str(e.value).endswith("; lower the learning rate (--lr, now 0.001); no checkpoint "
+                                 "was written")
+    assert len(steps) <= 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_run_diverging_later_keeps_its_last_good_checkpoint(tiny_dataset, runtime, tmp_path,
+                                                              monkeypatch):
+    run(SIMPLE, tiny_dataset, runtime, tmp_path)  # epoch 1: steps 0 to 5
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    overflow_from(monkeypatch, 6)
+    with pytest.raises(MnistCnnError, match=r"in epoch 2: .* is left as it was \(epoch 1\)$"):
+        run(SIMPLE.replace(epochs=3), tiny_dataset, runtime, tmp_path, resume=True)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    load_checkpoint(tmp_path / "last.safetensors")  # still loads
+
+
+def test_weights_beyond_the_readers_bounds_are_never_written(tiny_dataset, runtime, tmp_path):
+    """SGD at lr 1e6 keeps the loss finite on this data, but not the weights: the checkpoint
+    that the readers would refuse is not written."""
+    recipe = SIMPLE.replace(optimizer="sgd", lr=1e6)
+    with pytest.raises(MnistCnnError, match="training diverged in epoch 1: tensor model.* far "
+                       "beyond what training reaches .*no checkpoint was written"):
+        run(recipe, tiny_dataset, runtime, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_huge_weight_decay_is_named_as_a_cause(tiny_dataset, runtime, tmp_path):
+    with pytest.raises(MnistCnnError, match=r"lower the learning rate \(--lr, now 0.001\) or the "
+                       r"weight decay \(--weight-decay, now 1e\+300\); no checkpoint"):
+        run(SIMPLE.replace(weight_decay=1e300), tiny_dataset, runtime, tmp_path)
+
+
+def test_save_checkpoint_refuses_what_the_readers_would(tmp_path):
+    from mnist_cnn.checkpoint import save_checkpoint
+
+    model = build_model("simple")
+    with torch.no_grad():
+        model[0].weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(MnistCnnError, match="not written, since it could not be read back: "
+                       "tensor model.0.weight holds NaN"):
+        save_checkpoint(tmp_path / "c.safetensors", model, {"recipe": SIMPLE.to_dict()})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_resuming_with_nothing_left_to_do_rebuilds_a_lost_log(tiny_dataset, runtime, tmp_path):
+    """A kill between the checkpoint's rename and the log's write leaves the log behind."""
+    run(SIMPLE, tiny_dataset, runtime, tmp_path)
+    (tmp_path / "metrics.jsonl").unlink()
+    result = run(SIMPLE, tiny_dataset, runtime, tmp_path, resume=True)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == result.history
+    assert [r["epoch"] for r in result.history] == [1]

@@ -11,9 +11,9 @@ on the `meta` device, which allocates nothing), and every tensor's name, shape, 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import inspect
 import json
-import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -29,7 +29,7 @@ from torch import nn
 from .errors import MnistCnnError
 from .files import write_atomically
 from .models import build_model, model_entry
-from .recipes import Recipe
+from .recipes import Recipe, is_number
 from .sources import DATASETS, dataset_info
 
 FORMAT = "mnist-cnn-checkpoint"
@@ -46,6 +46,13 @@ OPTIMIZER_STATE = {"adam": ("step", "exp_avg", "exp_avg_sq"),
                    "sgd": ("momentum_buffer",)}
 OPTIM_KEY = re.compile(r"optim\.(0|[1-9][0-9]{0,8})\.([a-z_]+)")
 RNG_KEY = "rng.torch"
+# Training keeps every value of a network small: the shipped model's largest is 6.8 (a batch-norm
+# running variance), its largest weight 1.2. Adam moves a weight by about lr per step at most, so
+# even the longest recipe here (best: 15 epochs of 430 steps at a peak lr of 0.003) moves one by
+# under 20. A value past these bounds is damage (one flipped exponent bit turns 0.3 into 1e38;
+# a first-layer weight of 1e4 made a clear 7 read "3, 100%"), never training.
+MAX_WEIGHT = 1000.0  # |value| of any weight, bias or running mean
+MAX_VARIANCE = MAX_WEIGHT ** 2  # a batch-norm running variance: a square of such values
 
 
 @dataclass(frozen=True)
@@ -116,10 +123,10 @@ class CheckpointMeta:
                 or not isinstance(d.get("recipe"), dict) or not is_int(d.get("version"))):
             raise bad("not a mnist-cnn checkpoint (unexpected metadata)")
         if d["version"] > VERSION:
-            raise bad(f"checkpoint format version {d['version']} is newer than this mnist-cnn "
+            raise bad(f"checkpoint format version {short(d['version'])} is newer than this mnist-cnn "
                       f"understands ({VERSION}); upgrade mnist-cnn")
         if d["version"] < 1:
-            raise bad(f"checkpoint format version {d['version']} does not exist")
+            raise bad(f"checkpoint format version {short(d['version'])} does not exist")
         recipe = recipe_of(d, source)
         dataset, checksums, classes = d.get("dataset"), d.get("checksums"), d.get("classes")
         if dataset is not None and not (isinstance(dataset, str) and dataset in DATASETS):
@@ -171,11 +178,6 @@ def is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def is_number(x: Any) -> bool:
-    return (isinstance(x, (int, float)) and not isinstance(x, bool)
-            and math.isfinite(x))
-
-
 def is_record(r: Any) -> bool:
     """A dict of names to finite numbers, or short lists of them (a metrics line: "threads" lists
     the thread counts an epoch used)."""
@@ -203,7 +205,20 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module,
 
     `meta` is a CheckpointMeta, or a dict holding "recipe" (a Recipe's dict) and otherwise
     free-form JSON: dataset name and checksums, classes, epoch, step, metrics, history.
+    A checkpoint that the readers would refuse (NaN weights, say) is not written.
     """
+    try:
+        data = encode_checkpoint(model, meta, optimizer, rng_state)
+    except MnistCnnError as e:
+        raise MnistCnnError(f"{path}: not written, since it could not be read back: {e}") from None
+    write_atomically(path, data)
+
+
+def encode_checkpoint(model: nn.Module, meta: CheckpointMeta | dict[str, Any],
+                      optimizer: torch.optim.Optimizer | None = None,
+                      rng_state: torch.Tensor | None = None) -> bytes:
+    """The bytes of save_checkpoint's file, checked as read_checkpoint checks a file (an error
+    says what is wrong, without a file name)."""
     if isinstance(meta, CheckpointMeta):
         meta = meta.to_dict()
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -219,12 +234,20 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module,
     if rng_state is not None:
         tensors[RNG_KEY] = rng_state
     data = save_tensors(tensors, metadata={META_KEY: json.dumps(meta)})
-    write_atomically(path, data)
+    try:
+        parse_checkpoint(data, "checkpoint")
+    except MnistCnnError as e:
+        raise MnistCnnError(str(e).removeprefix("checkpoint: ")) from None
+    return data
 
 
 def read_bytes(path: Path) -> bytes:
     """The file's bytes, refused before reading when it is larger than any checkpoint."""
-    if not path.is_file():
+    try:
+        is_file = path.is_file()
+    except OSError as e:  # is_file() answers False for most errors, not for EACCES
+        raise MnistCnnError(f"{path}: cannot read the checkpoint ({e.strerror or e})") from None
+    if not is_file:
         raise MnistCnnError(f"{path}: no such checkpoint file")
     try:
         with path.open("rb") as f:
@@ -241,7 +264,10 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], C
     """The tensors and metadata of a checkpoint, checked as a whole: every way of being wrong is
     reported as one line naming the file."""
     path = Path(path)
-    return parse_checkpoint(read_bytes(path), path)
+    raw = read_bytes(path)
+    if path.resolve() == SHIPPED.resolve():
+        check_shipped(raw, path)
+    return parse_checkpoint(raw, path)
 
 
 def parse_checkpoint(raw: bytes, path: str | os.PathLike
@@ -259,6 +285,9 @@ def parse_checkpoint(raw: bytes, path: str | os.PathLike
     except (KeyError, TypeError, AttributeError, json.JSONDecodeError):
         raise MnistCnnError(f"{path}: a safetensors file, but not a mnist-cnn checkpoint "
                             "(no mnist-cnn metadata)") from None
+    except ValueError:  # an integer of thousands of digits, which Python refuses to parse
+        raise MnistCnnError(f"{path}: the mnist-cnn metadata holds a number thousands of digits "
+                            "long") from None
     except RecursionError:  # JSON nested thousands deep
         raise MnistCnnError(f"{path}: the mnist-cnn metadata is nested too deeply") from None
     meta = CheckpointMeta.from_dict(meta, str(path))
@@ -361,6 +390,12 @@ def check_tensors(tensors: dict[str, torch.Tensor], meta: CheckpointMeta, networ
                                 f"{short(name)}")
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise MnistCnnError(f"{source}: tensor {name} holds NaN or infinite values")
+        if name in expected and t.is_floating_point() and t.numel():
+            limit = MAX_VARIANCE if name.endswith(".running_var") else MAX_WEIGHT
+            largest = float(t.abs().max())
+            if largest > limit:
+                raise MnistCnnError(f"{source}: tensor {name} holds {largest:.3g}, far beyond what "
+                                    f"training reaches (at most {limit:g})")
         if name.endswith(".running_var") and bool((t < 0).any()):
             raise MnistCnnError(f"{source}: tensor {name} holds negative variances")
     check_optimizer_tensors(tensors, list(network.parameters()), meta.recipe.optimizer, source)
@@ -440,17 +475,33 @@ def load_checkpoint(path: str | os.PathLike, expect_model: str | None = None,
 
 
 # A trained network shipped inside the package, so that predict and serve work right after
-# installation; benchmarks/build_pretrained.py rebuilds it from a fixed recipe and seed.
+# installation; benchmarks/build_pretrained.py rebuilds it from a fixed recipe and seed, and
+# prints the SHA-256 to pin here.
 PRETRAINED = "pretrained/mnist-best.safetensors"
+PRETRAINED_SHA256 = "ee7005adcdcf72fcc95699a1c13677137f0b2a27d84d058bfbe8bed5aa10bdd7"
+SHIPPED = Path(__file__).parent / PRETRAINED
 
 
 def pretrained_path() -> Path:
     """Where the shipped checkpoint lies (package data)."""
-    path = Path(__file__).with_name(PRETRAINED.split("/")[0]) / PRETRAINED.split("/")[1]
-    if not path.is_file():
-        raise MnistCnnError(f"{path}: the model shipped with mnist-cnn is missing; reinstall "
+    try:
+        is_file = SHIPPED.is_file()
+    except OSError as e:  # the package's folder unreadable: is_file() raises for EACCES
+        raise MnistCnnError(f"{SHIPPED}: cannot read the model shipped with mnist-cnn "
+                            f"({e.strerror or e}); reinstall mnist-cnn, or name a checkpoint"
+                            ) from None
+    if not is_file:
+        raise MnistCnnError(f"{SHIPPED}: the model shipped with mnist-cnn is missing; reinstall "
                             "mnist-cnn, or name a checkpoint")
-    return path
+    return SHIPPED
+
+
+def check_shipped(raw: bytes, path: Path) -> None:
+    """The shipped model is exactly the file mnist-cnn was built with: a damaged weight can stay
+    finite and in range, and still make it answer wrongly with confidence."""
+    if hashlib.sha256(raw).hexdigest() != PRETRAINED_SHA256:
+        raise MnistCnnError(f"{path}: the model shipped with mnist-cnn is damaged (not the file "
+                            "it was built with); reinstall mnist-cnn")
 
 
 def load_pretrained(device: torch.device | str = "cpu") -> tuple[nn.Module, CheckpointMeta]:

@@ -6,6 +6,8 @@ import argparse
 import gc
 import json
 import math
+import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +16,7 @@ from typing import TYPE_CHECKING
 # Only what builds the parser is imported here. Each command imports the rest when it runs:
 # torch alone takes seconds to import on a small CPU, and `--help` or `models` need none of it.
 from . import catalog, sources
-from .errors import MnistCnnError
+from .errors import Interrupted, MnistCnnError
 from .recipes import OPTIMIZERS, PRECISIONS, SCHEDULES
 from .server import limits as server_limits
 
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
     from .data import Dataset, Split
     from .device import Runtime
     from .ensemble import EnsembleReport
+    from .evaluation import Metrics
     from .recipes import Recipe
 
 # --------------------------------------------------------------------------------------------
@@ -164,6 +167,9 @@ def cmd_data(args: argparse.Namespace) -> None:
     from .data import load_dataset
 
     if args.action == "fetch":
+        if not (args.data_dir or os.environ.get(sources.env_var(args.dataset))):
+            for name in sources.repair_cache(args.dataset):  # only a new download mends them
+                print(f"{args.dataset}: {name} in the cache fails its checksum; fetching it again")
         directory = sources.locate(args.dataset, args.data_dir, download=True)
         print(f"{args.dataset}: available in {directory}")
     ds = load_dataset(args.dataset, args.data_dir, download=args.action == "fetch")
@@ -236,12 +242,16 @@ def cmd_train(args: argparse.Namespace) -> None:
     from . import distributed
 
     recipe = recipe_from_args(args)
-    runtime, data = start_runtime_and_data(args, recipe.precision)
     try:
-        train_and_test(args, recipe, runtime, data)
-        # the ranks leave together: one tearing its connections down while rank 0 still tests
-        # could crash at exit (seen once, as an abort in gloo)
-        distributed.barrier(runtime)
+        runtime, data = start_runtime_and_data(args, recipe.precision)
+    except KeyboardInterrupt:
+        raise Interrupted("before training started; nothing was saved") from None
+    try:
+        with distributed.peers_lost_as_error(runtime):
+            train_and_test(args, recipe, runtime, data)
+            # the ranks leave together: one tearing its connections down while rank 0 still
+            # tests could crash at exit (seen once, as an abort in gloo)
+            distributed.barrier(runtime)
     finally:
         distributed.stop()
 
@@ -261,7 +271,7 @@ def train_and_test(args: argparse.Namespace, recipe: Recipe, runtime: Runtime,
                    data: Dataset) -> None:
     from .evaluation import evaluate
     from .models import build_model
-    from .training import train
+    from .training import CHECKPOINT_NAME, TrainingInterrupted, train
 
     out = Path(args.out or f"runs/{recipe.model}")
     if runtime.is_main:  # under torchrun, rank 0 speaks for the group
@@ -273,22 +283,37 @@ def train_and_test(args: argparse.Namespace, recipe: Recipe, runtime: Runtime,
     try:
         result = train(model, data, recipe, runtime, out, resume=args.resume,
                        progress=not args.no_progress, overwrite=args.overwrite)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: {out}/last.safetensors holds the last finished epoch; continue "
-              "with the same command plus --resume", file=sys.stderr)
-        raise SystemExit(130) from None
+    except TrainingInterrupted as e:
+        if e.checkpoint is None:
+            earlier = (f"; the run {out} held before is as it was"
+                       if (out / CHECKPOINT_NAME).is_file() else "")
+            raise Interrupted(f"before the first epoch ended; nothing was saved{earlier}") \
+                from None
+        if e.epoch is None:
+            raise Interrupted(f"{e.checkpoint} is as it was") from None
+        again = ("the same command" if args.resume else "the same command with --resume"
+                 + (" instead of --overwrite" if args.overwrite else ""))
+        raise Interrupted(f"{e.checkpoint} holds epoch {e.epoch}; {again} continues from there"
+                          ) from None
     if not runtime.is_main:
         return
     print(f"Learning Finished! ({result.train_seconds:.1f} s of training)")
-    test = evaluate(model, data.test, recipe.eval_batch_size, runtime)
-    print(f"Accuracy: {test.accuracy:.4f} on the {test.count} test images")
-    if result.checkpoint is not None:
-        save_test_metrics(result.checkpoint, test.summary())
+    try:
+        test = check_finite(evaluate(model, data.test, recipe.eval_batch_size, runtime),
+                            result.checkpoint or recipe.model)
+        print(f"Accuracy: {test.accuracy:.4f} on the {test.count} test images")
+        if result.checkpoint is not None:
+            save_test_metrics(result.checkpoint, test.summary())
+    except KeyboardInterrupt:
+        raise Interrupted(f"training had finished ({result.checkpoint} holds epoch "
+                          f"{result.epoch}); its test accuracy was not measured") from None
     show_predictions(model, data.test, data.classes, args.show, recipe.seed, runtime)
 
 
 def save_test_metrics(checkpoint: Path, metrics: dict) -> None:
-    (checkpoint.parent / "test_metrics.json").write_text(json.dumps(metrics) + "\n")
+    from .files import write_atomically
+
+    write_atomically(checkpoint.parent / "test_metrics.json", (json.dumps(metrics) + "\n").encode())
 
 
 def show_predictions(model: torch.nn.Module, split: Split, classes: tuple[str, ...],
@@ -339,12 +364,20 @@ def ensemble_command(sub) -> None:
 def cmd_ensemble_train(args: argparse.Namespace) -> None:
     from . import distributed
     from .ensemble import evaluate_ensemble, format_verdicts, select_members, train_recipes
+    from .training import TrainingInterrupted
 
     recipes, names, out = ensemble_recipes(args)
     runtime, data = start_runtime_and_data(args, recipes[0].precision)
     try:
-        paths = train_recipes(recipes, data, runtime, out, not args.no_progress,
-                              overwrite=args.overwrite, names=names)
+        with distributed.peers_lost_as_error(runtime):
+            paths = train_recipes(recipes, data, runtime, out, not args.no_progress,
+                                  overwrite=args.overwrite, names=names)
+    except TrainingInterrupted as e:
+        saved = (f"{e.checkpoint} holds epoch {e.epoch}" if e.epoch is not None
+                 else "the member in training saved nothing")
+        again = "the same command" + (" without --overwrite" if args.overwrite else "")
+        raise Interrupted(f"{saved}; {again} continues from there, keeping the members that "
+                          "finished") from None
     finally:
         distributed.stop()
     if not runtime.is_main:
@@ -428,11 +461,20 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     data = data_for(args, meta)
     if data.checksums != meta.checksums and args.dataset is None:
         print(f"note: {name} was trained on other {data.name} files", file=sys.stderr)
-    metrics = evaluate(model, data.test, args.batch_size, runtime)
+    metrics = check_finite(evaluate(model, data.test, args.batch_size, runtime), name)
     print(f"{name}: {meta.recipe.model} {meta.trained_for()}, "
           f"evaluated on {data.name} test in batches of {args.batch_size}")
     print(format_metrics(metrics, data.classes))
     show_predictions(model, data.test, data.classes, args.show, args.seed, runtime)
+
+
+def check_finite(metrics: Metrics, source: str | Path) -> Metrics:
+    """Weights inside the readers' bounds can still overflow (a loss of NaN is no answer)."""
+    from .ensemble import NOT_FINITE
+
+    if not math.isfinite(metrics.loss):
+        raise MnistCnnError(f"{source}: {NOT_FINITE}")
+    return metrics
 
 
 # --------------------------------------------------------------------------------------------
@@ -505,10 +547,10 @@ def cmd_export(args: argparse.Namespace) -> None:
     model, meta = load_checkpoint(args.checkpoint, device=runtime.device)
     # checked before the slow export and parity check, which would otherwise be lost; the
     # checkpoint (weights and optimizer state) is larger than the ONNX file it becomes
-    if Path(args.onnx).is_dir():
-        raise MnistCnnError(f"{args.onnx}: is a folder; --onnx names the file to write")
     ensure_writable_folder(Path(args.onnx).parent, Path(args.checkpoint).stat().st_size,
                            what="folder of --onnx")
+    if Path(args.onnx).is_dir():
+        raise MnistCnnError(f"{args.onnx}: is a folder; --onnx names the file to write")
     test = None if args.no_check else data_for(args, meta).test
     sidecar = export.export_checkpoint(model, meta, args.checkpoint, args.onnx, args.opset, test)
     size = Path(args.onnx).stat().st_size
@@ -529,13 +571,15 @@ def cmd_plot(args: argparse.Namespace) -> None:
     from . import plots  # imported here: matplotlib loads slowly
     from .checkpoint import load_checkpoint
     from .device import setup
+    from .files import ensure_writable_folder
     from .imaging import load_and_preprocess
 
     runtime = setup(args.device, "fp32", args.threads)
     model, meta = load_checkpoint(args.checkpoint, device=runtime.device)
     photo = load_and_preprocess(args.image) if args.image else None
-    data = data_for(args, meta)
     out = Path(args.out or Path(args.checkpoint).parent / "plots")
+    ensure_writable_folder(out, what="folder of the plots")  # before the slow drawing
+    data = data_for(args, meta)
     for path in plots.write_report(model, meta, data.test, data.classes, out, runtime,
                                    args.batch_size, photo):
         print(f"wrote {path}")
@@ -578,7 +622,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
                      max_concurrent=args.max_concurrent, queue_timeout=args.queue_timeout,
                      request_timeout=args.request_timeout)
     print(f"mnist-cnn: draw a digit at http://{args.host}:{args.port}/ (Ctrl-C stops)")
-    uvicorn.Server(server_config(app, args.host, args.port, args.request_timeout)).run()
+    try:
+        uvicorn.Server(server_config(app, args.host, args.port, args.request_timeout)).run()
+    except KeyboardInterrupt:  # uvicorn stops gracefully, then raises Ctrl-C again
+        raise Interrupted("the server stopped") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -608,18 +655,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
     try:
+        args = parse_args(argv)
         args.func(args)
     except MnistCnnError as e:
         print(f"mnist-cnn: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as e:  # Ctrl-C: one line, saying what was saved where that matters
+        detail = f": {e}" if isinstance(e, Interrupted) else ""
+        print(f"mnist-cnn: interrupted{detail}", file=sys.stderr)
+        return 130
     return 0
 
 
 def run() -> None:
     """The console command: main(), then a quick exit."""
-    status = main()
+    try:
+        status = main()
+    except BrokenPipeError:  # `mnist-cnn ... | head`: the reader stopped early, no error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # for the exit's flush
+        status = 128 + signal.SIGPIPE  # what a command killed by SIGPIPE reports
+    # the command is over, its line printed: a second Ctrl-C would only break the exit's cleanup
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Interpreter shutdown would run the cycle collector over the ~300k objects torch creates at
     # import, about half a second: a tenth of a `fast` training run. Frozen objects are skipped.
     gc.freeze()

@@ -8,8 +8,12 @@ torchrun (or with one process) nothing here does anything.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+import re
+import sys
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -27,6 +31,8 @@ if TYPE_CHECKING:
 # seconds): long enough for rank 0's validation and checkpoint between two steps, short enough
 # that a rank whose peers are gone does not wait forever. torchrun stops a failed group sooner.
 DEFAULT_TIMEOUT = 600
+MAX_TIMEOUT = 30 * 24 * 3600  # a month; torch keeps timeouts in milliseconds of a C++ integer
+MAX_WORLD = 2 ** 20  # processes in a group: far more than any cluster runs
 
 
 @dataclass(frozen=True)
@@ -56,9 +62,12 @@ def launch_from_env() -> Launch:
                     local_rank=_env_int("LOCAL_RANK", 0),
                     local_world_size=_env_int("LOCAL_WORLD_SIZE", 1),
                     restart_count=restart_count())
-    if not 0 <= launch.rank < launch.world_size or not 0 <= launch.local_rank:
-        raise MnistCnnError(f"inconsistent torchrun environment: RANK={launch.rank}, "
-                            f"WORLD_SIZE={launch.world_size}, LOCAL_RANK={launch.local_rank}")
+    if (not 0 <= launch.rank < launch.world_size <= MAX_WORLD or not 0 <= launch.local_rank
+            or not 1 <= launch.local_world_size <= launch.world_size):
+        raise MnistCnnError(f"inconsistent torchrun environment: RANK={short(launch.rank)}, "
+                            f"WORLD_SIZE={short(launch.world_size)}, "
+                            f"LOCAL_RANK={short(launch.local_rank)}, "
+                            f"LOCAL_WORLD_SIZE={short(launch.local_world_size)}")
     return launch
 
 
@@ -68,7 +77,27 @@ def restart_count() -> int:
 
 
 def timeout() -> timedelta:
-    return timedelta(seconds=_env_int("MNIST_CNN_DIST_TIMEOUT", DEFAULT_TIMEOUT))
+    seconds = _env_int("MNIST_CNN_DIST_TIMEOUT", DEFAULT_TIMEOUT)
+    if not 1 <= seconds <= MAX_TIMEOUT:
+        raise MnistCnnError(f"$MNIST_CNN_DIST_TIMEOUT is {short(seconds)}: the seconds a process "
+                            f"waits for the others must be from 1 to {MAX_TIMEOUT:,}")
+    return timedelta(seconds=seconds)
+
+
+def short(n: int) -> str:
+    text = str(n)
+    return text if len(text) <= 20 else text[:17] + "..."
+
+
+def first_line(e: BaseException) -> str:
+    """An error of torch.distributed in one line: without gloo's source location, or the C++
+    stack that some messages carry after their first line."""
+    lines = str(e).strip().splitlines() or [type(e).__name__]
+    return re.sub(r"^\[[^\]]*\] *", "", lines[0]).split(". ")[0]  # gloo adds advice, an emoji
+
+
+# A process still waiting for its group after this many seconds says what it waits for
+WAIT_NOTICE = 5.0
 
 
 def start(device: torch.device, launch: Launch) -> None:
@@ -79,15 +108,49 @@ def start(device: torch.device, launch: Launch) -> None:
         backend = "cpu:gloo,cuda:nccl"  # NCCL for gradients; gloo for the small CPU messages
     else:
         backend = "gloo"
+    wait = timeout()
+    # leftover RANK and WORLD_SIZE variables, without torchrun, once made a run wait silently
+    notice = threading.Timer(WAIT_NOTICE, print, [waiting_for(launch)], {"file": sys.stderr})
+    notice.daemon = True
+    notice.start()
     try:
-        store, rank, world_size = next(dist.rendezvous("env://", timeout=timeout()))
+        store, rank, world_size = next(dist.rendezvous("env://", timeout=wait))
         # torchrun's store outlives a restart, and (torch 2.13) a restarted group found the dead
         # group's gloo addresses there and failed to connect: each attempt gets its own keys
         store = dist.PrefixStore(f"mnist-cnn/attempt-{launch.restart_count}", store)
         dist.init_process_group(backend, store=store, rank=rank, world_size=world_size,
-                                timeout=timeout())
+                                timeout=wait)
     except (RuntimeError, ValueError) as e:
-        raise MnistCnnError(f"cannot join the torchrun process group: {e}") from None
+        raise MnistCnnError(f"cannot join the torchrun process group: {first_line(e)}") from None
+    finally:
+        notice.cancel()
+
+
+def waiting_for(launch: Launch) -> str:
+    address = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+    others = launch.world_size - 1
+    line = (f"mnist-cnn: rank {launch.rank} of {launch.world_size} is waiting for the other "
+            f"{others} process{'es' if others > 1 else ''} at {address}, "
+            f"{timeout().total_seconds():.0f} s at most")
+    if "TORCHELASTIC_RUN_ID" not in os.environ:  # torchrun sets it
+        line += (f" (RANK={launch.rank} and WORLD_SIZE={launch.world_size} are set, but not by "
+                 "torchrun: unset them for a single-process run)")
+    return line
+
+
+@contextlib.contextmanager
+def peers_lost_as_error(runtime: Runtime) -> Iterator[None]:
+    """A collective failing because another process of the group went away is one line, not
+    gloo's traceback: torchrun restarts the group, if its --max-restarts allows."""
+    try:
+        yield
+    except RuntimeError as e:
+        text = str(e).lower()
+        if runtime.world_size == 1 or not ("gloo" in text or "nccl" in text
+                                           or isinstance(e, dist.DistError)):
+            raise
+        raise MnistCnnError(f"rank {runtime.rank} lost the other processes of its group "
+                            f"({first_line(e)})") from None
 
 
 def stop() -> None:

@@ -75,6 +75,8 @@ def evaluate_ensemble(paths: Sequence[str | os.PathLike], split: Split, batch_si
     probs, members = [], []
     for path, (model, _meta) in zip(paths, load_members(paths, runtime.device)):
         p = predict_proba(model, split.images, batch_size, runtime)
+        if not bool(torch.isfinite(p).all()):
+            raise MnistCnnError(f"{path}: {NOT_FINITE}")
         probs.append(p)
         members.append((str(path), metrics_from_proba(p, split.labels)))
     return EnsembleReport(members, metrics_from_proba(average_probabilities(probs), split.labels))

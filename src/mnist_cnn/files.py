@@ -10,14 +10,21 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import MnistCnnError
+from .errors import CannotWrite, MnistCnnError
 
 
 def write_atomically(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temporary file beside `path`, flush it to disk, then rename it over `path`."""
+    """Write to a temporary file beside `path`, flush it to disk, then rename it over `path`.
+
+    A failure (a full disk, a read-only folder) is one line naming the file and the cause; the
+    file already at `path`, if any, is left as it was.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise CannotWrite(f"{path}: cannot write it ({_one_line(e)})") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -25,8 +32,11 @@ def write_atomically(path: str | os.PathLike, data: bytes) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes files private; these are ordinary data files
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise CannotWrite(f"{path}: cannot write it ({_one_line(e)})") from None
         raise
 
 

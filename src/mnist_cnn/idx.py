@@ -24,6 +24,9 @@ IDX_DTYPE_UBYTE = 0x08
 MAX_IDX_ITEMS = 10_000_000  # far above any MNIST-format file: refuses absurd headers early
 MAX_IDX_BYTES = 128 * 2**20
 CHUNK = 2**24  # bytes per read: few enough calls that each one is worth releasing the GIL for
+FIRST_FEED = 256  # bytes of compressed input first given to zlib for each gzip member
+# bgzip and pigz -i write a member per 64 KB block: 720 for the largest MNIST-format file
+MAX_GZIP_MEMBERS = 10_000
 
 
 def parse_idx(raw: bytes, expected_ndim: int, source: str = "<bytes>") -> np.ndarray:
@@ -77,21 +80,43 @@ class Gunzip:
     inflates 8 KB of input per call instead, about 1,500 calls for the training images, and with
     another thread running (`mnist-cnn train` imports torch._dynamo on one meanwhile) every
     call waits to get the GIL back: that made loading 4 times slower.
+
+    Input is given to zlib in pieces that start small and double while a member lasts: zlib
+    copies what follows a member's end (its unused_data), so feeding all the rest at once made
+    a file of many tiny members take quadratic time (500,000 empty ones: 100 s). At most
+    MAX_GZIP_MEMBERS members are read.
     """
 
-    def __init__(self, compressed: bytes) -> None:
-        self.pending = compressed  # input not yet given to zlib
+    def __init__(self, compressed: bytes, source: str = "gzip data") -> None:
+        self.data, self.source = memoryview(compressed), source
+        self.offset = 0  # input given to zlib so far
+        self.pending = b""  # input given to zlib that belongs to the next member
+        self.members = 0
+        self.start_member()
+
+    def start_member(self) -> None:
+        self.members += 1
+        if self.members > MAX_GZIP_MEMBERS:
+            raise MnistCnnError(f"{self.source}: more than {MAX_GZIP_MEMBERS:,} gzip members "
+                                "(damaged, or not an MNIST-format file); stopped reading")
         self.inflater = zlib.decompressobj(wbits=31)  # 31: gzip header and trailer
+        self.feed = FIRST_FEED
+
+    def next_input(self) -> memoryview:
+        piece = self.data[self.offset:self.offset + self.feed]
+        self.offset += len(piece)
+        self.feed = min(2 * self.feed, CHUNK)
+        return piece
 
     def read(self, size: int) -> bytes:
         parts, left = [], size
         while left > 0:
             if self.inflater.eof:
-                if not self.inflater.unused_data:
+                self.pending = self.inflater.unused_data  # at most one piece of input
+                if not self.pending and self.offset == len(self.data):
                     break  # the last member ended
-                self.pending = self.inflater.unused_data  # the next member
-                self.inflater = zlib.decompressobj(wbits=31)
-            source = self.inflater.unconsumed_tail or self.pending
+                self.start_member()
+            source = self.inflater.unconsumed_tail or self.pending or self.next_input()
             self.pending = b""
             if not source:
                 raise EOFError("the compressed data ends before its end-of-stream marker")
@@ -136,7 +161,7 @@ def read_file_bytes(path: Path) -> bytes:
                 raise MnistCnnError(f"{path}: over {MAX_IDX_BYTES:,} bytes compressed: not an "
                                     "MNIST-format file")
             try:
-                return read_idx_stream(Gunzip(f.read()), str(path))
+                return read_idx_stream(Gunzip(f.read(), str(path)), str(path))
             except (EOFError, zlib.error) as e:
                 raise MnistCnnError(f"{path}: corrupt or truncated gzip data ({e})") from None
     except OSError as e:

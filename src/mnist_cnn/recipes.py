@@ -68,7 +68,7 @@ class Recipe:
         self.check_types()
         checks = [
             (0 < self.epochs <= MAX_EPOCHS, f"epochs must be positive (at most {MAX_EPOCHS:,})"),
-            (self.batch_size > 0, "batch size must be positive"),
+            (0 < self.batch_size <= MAX_BATCH, f"batch size must be positive (at most {MAX_BATCH:,})"),
             (self.lr > 0, "learning rate must be positive"),
             (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
             (0 < self.warmup < 1, "warmup must be in (0, 1)"),
@@ -77,7 +77,8 @@ class Recipe:
             (self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}"),
             (self.precision in PRECISIONS, f"unknown precision {self.precision!r}"),
             (self.augment in PRESETS, f"unknown augmentation preset {self.augment!r}"),
-            (self.eval_batch_size > 0, "evaluation batch size must be positive"),
+            (0 < self.eval_batch_size <= MAX_BATCH,
+             f"evaluation batch size must be positive (at most {MAX_BATCH:,})"),
             (self.eps > 0, "eps must be positive"),
             (self.outlier_exposure >= 0, "outlier exposure must not be negative"),
             (self.weight_decay >= 0, "weight decay must not be negative"),
@@ -92,15 +93,12 @@ class Recipe:
 
     def check_types(self) -> None:
         """JSON from a file can hold anything: a string batch size, a list for a rate."""
-        def number(x: Any) -> bool:
-            return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-        wrong = [f for f in NUMBER_FIELDS if not number(getattr(self, f))]
+        wrong = [f for f in NUMBER_FIELDS if not is_number(getattr(self, f))]
         wrong += [f for f in INT_FIELDS
                   if not isinstance(getattr(self, f), int) or isinstance(getattr(self, f), bool)]
         wrong += [f for f in STR_FIELDS if not isinstance(getattr(self, f), str)]
         if not (isinstance(self.betas, tuple) and len(self.betas) == 2
-                and all(number(b) for b in self.betas)):
+                and all(is_number(b) for b in self.betas)):
             wrong.append("betas")
         if not (isinstance(self.model_args, dict) and all(isinstance(k, str) for k in self.model_args)):
             wrong.append("model_args")
@@ -109,7 +107,18 @@ class Recipe:
                                 f"{', '.join(wrong)}")
 
 
+def is_number(x: Any) -> bool:
+    """A finite int or float (JSON's integers have no size limit: 10**400 is no number here)."""
+    if not isinstance(x, (int, float)) or isinstance(x, bool):
+        return False
+    try:
+        return math.isfinite(x)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
 MAX_EPOCHS = 100_000
+MAX_BATCH = 2 ** 31  # far above any dataset's size; keeps 400-digit sizes out of messages
 NUMBER_FIELDS = ("epochs", "lr", "eps", "weight_decay", "momentum", "warmup", "label_smoothing",
                  "dropout", "outlier_exposure")
 INT_FIELDS = ("batch_size", "seed", "eval_batch_size")

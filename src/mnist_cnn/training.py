@@ -12,6 +12,7 @@ import contextlib
 import importlib
 import json
 import math
+import signal
 import sys
 import threading
 import time
@@ -29,11 +30,11 @@ from . import distributed
 from .checkpoint import (
     RNG_KEY,
     CheckpointMeta,
+    encode_checkpoint,
     load_optimizer_state,
     load_weights,
     parse_checkpoint,
     read_bytes,
-    save_checkpoint,
 )
 from .data import Dataset
 from .device import Runtime
@@ -55,6 +56,24 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     checkpoint: Path | None = None
     train_seconds: float = 0.0
+    epoch: int | None = None  # the epoch `checkpoint` holds
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during `train`: what the run folder holds. `checkpoint` None: nothing of this run;
+    `epoch` None: the checkpoint resumed from, as it was."""
+
+    def __init__(self, checkpoint: Path | None, epoch: int | None) -> None:
+        super().__init__(checkpoint, epoch)
+        self.checkpoint, self.epoch = checkpoint, epoch
+
+
+class Diverged(Exception):
+    """The loss or the weights are no longer finite numbers (`_train` says what to do)."""
+
+
+# On a GPU, checking the loss waits for the queued work: done every this many steps, not every one
+CHECK_EVERY = 32
 
 
 def start_optimizer_import() -> threading.Thread:
@@ -156,25 +175,30 @@ def train(model: nn.Module, data: Dataset, recipe: Recipe, runtime: Runtime,
     """
     if not runtime.is_main:
         log = quiet
-    if out_dir is None:
-        return _train(model, data, recipe, runtime, None, resume, progress, log)
-    out = Path(out_dir)
-    with contextlib.ExitStack() as claim:
-        error = None
-        if runtime.is_main:
-            try:
-                if distributed.restart_count() > 0 and (out / CHECKPOINT_NAME).is_file():
-                    resume = True  # the checkpoint is this run's own, from before the failure
-                claim.enter_context(claim_run_folder(out, checkpoint_bytes(model),
-                                                     CHECKPOINT_NAME, resume or overwrite))
-            except MnistCnnError as e:
-                error = e
-        ok, resume = distributed.broadcast_ints([error is None, resume], runtime)
-        if error is not None:
-            raise error
-        if not ok:
-            raise MnistCnnError(f"{out}: rank 0 could not use the run folder (its message says why)")
-        return _train(model, data, recipe, runtime, out, bool(resume), progress, log)
+    result = TrainResult(model)
+    try:
+        if out_dir is None:
+            return _train(model, data, recipe, runtime, None, resume, progress, log, result)
+        out = Path(out_dir)
+        with contextlib.ExitStack() as claim:
+            error = None
+            if runtime.is_main:
+                try:
+                    if distributed.restart_count() > 0 and (out / CHECKPOINT_NAME).is_file():
+                        resume = True  # the checkpoint is this run's own, from before the failure
+                    claim.enter_context(claim_run_folder(out, checkpoint_bytes(model),
+                                                         CHECKPOINT_NAME, resume or overwrite))
+                except MnistCnnError as e:
+                    error = e
+            ok, resume = distributed.broadcast_ints([error is None, resume], runtime)
+            if error is not None:
+                raise error
+            if not ok:
+                raise MnistCnnError(f"{out}: rank 0 could not use the run folder (its message "
+                                    "says why)")
+            return _train(model, data, recipe, runtime, out, bool(resume), progress, log, result)
+    except KeyboardInterrupt:  # Ctrl-C: the caller learns what the folder holds
+        raise TrainingInterrupted(result.checkpoint, result.epoch) from None
 
 
 @dataclass(frozen=True)
@@ -206,8 +230,9 @@ class StepPlan:
 
 
 def _train(model: nn.Module, data: Dataset, recipe: Recipe, runtime: Runtime,
-           out_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
-           log: Callable[[str], None] = print) -> TrainResult:
+           out_dir: str | Path | None, resume: bool, progress: bool,
+           log: Callable[[str], None], result: TrainResult) -> TrainResult:
+    """train()'s work; `result` follows what the run folder holds, even when interrupted."""
     world = runtime.world_size
     if recipe.batch_size % world:
         raise MnistCnnError(f"the global batch of {recipe.batch_size} does not split evenly over "
@@ -222,24 +247,44 @@ def _train(model: nn.Module, data: Dataset, recipe: Recipe, runtime: Runtime,
         torch.manual_seed(recipe.seed)
         done, history = 0, []  # steps done so far, one record per epoch
         if resume:
+            result.checkpoint = out / CHECKPOINT_NAME if out is not None else None
             done, history = resume_from(out, model, optimizer, recipe, data, log, runtime)
+            result.epoch = history[-1]["epoch"] if history else None
+        result.history = history
         if world > 1:
             log(f"{world} processes: global batch {recipe.batch_size}, "
                 f"{recipe.batch_size // world} per process")
-        result = TrainResult(model, history, out / CHECKPOINT_NAME if resume else None)
         run = EpochRunner(model, optimizer, recipe, runtime, data, plan, progress)
         for epoch, first, last in plan.remaining(done):
-            cost, seconds = run(epoch, first, last)
-            result.train_seconds += seconds
-            if not runtime.is_main:
-                continue  # rank 0 alone validates, logs and writes; the others wait at its next step
-            record = end_of_epoch(model, optimizer, data, recipe, runtime, epoch,
-                                  epoch * plan.steps_per_epoch + last, last - first, cost, seconds,
-                                  history)
-            log(format_epoch(record))
-            if out is not None:
-                result.checkpoint = write_epoch(out, model, optimizer, recipe, data, history)
+            try:
+                cost, seconds = run(epoch, first, last)
+                result.train_seconds += seconds
+                if not runtime.is_main:
+                    continue  # rank 0 alone validates, logs and writes; the others wait for it
+                record = end_of_epoch(model, optimizer, data, recipe, runtime, epoch,
+                                      epoch * plan.steps_per_epoch + last, last - first, cost,
+                                      seconds, history)
+                if not math.isfinite(record.get("val_loss", 0.0)):
+                    raise Diverged("the validation loss is not a finite number")
+                log(format_epoch(record))
+                if out is not None:
+                    with ctrl_c_deferred():  # the files and `result` change together
+                        result.checkpoint = write_epoch(out, model, optimizer, recipe, data,
+                                                        history)
+                        result.epoch = record["epoch"]
+            except Diverged as e:
+                raise MnistCnnError(diverged(str(e), epoch, recipe, result)) from None
     return result
+
+
+def diverged(problem: str, epoch: int, recipe: Recipe, result: TrainResult) -> str:
+    """One line: what went wrong, what to change, and what the run folder holds."""
+    kept = (f"{result.checkpoint} is left as it was (epoch {result.epoch})"
+            if result.checkpoint is not None else "no checkpoint was written")
+    decay = (f" or the weight decay (--weight-decay, now {recipe.weight_decay:g})"
+             if recipe.weight_decay > 0 else "")
+    return (f"training diverged in epoch {epoch + 1}: {problem}; lower the learning rate "
+            f"(--lr, now {recipe.lr:g}){decay}; {kept}")
 
 
 class EpochRunner:
@@ -255,6 +300,9 @@ class EpochRunner:
         self.augment = make_augmenter(recipe, runtime)
         self.outliers = make_outliers(recipe, runtime)
         self.net = wrap_for_ranks(model, runtime)
+        # on one CPU process the check is free; elsewhere it waits for the GPU or the other ranks
+        alone_on_cpu = runtime.device.type == "cpu" and runtime.world_size == 1
+        self.check_every = 1 if alone_on_cpu else CHECK_EVERY
 
     def __call__(self, epoch: int, first: int, last: int) -> tuple[float, float]:
         """Steps first..last-1 of `epoch`: (mean training loss over all ranks, seconds)."""
@@ -266,31 +314,40 @@ class EpochRunner:
         bar = tqdm(range(first, last), desc=f"epoch {epoch + 1}/{self.plan.num_epochs}",
                    leave=False, unit="batch",
                    disable=not self.progress or not runtime.is_main or not sys.stderr.isatty())
-        for i in bar:
-            runtime.poll_threads()  # before the step: the first one can decide the first steps
-            step = epoch * self.plan.steps_per_epoch + i
-            for group in optimizer.param_groups:
-                group["lr"] = recipe.lr * lr_factor(recipe, step, self.plan.total_steps)
-            idx = shard(perm, i, recipe.batch_size, runtime.rank, runtime.world_size)
-            x = runtime.to_batch(as_input(self.images[idx]))
-            if self.augment is not None:
-                x = self.augment(x, step)
-            if self.outliers is not None:  # one forward pass for digits and non-digits together
-                x = torch.cat([x, self.outliers(step)])
-            with runtime.autocast():
-                logits = self.net(x)
-                loss = F.cross_entropy(logits[:len(idx)], self.labels[idx],
-                                       label_smoothing=recipe.label_smoothing)
-                if self.outliers is not None:  # cross-entropy to the uniform distribution
-                    loss = loss - recipe.outlier_exposure * F.log_softmax(
-                        logits[len(idx):].float(), dim=1).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach()
+        with bar:  # closed (its line cleared) also when a step raises
+            for i in bar:
+                runtime.poll_threads()  # before the step: the first one can decide the first steps
+                step = epoch * self.plan.steps_per_epoch + i
+                for group in optimizer.param_groups:
+                    group["lr"] = recipe.lr * lr_factor(recipe, step, self.plan.total_steps)
+                idx = shard(perm, i, recipe.batch_size, runtime.rank, runtime.world_size)
+                x = runtime.to_batch(as_input(self.images[idx]))
+                if self.augment is not None:
+                    x = self.augment(x, step)
+                if self.outliers is not None:  # one forward pass for digits and non-digits together
+                    x = torch.cat([x, self.outliers(step)])
+                with runtime.autocast():
+                    logits = self.net(x)
+                    loss = F.cross_entropy(logits[:len(idx)], self.labels[idx],
+                                           label_smoothing=recipe.label_smoothing)
+                    if self.outliers is not None:  # cross-entropy to the uniform distribution
+                        loss = loss - recipe.outlier_exposure * F.log_softmax(
+                            logits[len(idx):].float(), dim=1).mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += loss.detach()
+                if (i + 1 - first) % self.check_every == 0:
+                    # a diverged run stops at once, before its NaN weights reach a checkpoint; every
+                    # rank checks the same sum, so that all of them stop together
+                    total = float(distributed.sum_over_ranks(loss_sum.clone(), runtime))
+                    if not math.isfinite(total):
+                        raise Diverged(f"the loss is {total} by step {step + 1}")
         runtime.synchronize()  # so the epoch's time includes the GPU's queued work
         seconds = time.perf_counter() - started
         cost = float(distributed.sum_over_ranks(loss_sum, runtime))
+        if not math.isfinite(cost):
+            raise Diverged(f"the loss is {cost}")
         return cost / ((last - first) * runtime.world_size), seconds
 
 
@@ -386,6 +443,24 @@ def make_outliers(recipe: Recipe, runtime: Runtime):
 OUTLIER_POOL = 6000  # non-digits generated for outlier exposure (about 20 s)
 
 
+@contextlib.contextmanager
+def ctrl_c_deferred() -> Iterator[None]:
+    """Ctrl-C waits for the block's end: the checkpoint, its log and what the run says it saved
+    stay in step (kill -9 cannot be deferred: `--resume` rebuilds the log)."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(previous):
+        yield
+        return
+    caught = []
+    signal.signal(signal.SIGINT, lambda *args: caught.append(args))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        previous(*caught[0])  # Python's own handler raises KeyboardInterrupt
+
+
 def write_epoch(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, recipe: Recipe,
                 data: Dataset, history: list[dict[str, Any]]) -> Path:
     path = out / CHECKPOINT_NAME
@@ -394,11 +469,18 @@ def write_epoch(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, r
             "epoch": history[-1]["epoch"],
             "step": history[-1]["step"],
             "metrics": history[-1], "history": history}
-    save_checkpoint(path, model, meta, optimizer, torch.get_rng_state())
-    # the log is rewritten whole (it is small) so that it always matches the checkpoint
-    lines = "".join(json.dumps(r) + "\n" for r in history).encode()
-    write_atomically(out / METRICS_NAME, lines)
+    try:  # checked as the readers will check it: a diverged run's weights are refused here
+        raw = encode_checkpoint(model, meta, optimizer, torch.get_rng_state())
+    except MnistCnnError as e:
+        raise Diverged(str(e)) from None
+    write_atomically(path, raw)
+    write_metrics(out, history)
     return path
+
+
+def write_metrics(out: Path, history: list[dict[str, Any]]) -> None:
+    """The log, rewritten whole (it is small) so that it always matches the checkpoint."""
+    write_atomically(out / METRICS_NAME, "".join(json.dumps(r) + "\n" for r in history).encode())
 
 
 def resume_from(out: Path | None, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -415,5 +497,8 @@ def resume_from(out: Path | None, model: nn.Module, optimizer: torch.optim.Optim
     load_optimizer_state(optimizer, tensors, meta, str(path))
     if RNG_KEY in tensors:
         torch.set_rng_state(tensors[RNG_KEY])
+    history = [dict(r) for r in meta.history]
+    if runtime.is_main:  # a kill between the checkpoint's write and its log's lost the log
+        write_metrics(out, history)
     log(f"resuming {path} after epoch {meta.epoch} (step {meta.step})")
-    return meta.step, [dict(r) for r in meta.history]
+    return meta.step, history

@@ -168,6 +168,23 @@ class Measured:
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
 
 
+class OneFraming:
+    """ASGI middleware: a request giving both Content-Length and Transfer-Encoding is refused and
+    its connection closed (RFC 9112, 6.3). A proxy in front may frame it by the other header:
+    a request hidden in its body would then be answered as one of its own."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        names = {name for name, _ in scope.get("headers", [])}
+        if scope["type"] == "http" and {b"content-length", b"transfer-encoding"} <= names:
+            response = JSONResponse({"detail": "a request gives Content-Length or "
+                                     "Transfer-Encoding, not both"}, 400, {"connection": "close"})
+            return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
 def release_memory() -> None:
     """Hand freed heap memory back to the OS (glibc keeps it otherwise; one decode is ~100 MB)."""
     if _libc is not None:
@@ -252,10 +269,13 @@ def create_app(checkpoints: Sequence[str | os.PathLike], runtime: Runtime = CPU,
         ready = True
         yield
 
-    # no OpenAPI schema or docs: the API is the two routes below, documented in the README
+    # no OpenAPI schema or docs: the API is the two routes below, documented in the README.
+    # No redirects from /api/model/ to /api/model: Starlette's would name the host the request
+    # claims (its Host header), and send the client there.
     app = FastAPI(title="mnist-cnn", docs_url=None, redoc_url=None, openapi_url=None,
-                  lifespan=lifespan)
-    app.add_middleware(Measured, metrics=metrics)
+                  lifespan=lifespan, redirect_slashes=False)
+    app.add_middleware(OneFraming)
+    app.add_middleware(Measured, metrics=metrics)  # outermost: it counts every answer
 
     @app.exception_handler(Refusal)
     async def refused(request: Request, e: Refusal) -> JSONResponse:
