@@ -478,7 +478,7 @@ def load_checkpoint(path: str | os.PathLike, expect_model: str | None = None,
 # installation; benchmarks/build_pretrained.py rebuilds it from a fixed recipe and seed, and
 # prints the SHA-256 to pin here.
 PRETRAINED = "pretrained/mnist-best.safetensors"
-PRETRAINED_SHA256 = "ee7005adcdcf72fcc95699a1c13677137f0b2a27d84d058bfbe8bed5aa10bdd7"
+PRETRAINED_SHA256 = "41995326cad259e6d507e1e7f495586962603d2ac4311393ef90a2cde508012e"
 SHIPPED = Path(__file__).parent / PRETRAINED
 
 
