@@ -12,13 +12,12 @@ training digits plus PHOTOS photos of training digits on notebook pages (mnist_c
 ruled and squared paper, shadows, desks, pencil, ink colours, stroke widths, tilts, sizes),
 each through the same decoding and preprocessing as `mnist-cnn predict`, so that training sees
 what use sees; with outlier exposure (synthetic non-digits, photographed the same ways, pushed
-towards a uniform answer; runs/pretrained-best-photos), and one more epoch with the
-non-digits weighed as much as the digits (runs/pretrained-best-exposed).
+towards a uniform answer; runs/pretrained-best-photos).
 
 Last, calibration on held-out data (photos of MNIST's validation digits and of the calibration
 fonts, and the validation digits themselves): the temperature that makes the shown
 probabilities honest (calibration.py), and the threshold on the calibrated confidence that
-accepts 99% of the calibration digits, stored as the checkpoint's temperature and
+accepts 97% of the calibration digits, stored as the checkpoint's temperature and
 digit_threshold. It prints the file's SHA-256, to pin as PRETRAINED_SHA256 in
 src/mnist_cnn/checkpoint.py.
 
@@ -53,10 +52,11 @@ from mnist_cnn.training import CHECKPOINT_NAME
 
 RUN = Path("runs/pretrained-best")
 RUN_PHOTOS = Path("runs/pretrained-best-photos")
-RUN_EXPOSED = Path("runs/pretrained-best-exposed")
 PHOTOS = 30_000  # photos of training digits added to the 55,000
 PHOTO_EPOCHS = 2
-ACCEPT = 0.99  # the share of calibration digits the threshold accepts
+# the share of calibration digits the threshold accepts: on notebook pages letters come out
+# surer than on plain paper, and 97% is where refusing them starts to cost many digits
+ACCEPT = 0.97
 SHIPPED = Path(__file__).resolve().parents[1] / "src" / "mnist_cnn" / PRETRAINED
 
 
@@ -116,13 +116,7 @@ def main() -> None:
     runtime = setup("auto", tuned.precision, tune_allocator=True)
     train(model, mixed, tuned, runtime, RUN_PHOTOS,
           resume=(RUN_PHOTOS / CHECKPOINT_NAME).is_file(), progress=False)
-    model, _ = load_checkpoint(RUN_PHOTOS / CHECKPOINT_NAME)
-    # then one epoch that weighs the non-digits as much as the digits: "not a digit" on
-    # notebook pages needs it (letters on a ruled page came out confident otherwise)
-    exposed = tuned.replace(epochs=1, lr=2e-4, outlier_exposure=1.0)
-    train(model, mixed, exposed, runtime, RUN_EXPOSED,
-          resume=(RUN_EXPOSED / CHECKPOINT_NAME).is_file(), progress=False)
-    model, meta = load_checkpoint(RUN_EXPOSED / CHECKPOINT_NAME)
+    model, meta = load_checkpoint(RUN_PHOTOS / CHECKPOINT_NAME)
 
     # Calibration, on held-out digits only: the validation split, as is and photographed
     val_photos = fair_photos(starting, photos_of(data.val, 4000, 2,
@@ -150,7 +144,7 @@ def main() -> None:
     shipped["digit_threshold"] = threshold
     shipped["temperature"] = temperature
     # its history is the last run's: say how many epochs came before it
-    shipped["earlier_epochs"] = (start.earlier_epochs or 0) + (start.epoch or 0) + PHOTO_EPOCHS
+    shipped["earlier_epochs"] = (start.earlier_epochs or 0) + (start.epoch or 0)
     save_checkpoint(SHIPPED, model, shipped)
     print(f"wrote {SHIPPED} ({SHIPPED.stat().st_size / 2**20:.1f} MiB)")
     # mnist-cnn refuses a shipped file whose hash is not the pinned one

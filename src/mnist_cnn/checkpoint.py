@@ -478,7 +478,7 @@ def load_checkpoint(path: str | os.PathLike, expect_model: str | None = None,
 # installation; benchmarks/build_pretrained.py rebuilds it from a fixed recipe and seed, and
 # prints the SHA-256 to pin here.
 PRETRAINED = "pretrained/mnist-best.safetensors"
-PRETRAINED_SHA256 = "41995326cad259e6d507e1e7f495586962603d2ac4311393ef90a2cde508012e"
+PRETRAINED_SHA256 = "99b2ed0ab98ea0e49575f5e6cbf6c414fcbde525c308f59efedf80fa466ef083"
 SHIPPED = Path(__file__).parent / PRETRAINED
 
 

@@ -209,7 +209,7 @@ def outlier_pool(count: int, seed: int) -> np.ndarray:
         else:
             ink = silhouette(rng)
         try:
-            if rng.random() < 0.25:  # on plain paper, or on a notebook page (ruled, squared, ...)
+            if rng.random() < 0.5:  # on plain paper, or on a notebook page (ruled, squared, ...)
                 pool.append(preprocess(photograph(ink, rng)).final)
             else:
                 pool.append(load_and_preprocess(jpeg_bytes(photograph_page(ink, rng))).final)
