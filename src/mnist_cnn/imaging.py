@@ -50,6 +50,7 @@ VISIBLE = 40  # ... or by this many, which anyone sees: such ink is always read
 EDGE_RADIUS = 2  # soft edge pixels kept around the solid strokes
 SPECK_SHARE = 0.05  # a separate blob with less ink than this share of the largest one is a speck
 NEAR = 0.6  # blobs this share of the digit's size away from it still belong to it
+TAIL = 1.5  # a tail of gray levels this many times longer than the other is the ink's
 ANALYSIS_SIDE = 512  # the paper's level is estimated at most this many pixels across
 PAPER_WINDOW = 0.3  # ... with a window this share of the image: wider than any stroke
 LINE_SPAN = 0.8  # a straight line this long, as a share of the image's side, is a ruling
@@ -297,9 +298,10 @@ def preprocess(image: Image.Image | np.ndarray, source: str = "<image>") -> Prep
 
 
 def smallest_ink(shape: tuple[int, ...]) -> int:
-    """The fewest pixels the ink's longer side may span in an image of this shape: MIN_INK_SHARE
-    of its shorter side (a pixel less, which anti-aliasing may take), and MIN_INK_SIDE."""
-    return max(MIN_INK_SIDE, math.ceil(MIN_INK_SHARE * min(shape)) - 1)
+    """The fewest pixels the ink's longer side may span in an image of this shape: 85% of
+    MIN_INK_SHARE of its shorter side (a digit's faint tips and anti-aliased edges
+    may fall below the ink's threshold), and MIN_INK_SIDE."""
+    return max(MIN_INK_SIDE, math.ceil(0.85 * MIN_INK_SHARE * min(shape)))
 
 
 def as_gray(image: Image.Image | np.ndarray, source: str = "<image>") -> np.ndarray:
@@ -402,8 +404,14 @@ def light_paper(gray: np.ndarray) -> bool:
     lighting = cv2.GaussianBlur(small, (0, 0), 0.15 * max(small.shape)) + 32.0
     flat = np.clip(np.rint(small / lighting * 128), 0, 255).astype(np.uint8)
     hist = np.bincount(flat.ravel(), minlength=256)
+    # the ink is the long tail away from the paper: a few dark pixels far below it, or bright
+    # ones far above; where neither tail is clearly longer, the paper is the majority's side
+    paper = _quantile(hist, 0.5)
+    dark, bright = paper - _quantile(hist, 0.0005), _quantile(hist, 0.9995) - paper
+    if max(dark, bright) >= TAIL * max(1, min(dark, bright)):
+        return dark > bright
     split = otsu_threshold(hist)
-    return split is not None and _quantile(hist, 0.5) > split
+    return split is not None and paper > split
 
 
 def paper_level(work: np.ndarray) -> np.ndarray:
