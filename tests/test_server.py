@@ -57,6 +57,8 @@ def test_the_page_is_served(client):
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/html")
     assert '<canvas id="pad"' in response.text
+    # on a phone, a photo can come straight from the camera
+    assert 'capture="environment"' in response.text
 
 
 def test_model_description(client):
