@@ -32,17 +32,8 @@ from mnist_cnn.device import format_environment
 
 BIN = Path(sys.executable).parent
 TARGETS = {"--help": 0.5, "models": 0.5, "predict photo.jpg": 1.5}
-# In the page: from lifting the pen (the event's time stamp, before the page's own handlers run)
-# to the answer appearing; the same as tests/test_server.py measures
-TIMING = """() => {
-  window.addEventListener("pointerup", (event) => { window.liftedAt = event.timeStamp; }, true);
-  const answer = document.getElementById("answer");
-  new MutationObserver(() => {
-    if (window.liftedAt == null || !answer.textContent) return;
-    document.body.dataset.answeredIn = performance.now() - window.liftedAt;
-    window.liftedAt = null;
-  }).observe(answer, {childList: true, characterData: true, subtree: true});
-}"""
+# the pen-up-to-answer timer, shared with the browser test
+TIMING = (Path(__file__).parent / "answer_timing.js").read_text()
 
 
 def timed(argv: list[str]) -> tuple[float, float]:
