@@ -26,13 +26,13 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 from scipy import ndimage
 
 from .errors import MnistCnnError
+from .opencv import cv2
 
 MAX_PIXELS: int = 40_000_000
 # larger images are shrunk to this before preprocessing (plenty for a digit a few percent of a

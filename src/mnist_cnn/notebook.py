@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from .imaging import set_stroke_width
+from .opencv import cv2
 
 PAPERS = ("plain", "ruled", "squared")
 PENS = ("black", "blue", "red", "green", "pencil", "marker")

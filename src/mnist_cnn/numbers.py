@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -39,6 +38,7 @@ from .imaging import (
     stroke_width,
 )
 from .novelty import is_digit
+from .opencv import cv2
 
 MAX_DIGITS = 32  # a longer row is refused: it is no number anybody writes by hand
 MAX_PIECES = 4 * MAX_DIGITS  # separate blobs (after specks) looked at, at most

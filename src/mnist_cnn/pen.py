@@ -5,8 +5,9 @@ handwriting that is neither MNIST's writers nor a font, for the photo report set
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
+
+from .opencv import cv2
 
 
 def _arc(cx: float, cy: float, rx: float, ry: float, start: float, end: float, n: int = 9
