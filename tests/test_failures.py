@@ -199,8 +199,9 @@ def assert_interrupted(done: subprocess.CompletedProcess, detail: str = "") -> N
 
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="watches the imports in /proc")
 def test_ctrl_c_while_the_command_starts(tmp_path):
-    """During the imports (torch's shared library is loaded, its Python modules not yet)."""
-    process = subprocess.Popen([sys.executable, "-m", "mnist_cnn", "models"], env=env(),
+    """During the imports (torch's shared library is loaded, its Python modules not yet); `env`
+    needs torch (`models` and `--help` no longer import it)."""
+    process = subprocess.Popen([sys.executable, "-m", "mnist_cnn", "env"], env=env(),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         while "libtorch" not in Path(f"/proc/{process.pid}/maps").read_text():
@@ -263,7 +264,7 @@ def test_ctrl_c_while_overwriting_leaves_the_earlier_run(run_dir, tmp_path):
 @pytest.mark.parametrize(("where", "detail"), [
     ("mnist_cnn.data.load_dataset", ": before training started; nothing was saved"),
     ("mnist_cnn.training.resume_from", ": {out}/last.safetensors is as it was"),
-    ("mnist_cnn.cli.evaluate", ": training had finished ({out}/last.safetensors holds epoch 1); "
+    ("mnist_cnn.evaluation.evaluate", ": training had finished ({out}/last.safetensors holds epoch 1); "
      "its test accuracy was not measured"),
 ])
 def test_ctrl_c_around_the_training_loop(run_dir, tmp_path, where, detail):
@@ -284,7 +285,7 @@ def test_ctrl_c_in_an_ensemble_member(tmp_path):
 
 
 @pytest.mark.parametrize(("args", "where"), [
-    (["evaluate", "{checkpoint}"], "mnist_cnn.cli.evaluate"),
+    (["evaluate", "{checkpoint}"], "mnist_cnn.evaluation.evaluate"),
     (["predict", "{checkpoint}", "{digit}"], "mnist_cnn.predict.predict_images"),
     (["export", "{checkpoint}", "--onnx", "{tmp}/m.onnx", "--no-check"],
      "mnist_cnn.export.export_checkpoint"),

@@ -505,8 +505,13 @@ def check_shipped(raw: bytes, path: Path) -> None:
 
 
 def load_pretrained(device: torch.device | str = "cpu") -> tuple[nn.Module, CheckpointMeta]:
-    """The network shipped with mnist-cnn (the `best` recipe on MNIST), ready to predict."""
-    return load_checkpoint(pretrained_path(), device=device)
+    """The network shipped with mnist-cnn (the `best` recipe on MNIST), ready to predict: its
+    probabilities calibrated by the temperature it was built with (calibration.py), as the
+    "not a digit" threshold in its metadata expects."""
+    from .calibration import Calibrated  # it builds on this module
+
+    model, meta = load_checkpoint(pretrained_path(), device=device)
+    return (model if meta.temperature is None else Calibrated(model, meta.temperature)), meta
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],

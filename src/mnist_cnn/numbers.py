@@ -23,6 +23,7 @@ from PIL import Image
 from scipy import ndimage
 from torch import nn
 
+from .calibration import Calibrated
 from .device import Runtime
 from .ensemble import ensemble_proba
 from .evaluation import CPU, ranked
@@ -265,7 +266,14 @@ def read_number(image: Image.Image | np.ndarray, models: Sequence[nn.Module],
     def proba(images: torch.Tensor) -> torch.Tensor:
         return ensemble_proba(models, images, runtime=runtime)
 
-    pieces, ink, inverted = segment(image, proba, source)
+    # where to cut touching digits was tuned on the networks' own probabilities: the
+    # calibrated ones (sharper for the shipped network) would cut too readily
+    raw = [m.network if isinstance(m, Calibrated) else m for m in models]
+
+    def raw_proba(images: torch.Tensor) -> torch.Tensor:
+        return ensemble_proba(raw, images, runtime=runtime)
+
+    pieces, ink, inverted = segment(image, raw_proba, source)
     probabilities = proba(torch.stack([field(ink, p) for p in pieces]))
     digits = []
     looks_like_digits = [digit and not is_block(piece) for digit, piece in
