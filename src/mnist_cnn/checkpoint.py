@@ -478,7 +478,7 @@ def load_checkpoint(path: str | os.PathLike, expect_model: str | None = None,
 # installation; benchmarks/build_pretrained.py rebuilds it from a fixed recipe and seed, and
 # prints the SHA-256 to pin here.
 PRETRAINED = "pretrained/mnist-best.safetensors"
-PRETRAINED_SHA256 = "99b2ed0ab98ea0e49575f5e6cbf6c414fcbde525c308f59efedf80fa466ef083"
+PRETRAINED_SHA256 = "b80c55f0534b5a5b75e126262fd3d43aefe92d008639ad0c7cbf8b66f7d3635a"
 SHIPPED = Path(__file__).parent / PRETRAINED
 
 
