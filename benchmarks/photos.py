@@ -34,6 +34,7 @@ from mnist_cnn import load_dataset, pen, synthetic
 from mnist_cnn.calibration import calibration_error
 from mnist_cnn.checkpoint import pretrained_path
 from mnist_cnn.device import format_environment
+from mnist_cnn.ensemble import ensemble_proba
 from mnist_cnn.imaging import ImageError, load_and_preprocess, load_image, to_tensor
 from mnist_cnn.notebook import Condition, jpeg_bytes, mnist_glyph, photograph_page, row_ink
 from mnist_cnn.numbers import read_number
@@ -115,7 +116,7 @@ class Glyphs:
                                 self.fonts[rng.integers(len(self.fonts))], rng)
 
 
-def read_photos(photos: list[bytes], models, threshold) -> tuple[torch.Tensor | None, list]:
+def read_photos(photos: list[bytes], models) -> tuple[torch.Tensor | None, list]:
     """Probabilities for each photo that preprocesses (None rows for the refused), and which."""
     tensors, ok = [], []
     for data in photos:
@@ -126,7 +127,6 @@ def read_photos(photos: list[bytes], models, threshold) -> tuple[torch.Tensor | 
             ok.append(False)
     if not tensors:
         return None, ok
-    from mnist_cnn.ensemble import ensemble_proba
     return ensemble_proba(models, torch.stack(tensors)), ok
 
 
@@ -165,7 +165,7 @@ def main() -> None:
             photos = [jpeg_bytes(photograph_page(glyphs.digit(source, y), glyphs.rng,
                                                  condition_for(name, glyphs.rng)))
                       for y in labels]
-            probs, ok = read_photos(photos, models, threshold)
+            probs, ok = read_photos(photos, models)
             right = accepted = 0
             rows = iter(range(len(photos)))
             for i, (label, good) in enumerate(zip(labels, ok)):
@@ -194,7 +194,7 @@ def main() -> None:
                                           condition_for(str(glyphs.rng.choice(conditions[:-1])),
                                                         glyphs.rng)))
                for _ in range(args.per_cell * 4)]
-    probs, ok = read_photos(letters, models, threshold)
+    probs, ok = read_photos(letters, models)
     refused = ok.count(False) + (0 if probs is None or threshold is None
                                  else int((probs.max(dim=1).values < threshold).sum()))
     print(f"letters: {refused / len(letters):.1%} refused as not a digit (or blank), of "
@@ -225,7 +225,6 @@ def main() -> None:
     print(f"expected calibration error: {calibration_error(probs, labels):.2%} over "
           f"{len(labels)} photos of digits read")
     mnist_test = load_dataset("mnist").test
-    from mnist_cnn.ensemble import ensemble_proba
     test_probs = ensemble_proba(models, mnist_test.images)
     print(f"expected calibration error on MNIST's test digits: "
           f"{calibration_error(test_probs, mnist_test.labels):.2%}")

@@ -544,14 +544,18 @@ def pick_digit(ink: np.ndarray) -> np.ndarray:
     return np.where(keep[labels], ink, 0).astype(np.uint8)
 
 
-def stroke_width(ink: np.ndarray) -> float:
-    """The strokes' width in pixels: four times the mean distance from a stroke's pixel to the
-    paper (a stroke w wide has distances 0..w/2 across it), ink being half the peak or more."""
+def _strokes(ink: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """(solid: ink at half the peak or more, each solid pixel's distance to the paper, the
+    strokes' width: four times its mean, as a stroke w wide has distances 0..w/2 across it)."""
     solid = (ink >= max(1, ink.max() / 2)).astype(np.uint8)
-    if not solid.any():
-        return 0.0
     inside = cv2.distanceTransform(np.pad(solid, 1), cv2.DIST_L2, 3)[1:-1, 1:-1]
-    return 4.0 * float(inside[solid > 0].mean())
+    width = 4.0 * float(inside[solid > 0].mean()) if solid.any() else 0.0
+    return solid, inside, width
+
+
+def stroke_width(ink: np.ndarray) -> float:
+    """The strokes' width in pixels (0 for no ink)."""
+    return _strokes(ink)[2]
 
 
 def set_stroke_width(ink: np.ndarray, width: float) -> np.ndarray:
@@ -561,9 +565,8 @@ def set_stroke_width(ink: np.ndarray, width: float) -> np.ndarray:
     height, wide = ink.shape
     scale = max(1.0, 96 / max(height, wide))
     big = cv2.resize(ink, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
-    solid = (big >= max(1, big.max() / 2)).astype(np.uint8)
-    inside = cv2.distanceTransform(np.pad(solid, 1), cv2.DIST_L2, 3)[1:-1, 1:-1]
-    now = 4.0 * float(inside[solid > 0].mean()) if solid.any() else 1.0
+    solid, inside, now = _strokes(big)
+    now = now or 1.0
     target = width * scale
     if target >= now:
         outside = cv2.distanceTransform(1 - solid, cv2.DIST_L2, 3)
