@@ -614,7 +614,7 @@ def test_many_gzip_members_are_refused_quickly(tmp_path):
     assert seconds < 0.5
 
 
-def test_gzip_members_inflate_in_linear_time(monkeypatch, mnist_data_dir, tmp_path):
+def test_gzip_members_inflate_in_linear_time(monkeypatch, mnist_gz_dir, tmp_path):
     monkeypatch.setattr(idx, "MAX_GZIP_MEMBERS", 10**9)
     header = gzip.compress(idx_bytes(np.zeros(10, np.uint8)))
     seconds = []
@@ -625,7 +625,7 @@ def test_gzip_members_inflate_in_linear_time(monkeypatch, mnist_data_dir, tmp_pa
         seconds.append(time.perf_counter() - started)
     assert seconds[1] < 2.0 and seconds[1] < 30 * seconds[0]  # quadratic: 100 times as long
     # and a file as bgzip writes them, a member per 64 KB block (120 here), reads as one
-    raw = gzip.decompress((mnist_data_dir / f"{FILES['test_images']}.gz").read_bytes())
+    raw = gzip.decompress((mnist_gz_dir / f"{FILES['test_images']}.gz").read_bytes())
     blocks = tmp_path / f"{FILES['test_images']}.gz"
     blocks.write_bytes(b"".join(gzip.compress(raw[i:i + 2**16], compresslevel=1)
                                 for i in range(0, len(raw), 2**16)))
