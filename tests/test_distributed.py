@@ -168,9 +168,12 @@ def test_a_killed_worker_restarts_and_resumes_to_the_same_weights(two_processes,
     proc = launch([*TRAIN, "--epochs", "2", "--out", str(out)], 2, "--max-restarts", "1",
                   KILL_AT="1:9")
     stdout = proc.stdout
-    # the survivor's collective failed: one line (it was gloo's traceback), then the restart
-    assert re.search(r"^mnist-cnn: error: rank 0 lost the other processes of its group \(",
-                     proc.stderr, re.M), proc.stderr
+    # the survivor either saw its collective fail and said so in one line (it was gloo's
+    # traceback), or torchrun stopped it first: which comes first is a race between processes
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lost = re.search(r"^mnist-cnn: error: rank 0 lost the other processes of its group \(",
+                     proc.stderr, re.M)
+    assert lost or "closing signal SIGTERM" in proc.stderr, proc.stderr
     assert "resuming" in stdout and "after epoch 1" in stdout
     assert stdout.count("Epoch: 0001") == 1 and stdout.count("Epoch: 0002") == 1
     assert epochs_logged(out) == [1, 2]
