@@ -29,7 +29,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageOps
-from scipy import ndimage
 
 from .errors import MnistCnnError
 from .opencv import cv2
@@ -273,8 +272,8 @@ def _noise(hist: np.ndarray, median: int) -> float:
 
 def ink_box(image: np.ndarray) -> tuple[slice, slice] | None:
     """The rows and columns that hold ink (non-zero pixels); None for a blank image."""
-    boxes = ndimage.find_objects((image > 0).astype(np.uint8))
-    return boxes[0] if boxes else None
+    left, top, width, height = cv2.boundingRect((image > 0).astype(np.uint8))
+    return (slice(top, top + height), slice(left, left + width)) if width else None
 
 
 def preprocess(image: Image.Image | np.ndarray, source: str = "<image>") -> Preprocessed:
@@ -617,7 +616,8 @@ def mnist_field(cropped: np.ndarray) -> np.ndarray:
 
 def _paste_by_centre_of_mass(scaled: np.ndarray) -> np.ndarray:
     height, width = scaled.shape
-    row, col = ndimage.center_of_mass(scaled)
+    moments = cv2.moments(scaled)  # ink-weighted, as MNIST's centre of mass
+    row, col = moments["m01"] / moments["m00"], moments["m10"] / moments["m00"]
     # Whole-pixel shift, as MNIST did; clamped so that no ink leaves the field
     top = int(np.clip(np.floor(MNIST_CENTRE - row + 0.5), 0, FIELD - height))
     left = int(np.clip(np.floor(MNIST_CENTRE - col + 0.5), 0, FIELD - width))

@@ -33,7 +33,6 @@ from .imaging import (
     to_tensor,
 )
 from .novelty import ensemble_threshold, is_digit
-from .numbers import read_number
 
 CHECKPOINT_SUFFIX = ".safetensors"
 
@@ -141,6 +140,8 @@ def predict_numbers(models: Sequence[nn.Module], paths: Sequence[str | os.PathLi
                     classes: Sequence[str], runtime: Runtime, digit_threshold: float | None = None
                     ) -> list[NumberPrediction | Failure]:
     """Each image read as a row of digits (numbers.py), in order; unreadable ones as Failures."""
+    from .numbers import read_number  # scipy.ndimage: imported by --number alone (start-up time)
+
     files = image_files(paths, top_k)
     results: list[NumberPrediction | Failure] = []
     for path in files:
