@@ -7,10 +7,11 @@ import sys
 import pytest
 import torch
 
-from mnist_cnn import device, training
-from mnist_cnn.device import Runtime, choose_device, setup
 from mnist_cnn.errors import MnistCnnError
-from mnist_cnn.models import build_model, recipe_for
+from mnist_cnn.models.registry import build_model, recipe_for
+from mnist_cnn.runtime import device
+from mnist_cnn.runtime.device import Runtime, choose_device, setup
+from mnist_cnn.training import loop as training
 
 
 def test_auto_picks_cuda_only_when_present(monkeypatch):
@@ -209,7 +210,7 @@ def test_importing_the_library_changes_nothing_process_wide():
 import os, threading, torch
 before = (torch.get_num_threads(), torch.random.get_rng_state(), threading.active_count(),
           dict(os.environ))
-import mnist_cnn, mnist_cnn.cli, mnist_cnn.predict, mnist_cnn.server, mnist_cnn.ensemble
+import mnist_cnn, mnist_cnn.cli, mnist_cnn.inference.predict, mnist_cnn.server, mnist_cnn.inference.ensemble
 from mnist_cnn import build_model
 build_model("best")
 after = (torch.get_num_threads(), torch.random.get_rng_state(), threading.active_count(),

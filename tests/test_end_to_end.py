@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from mnist_cnn.cli import main
-from mnist_cnn.device import cpu_count
+from mnist_cnn.runtime.device import cpu_count
 
 
 def accuracy_of(out: Path) -> float:

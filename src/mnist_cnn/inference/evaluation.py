@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import Split
-from .device import Runtime
-from .models import as_input
+from ..data.dataset import Split
+from ..models.registry import as_input
+from ..runtime.device import Runtime
 
 CPU = Runtime(torch.device("cpu"))
 

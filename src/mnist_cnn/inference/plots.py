@@ -20,14 +20,14 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from torch import nn
 
-from .checkpoint import CheckpointMeta
-from .data import Split
-from .device import Runtime
-from .errors import MnistCnnError
+from ..data.dataset import Split
+from ..errors import MnistCnnError
+from ..files import write_atomically
+from ..images.preprocess import Preprocessed
+from ..models.checkpoint import CheckpointMeta
+from ..models.registry import as_input
+from ..runtime.device import Runtime
 from .evaluation import CPU, metrics_from_proba, predict_proba
-from .files import write_atomically
-from .imaging import Preprocessed
-from .models import as_input
 
 CMAP = "gray"  # digits as MNIST stores them: white ink on black
 

@@ -13,16 +13,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import distributed
-from .augment import PRESETS as AUGMENT_PRESETS
-from .checkpoint import CheckpointMeta, load_checkpoint
-from .data import Dataset, Split
-from .device import Runtime
-from .errors import MnistCnnError
+from ..data.dataset import Dataset, Split
+from ..errors import MnistCnnError
+from ..models.checkpoint import CheckpointMeta, load_checkpoint
+from ..models.recipes import Recipe
+from ..models.registry import build_model, recipe_for
+from ..runtime import distributed
+from ..runtime.device import Runtime
+from ..training.augment import PRESETS as AUGMENT_PRESETS
+from ..training.loop import CHECKPOINT_NAME, train
 from .evaluation import CPU, Metrics, metrics_from_proba, predict_proba
-from .models import build_model, recipe_for
-from .recipes import Recipe
-from .training import CHECKPOINT_NAME, train
 
 
 def load_members(paths: Sequence[str | os.PathLike], device: torch.device | str = "cpu"

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .imaging import set_stroke_width
-from .opencv import cv2
+from ..opencv import cv2
+from .preprocess import set_stroke_width
 
 PAPERS = ("plain", "ruled", "squared")
 PENS = ("black", "blue", "red", "green", "pencil", "marker")
@@ -237,7 +237,7 @@ def photo_fields(images: np.ndarray, count: int, seed: int) -> tuple[np.ndarray,
     notebook pages, each through the same decoding and preprocessing as `mnist-cnn predict`:
     (the 28x28 fields the network sees, the index of the digit each came from). Photos that
     preprocessing refuses are left out, so a few fewer than `count` may come back."""
-    from .imaging import ImageError, load_and_preprocess  # the predictor's own path
+    from .preprocess import ImageError, load_and_preprocess  # the predictor's own path
 
     rng = np.random.default_rng(seed)
     fields, sources = [], []

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import MnistCnnError
 from .catalog import NETWORKS
-from .errors import MnistCnnError
 from .recipes import Recipe
 
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import MnistCnnError
-from .recipes import PRECISIONS, Precision
+from ..errors import MnistCnnError
+from ..models.recipes import PRECISIONS, Precision
 
 
 def read_cpu_busy(cpus: set[int] | None = None) -> float | None:

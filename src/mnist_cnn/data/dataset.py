@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import MnistCnnError
+from ..errors import MnistCnnError
 from .idx import parse_idx, read_file_bytes, sha256
 from .sources import FILES, VALIDATION_SIZE, DatasetInfo, dataset_info, find_files, locate
 

@@ -7,8 +7,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
+from ..errors import MnistCnnError
 from .catalog import AUGMENT_PRESETS as PRESETS  # augment.PRESETS' names, without torch
-from .errors import MnistCnnError
 
 # Each option's names, defined once: the recipe's types, its validation and the CLI's choices
 # all come from these (augmentation presets are augment.PRESETS, which defines them).

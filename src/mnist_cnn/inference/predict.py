@@ -16,13 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointMeta, pretrained_path
-from .device import Runtime
-from .ensemble import ensemble_proba, load_members
-from .errors import MnistCnnError
-from .evaluation import ranked
-from .files import write_atomically
-from .imaging import (
+from ..errors import MnistCnnError
+from ..files import write_atomically
+from ..images.preprocess import (
     IMAGE_SUFFIXES,
     ImageError,
     collect_images,
@@ -32,6 +28,10 @@ from .imaging import (
     shrink_factor,
     to_tensor,
 )
+from ..models.checkpoint import CheckpointMeta, pretrained_path
+from ..runtime.device import Runtime
+from .ensemble import ensemble_proba, load_members
+from .evaluation import ranked
 from .novelty import ensemble_threshold, is_digit
 
 CHECKPOINT_SUFFIX = ".safetensors"

@@ -191,8 +191,8 @@ def outlier_pool(count: int, seed: int) -> np.ndarray:
     """Non-digits for outlier exposure, as predict sees them: (count, 28, 28) uint8 photos of
     letters (the last third of the fonts: the others are kept for calibration and the report),
     shapes, scribbles and textured silhouettes, preprocessed."""
-    from .imaging import ImageError, load_and_preprocess, preprocess  # not needed to draw
     from .notebook import jpeg_bytes, photograph_page
+    from .preprocess import ImageError, load_and_preprocess, preprocess  # not needed to draw
 
     rng = np.random.default_rng(seed)
     fonts = font_paths()[2::3]
@@ -221,7 +221,7 @@ def outlier_pool(count: int, seed: int) -> np.ndarray:
 
 def crop_ink(image: np.ndarray) -> np.ndarray:
     """A white-on-black image cropped to its ink."""
-    from .imaging import ink_box  # imaging is not needed to draw
+    from .preprocess import ink_box  # imaging is not needed to draw
 
     box = ink_box(image)
     return image if box is None else image[box]

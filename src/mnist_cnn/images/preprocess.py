@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .errors import MnistCnnError
-from .opencv import cv2
+from ..errors import MnistCnnError
+from ..opencv import cv2
 
 MAX_PIXELS: int = 40_000_000
 # larger images are shrunk to this before preprocessing (plenty for a digit a few percent of a

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .errors import MnistCnnError
+from ..errors import MnistCnnError
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .opencv import cv2
+from ..opencv import cv2
 
 
 def _arc(cx: float, cy: float, rx: float, ry: float, start: float, end: float, n: int = 9

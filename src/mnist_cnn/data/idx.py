@@ -17,7 +17,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from .errors import MnistCnnError
+from ..errors import MnistCnnError
 
 GZIP_MAGIC = b"\x1f\x8b"
 IDX_DTYPE_UBYTE = 0x08

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.distributed as dist
 
-from .errors import MnistCnnError
+from ..errors import MnistCnnError
 
 if TYPE_CHECKING:
     from .device import Runtime

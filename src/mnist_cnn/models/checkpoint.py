@@ -26,11 +26,11 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 from torch import nn
 
-from .errors import MnistCnnError
-from .files import write_atomically
-from .models import build_model, model_entry
+from ..data.sources import DATASETS, dataset_info
+from ..errors import MnistCnnError
+from ..files import write_atomically
 from .recipes import Recipe, is_number
-from .sources import DATASETS, dataset_info
+from .registry import build_model, model_entry
 
 FORMAT = "mnist-cnn-checkpoint"
 VERSION = 1
@@ -479,7 +479,7 @@ def load_checkpoint(path: str | os.PathLike, expect_model: str | None = None,
 # prints the SHA-256 to pin here.
 PRETRAINED = "pretrained/mnist-best.safetensors"
 PRETRAINED_SHA256 = "b80c55f0534b5a5b75e126262fd3d43aefe92d008639ad0c7cbf8b66f7d3635a"
-SHIPPED = Path(__file__).parent / PRETRAINED
+SHIPPED = Path(__file__).parent.parent / PRETRAINED
 
 
 def pretrained_path() -> Path:
@@ -508,7 +508,7 @@ def load_pretrained(device: torch.device | str = "cpu") -> tuple[nn.Module, Chec
     """The network shipped with mnist-cnn (the `best` recipe on MNIST), ready to predict: its
     probabilities calibrated by the temperature it was built with (calibration.py), as the
     "not a digit" threshold in its metadata expects."""
-    from .calibration import Calibrated  # it builds on this module
+    from ..inference.calibration import Calibrated  # it builds on this module
 
     model, meta = load_checkpoint(pretrained_path(), device=device)
     return (model if meta.temperature is None else Calibrated(model, meta.temperature)), meta

@@ -26,8 +26,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from . import distributed
-from .checkpoint import (
+from ..data.dataset import Dataset
+from ..errors import MnistCnnError
+from ..files import claim_run_folder, write_atomically
+from ..inference.evaluation import evaluate
+from ..models.checkpoint import (
     RNG_KEY,
     CheckpointMeta,
     encode_checkpoint,
@@ -36,13 +39,10 @@ from .checkpoint import (
     parse_checkpoint,
     read_bytes,
 )
-from .data import Dataset
-from .device import Runtime
-from .errors import MnistCnnError
-from .evaluation import evaluate
-from .files import claim_run_folder, write_atomically
-from .models import as_input
-from .recipes import Recipe
+from ..models.recipes import Recipe
+from ..models.registry import as_input
+from ..runtime import distributed
+from ..runtime.device import Runtime
 
 CHECKPOINT_NAME = "last.safetensors"
 METRICS_NAME = "metrics.jsonl"
@@ -425,7 +425,7 @@ def make_outliers(recipe: Recipe, runtime: Runtime):
     (seeded per step, like augmentation) from a pool generated once."""
     if recipe.outlier_exposure == 0:
         return None
-    from .synthetic import outlier_pool  # only runs with outlier exposure need it
+    from ..images.synthetic import outlier_pool  # only runs with outlier exposure need it
 
     pool = torch.from_numpy(outlier_pool(OUTLIER_POOL, recipe.seed + 10_000))[:, None]
     pool = pool.to(runtime.device)

@@ -23,11 +23,7 @@ from PIL import Image
 from scipy import ndimage
 from torch import nn
 
-from .calibration import Calibrated
-from .device import Runtime
-from .ensemble import ensemble_proba
-from .evaluation import CPU, ranked
-from .imaging import (
+from ..images.preprocess import (
     MIN_INK_SIDE,
     SPECK_SHARE,
     ImageError,
@@ -38,8 +34,12 @@ from .imaging import (
     smallest_ink,
     stroke_width,
 )
+from ..opencv import cv2
+from ..runtime.device import Runtime
+from .calibration import Calibrated
+from .ensemble import ensemble_proba
+from .evaluation import CPU, ranked
 from .novelty import is_digit
-from .opencv import cv2
 
 MAX_DIGITS = 32  # a longer row is refused: it is no number anybody writes by hand
 MAX_PIECES = 4 * MAX_DIGITS  # separate blobs (after specks) looked at, at most

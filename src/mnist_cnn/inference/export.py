@@ -22,13 +22,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__, imaging
-from .checkpoint import CheckpointMeta
-from .data import Split
-from .errors import MnistCnnError
+from .. import __version__
+from ..data.dataset import Split
+from ..errors import MnistCnnError
+from ..files import write_atomically
+from ..images import preprocess as imaging
+from ..models.checkpoint import CheckpointMeta
+from ..models.registry import as_input
 from .evaluation import predict_proba
-from .files import write_atomically
-from .models import as_input
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
@@ -145,7 +146,7 @@ def describe(meta: CheckpointMeta, checkpoint: str | os.PathLike, opset: int = O
                 f"paste into a {imaging.FIELD}x{imaging.FIELD} field shifted by whole pixels so the "
                 f"ink's centre of mass is at (row, column) = ({imaging.MNIST_CENTRE}, "
                 f"{imaging.MNIST_CENTRE}), pixel centres at integer indices; "
-                "mnist_cnn.imaging.load_and_preprocess does all of this"),
+                "mnist_cnn.images.preprocess.load_and_preprocess does all of this"),
         },
         "output": {
             "name": OUTPUT_NAME,

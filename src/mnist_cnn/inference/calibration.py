@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import MAX_TEMPERATURE, MIN_TEMPERATURE
-from .errors import MnistCnnError
+from ..errors import MnistCnnError
+from ..models.checkpoint import MAX_TEMPERATURE, MIN_TEMPERATURE
 
 BINS = 15  # equal-width confidence bins for the ECE, as in Guo et al.
 

@@ -24,8 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CannotWrite, MnistCnnError
-from .files import ensure_writable_folder, write_atomically
+from ..errors import CannotWrite, MnistCnnError
+from ..files import ensure_writable_folder, write_atomically
 from .idx import CHUNK, GZIP_MAGIC, CappedReader, Gunzip, read_file_bytes, read_idx_stream, sha256
 
 FILES = {

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .errors import MnistCnnError
+from ..errors import MnistCnnError
 
 
 def confidence(probabilities: torch.Tensor) -> torch.Tensor:

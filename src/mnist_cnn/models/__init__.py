@@ -1,0 +1,12 @@
+"""The networks and what describes one: their names, their recipes, and the checkpoint file.
+
+- `catalog.py`: each network's name and description, readable without importing torch.
+- `recipes.py`: a `Recipe`, the settings a network is trained with (every network is registered
+  with its default recipe, so recipes live here, below training).
+- `registry.py`: the registry, the layers and the network families.
+- `checkpoint.py`: a trained network on disk (safetensors and checked metadata), read and written
+  here because inference reads what training writes.
+
+May import: `mnist_cnn.errors`, `mnist_cnn.files`, `mnist_cnn.data`, `mnist_cnn.images` and this
+package; nothing of the runtime, inference or training.
+"""
