@@ -30,12 +30,11 @@ from mnist_cnn.inference.ensemble import (
     greedy_order,
     keep_members,
     member_probabilities,
-    member_recipes,
-    train_recipes,
 )
 from mnist_cnn.inference.evaluation import metrics_from_proba
 from mnist_cnn.models.checkpoint import read_checkpoint
 from mnist_cnn.runtime.device import format_environment
+from mnist_cnn.training.ensemble import member_recipes, train_recipes
 from mnist_cnn.training.loop import CHECKPOINT_NAME
 
 # Three seeds each of three networks that see the digit differently: as written (best), deskewed

@@ -15,15 +15,12 @@ from mnist_cnn.inference.ensemble import (
     greedy_order,
     keep_members,
     load_members,
-    member_name,
-    member_recipes,
     select_members,
     shared_errors,
-    train_members,
-    train_recipes,
 )
 from mnist_cnn.inference.evaluation import metrics_from_proba
 from mnist_cnn.models.registry import build_model, recipe_for
+from mnist_cnn.training.ensemble import member_name, member_recipes, train_members, train_recipes
 from mnist_cnn.training.loop import train
 
 

@@ -364,8 +364,9 @@ def ensemble_command(sub) -> None:
 
 
 def cmd_ensemble_train(args: argparse.Namespace) -> None:
-    from .inference.ensemble import evaluate_ensemble, format_verdicts, select_members, train_recipes
+    from .inference.ensemble import evaluate_ensemble, format_verdicts, select_members
     from .runtime import distributed
+    from .training.ensemble import train_recipes
     from .training.loop import TrainingInterrupted
 
     recipes, names, out = ensemble_recipes(args)
@@ -399,7 +400,7 @@ def cmd_ensemble_train(args: argparse.Namespace) -> None:
 def ensemble_recipes(args: argparse.Namespace) -> tuple[list[Recipe], list[str] | None, Path]:
     """The members' recipes, folder names and the ensemble folder: --model with --members N
     (seeds S, S+1, ... in member-K/), or a --member spec per member."""
-    from .inference.ensemble import member_recipes, seed_members
+    from .training.ensemble import member_recipes, seed_members
     if args.member:
         if args.model or args.members:
             raise MnistCnnError("--member lists the members: give it without --model and --members")

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..errors import MnistCnnError
+
+# a network with its temperature: defined with the checkpoint, which loads the shipped model calibrated
 from ..models.checkpoint import MAX_TEMPERATURE, MIN_TEMPERATURE
+from ..models.checkpoint import Calibrated as Calibrated
 
 BINS = 15  # equal-width confidence bins for the ECE, as in Guo et al.
 
@@ -39,18 +41,6 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
     optimizer.step(closure)
     return float(log_t.detach().exp().clamp(MIN_TEMPERATURE, MAX_TEMPERATURE))
-
-
-class Calibrated(nn.Module):
-    """A network whose logits are divided by its checkpoint's temperature: the probabilities
-    every reader shows, and "not a digit" decides on, are the calibrated ones."""
-
-    def __init__(self, network: nn.Module, temperature: float) -> None:
-        super().__init__()
-        self.network, self.temperature = network, float(temperature)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.network(x) / self.temperature
 
 
 def calibration_error(probabilities: torch.Tensor, labels: torch.Tensor, bins: int = BINS

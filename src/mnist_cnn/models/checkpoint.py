@@ -504,12 +504,22 @@ def check_shipped(raw: bytes, path: Path) -> None:
                             "it was built with); reinstall mnist-cnn")
 
 
+class Calibrated(nn.Module):
+    """A network whose logits are divided by its checkpoint's temperature: the probabilities
+    every reader shows, and "not a digit" decides on, are the calibrated ones."""
+
+    def __init__(self, network: nn.Module, temperature: float) -> None:
+        super().__init__()
+        self.network, self.temperature = network, float(temperature)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x) / self.temperature
+
+
 def load_pretrained(device: torch.device | str = "cpu") -> tuple[nn.Module, CheckpointMeta]:
     """The network shipped with mnist-cnn (the `best` recipe on MNIST), ready to predict: its
     probabilities calibrated by the temperature it was built with (calibration.py), as the
     "not a digit" threshold in its metadata expects."""
-    from ..inference.calibration import Calibrated  # it builds on this module
-
     model, meta = load_checkpoint(pretrained_path(), device=device)
     return (model if meta.temperature is None else Calibrated(model, meta.temperature)), meta
 
