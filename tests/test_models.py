@@ -11,21 +11,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnist_cnn.errors import MnistCnnError
+from mnist_cnn.models.layers import CentreCrop, Dropout, conv_block
 from mnist_cnn.models.recipes import Recipe
-from mnist_cnn.models.registry import (
-    MODELS,
-    CentreCrop,
-    Deskew,
-    Dropout,
-    WidthNormalize,
-    as_input,
-    build_model,
-    conv_block,
-    lecture_notation,
-    model_entry,
-    recipe_for,
-    summary,
-)
+from mnist_cnn.models.registry import MODELS, as_input, build_model, model_entry, recipe_for
+from mnist_cnn.models.summary import lecture_notation, summary
+from mnist_cnn.models.views import Deskew, WidthNormalize
 
 SHAPE = re.compile(r"\(\?, [\d, ]+\)")
 

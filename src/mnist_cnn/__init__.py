@@ -15,7 +15,7 @@ _HOMES = {
     "Metrics": "inference.evaluation", "evaluate": "inference.evaluation",
     "predict_proba": "inference.evaluation",
     "MODELS": "models.registry", "build_model": "models.registry", "recipe_for": "models.registry",
-    "summary": "models.registry",
+    "summary": "models.summary",
     "Recipe": "models.recipes",
     "train": "training.loop",
 }

@@ -217,7 +217,8 @@ def summary_command(sub) -> None:
 
 
 def cmd_summary(args: argparse.Namespace) -> None:
-    from .models.registry import build_model, summary
+    from .models.registry import build_model
+    from .models.summary import summary
 
     for n, name in enumerate([args.model] if args.model else ["simple", "deep"]):
         print(f"{chr(10) if n else ''}model {name}: {catalog.NETWORKS[name].description}")

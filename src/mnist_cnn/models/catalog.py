@@ -1,8 +1,9 @@
 """What the command line tells about the networks without importing torch (which takes seconds
 on a small CPU): each network's name, a line on what it is, its size and its measured accuracy.
 
-models.py builds and registers the networks under these names; tests/test_models.py checks that
-the two agree. The accuracies are those in docs/measurements.md (AMD EPYC, 2 cores).
+The family modules beside it (lecture.py, fast.py, best.py, views.py) build and register the
+networks under these names; tests/test_models.py checks that the two agree. The accuracies are
+those in docs/measurements.md (AMD EPYC, 2 cores).
 """
 
 from __future__ import annotations
