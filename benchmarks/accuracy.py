@@ -33,7 +33,7 @@ from mnist_cnn.inference.ensemble import (
 )
 from mnist_cnn.inference.evaluation import metrics_from_proba
 from mnist_cnn.models.checkpoint import read_checkpoint
-from mnist_cnn.runtime.device import format_environment
+from mnist_cnn.runtime.environment import format_environment
 from mnist_cnn.training.ensemble import member_recipes, train_recipes
 from mnist_cnn.training.loop import CHECKPOINT_NAME
 

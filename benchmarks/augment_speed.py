@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from mnist_cnn.runtime.device import format_environment
+from mnist_cnn.runtime.environment import format_environment
 from mnist_cnn.training.augment import augment_batch, preset
 
 WARMUP = 3

@@ -47,7 +47,7 @@ from mnist_cnn.inference.calibration import calibration_error, fit_temperature
 from mnist_cnn.inference.evaluation import iterate_logits
 from mnist_cnn.inference.novelty import calibrate_threshold, confidence
 from mnist_cnn.models.checkpoint import PRETRAINED, load_checkpoint, save_checkpoint
-from mnist_cnn.runtime.device import format_environment
+from mnist_cnn.runtime.environment import format_environment
 from mnist_cnn.training.loop import CHECKPOINT_NAME
 
 RUN = Path("runs/pretrained-best")

@@ -31,7 +31,8 @@ from mnist_cnn.images.preprocess import load_and_preprocess, to_tensor
 from mnist_cnn.inference.evaluation import predict_proba
 from mnist_cnn.inference.export import export_onnx, onnx_proba, onnx_session
 from mnist_cnn.models.registry import build_model
-from mnist_cnn.runtime.device import format_environment, setup
+from mnist_cnn.runtime.device import setup
+from mnist_cnn.runtime.environment import format_environment
 
 MODELS = ("simple", "deep", "fast")
 BATCH = 1000

@@ -39,7 +39,7 @@ from mnist_cnn.inference.evaluation import predict_proba
 from mnist_cnn.inference.novelty import confidence, is_digit
 from mnist_cnn.inference.plots import roc_curve, save
 from mnist_cnn.models.checkpoint import load_checkpoint, pretrained_path
-from mnist_cnn.runtime.device import format_environment
+from mnist_cnn.runtime.environment import format_environment
 
 SPLITS = {"calibration": (1, 0), "report": (2, 1)}  # seed, which third of the fonts
 DIGITS = ("mnist digits", "font digits")

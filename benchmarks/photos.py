@@ -39,7 +39,7 @@ from mnist_cnn.inference.ensemble import ensemble_proba
 from mnist_cnn.inference.numbers import read_number
 from mnist_cnn.inference.predict import load_predictor
 from mnist_cnn.models.checkpoint import pretrained_path
-from mnist_cnn.runtime.device import format_environment
+from mnist_cnn.runtime.environment import format_environment
 
 CONDITIONS: dict[str, Condition] = {
     # one factor changed at a time from a plain photo of a ballpoint digit

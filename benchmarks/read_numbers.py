@@ -22,7 +22,8 @@ from mnist_cnn.images import synthetic
 from mnist_cnn.images.preprocess import ImageError
 from mnist_cnn.inference.numbers import read_number
 from mnist_cnn.models.checkpoint import load_checkpoint, pretrained_path
-from mnist_cnn.runtime.device import format_environment, setup
+from mnist_cnn.runtime.device import setup
+from mnist_cnn.runtime.environment import format_environment
 
 LENGTHS = range(2, 7)
 

@@ -9,7 +9,7 @@ import torch
 
 from mnist_cnn.errors import MnistCnnError
 from mnist_cnn.models.registry import build_model, recipe_for
-from mnist_cnn.runtime import device
+from mnist_cnn.runtime import device, environment, threads
 from mnist_cnn.runtime.device import Runtime, choose_device, setup
 from mnist_cnn.training import loop as training
 
@@ -160,7 +160,7 @@ def test_without_proc_stat_the_count_stays():
         torch.set_num_threads(device.cpu_count())
 
 
-@pytest.mark.skipif(device.cpu_count() < 2 or device.read_cpu_busy() is None,
+@pytest.mark.skipif(device.cpu_count() < 2 or threads.read_cpu_busy() is None,
                     reason="needs 2 cores and Linux's /proc/stat")
 def test_a_real_busy_process_makes_training_use_fewer_threads(tiny_dataset):
     """No timing is asserted: only that the load was seen and the thread count followed it."""
@@ -194,11 +194,11 @@ def test_fixed_threads_turn_the_tuner_off():
 
 
 def test_environment_names_what_decides_the_figures():
-    env = device.describe_environment()
+    env = environment.describe_environment()
     assert env["torch"] == torch.__version__
     assert env["cores available"] == device.cpu_count()
     assert env["ATen CPU capability"] == torch.backends.cpu.get_cpu_capability()
-    text = device.format_environment(env)
+    text = environment.format_environment(env)
     for key in ("cpu:", "cpu features:", "oneDNN:", "CUDA devices:"):
         assert key in text
 

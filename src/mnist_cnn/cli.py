@@ -191,7 +191,7 @@ def env_command(sub) -> None:
 
 
 def cmd_env(args: argparse.Namespace) -> None:
-    from .runtime.device import describe_environment, format_environment
+    from .runtime.environment import describe_environment, format_environment
 
     env = describe_environment()
     print(json.dumps(env, indent=2) if args.json else format_environment(env))
