@@ -39,8 +39,10 @@ check: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# ruff, and the import contract: each package imports only its layer and those below (tests/test_layers.py)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/python -m pytest -q tests/test_layers.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py

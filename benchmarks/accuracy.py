@@ -21,21 +21,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mnist_cnn import build_model, evaluate, load_checkpoint, load_dataset, plots, recipe_for, setup, train
-from mnist_cnn.checkpoint import read_checkpoint
-from mnist_cnn.device import format_environment
-from mnist_cnn.ensemble import (
+from mnist_cnn import build_model, evaluate, load_checkpoint, load_dataset, recipe_for, setup, train
+from mnist_cnn.inference import plots
+from mnist_cnn.inference.ensemble import (
     average_probabilities,
     disagreement_table,
     format_verdicts,
     greedy_order,
     keep_members,
     member_probabilities,
-    member_recipes,
-    train_recipes,
 )
-from mnist_cnn.evaluation import metrics_from_proba
-from mnist_cnn.training import CHECKPOINT_NAME
+from mnist_cnn.inference.evaluation import metrics_from_proba
+from mnist_cnn.models.checkpoint import read_checkpoint
+from mnist_cnn.runtime.environment import format_environment
+from mnist_cnn.training.ensemble import member_recipes, train_recipes
+from mnist_cnn.training.loop import CHECKPOINT_NAME
 
 # Three seeds each of three networks that see the digit differently: as written (best), deskewed
 # (upright) and width-normalised (widthnorm). Seeds, widths, architectures (wide, five) and

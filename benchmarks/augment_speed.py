@@ -10,8 +10,8 @@ import time
 
 import torch
 
-from mnist_cnn.augment import augment_batch, preset
-from mnist_cnn.device import format_environment
+from mnist_cnn.runtime.environment import format_environment
+from mnist_cnn.training.augment import augment_batch, preset
 
 WARMUP = 3
 ITERS = 20

@@ -8,7 +8,7 @@ tests/test_pretrained.py checks again; the optimizer and RNG state (only needed 
 behind.
 
 Then photos and "not a digit": PHOTO_EPOCHS more epochs from those weights on the 55,000
-training digits plus PHOTOS photos of training digits on notebook pages (mnist_cnn.notebook:
+training digits plus PHOTOS photos of training digits on notebook pages (mnist_cnn.images.notebook:
 ruled and squared paper, shadows, desks, pencil, ink colours, stroke widths, tilts, sizes),
 each through the same decoding and preprocessing as `mnist-cnn predict`, so that training sees
 what use sees; with outlier exposure (synthetic non-digits, photographed the same ways, pushed
@@ -19,7 +19,7 @@ fonts, and the validation digits themselves): the temperature that makes the sho
 probabilities honest (calibration.py), and the threshold on the calibrated confidence that
 accepts 99% of the calibration digits, stored as the checkpoint's temperature and
 digit_threshold. It prints the file's SHA-256, to pin as PRETRAINED_SHA256 in
-src/mnist_cnn/checkpoint.py.
+src/mnist_cnn/models/checkpoint.py.
 
 Usage: .venv/bin/python benchmarks/build_pretrained.py [--start CHECKPOINT]
   --start: fine-tune for photos from this checkpoint's weights instead of training the base
@@ -41,14 +41,14 @@ import torch
 from not_a_digit import DIGITS, build_sets, load_fashion
 
 from mnist_cnn import build_model, evaluate, load_dataset, recipe_for, setup, train
-from mnist_cnn.calibration import calibration_error, fit_temperature
-from mnist_cnn.checkpoint import PRETRAINED, load_checkpoint, save_checkpoint
-from mnist_cnn.data import Split
-from mnist_cnn.device import format_environment
-from mnist_cnn.evaluation import iterate_logits
-from mnist_cnn.notebook import photo_fields
-from mnist_cnn.novelty import calibrate_threshold, confidence
-from mnist_cnn.training import CHECKPOINT_NAME
+from mnist_cnn.data.dataset import Split
+from mnist_cnn.images.notebook import photo_fields
+from mnist_cnn.inference.calibration import calibration_error, fit_temperature
+from mnist_cnn.inference.evaluation import iterate_logits
+from mnist_cnn.inference.novelty import calibrate_threshold, confidence
+from mnist_cnn.models.checkpoint import PRETRAINED, load_checkpoint, save_checkpoint
+from mnist_cnn.runtime.environment import format_environment
+from mnist_cnn.training.loop import CHECKPOINT_NAME
 
 RUN = Path("runs/pretrained-best")
 RUN_PHOTOS = Path("runs/pretrained-best-photos")
@@ -149,7 +149,7 @@ def main() -> None:
     print(f"wrote {SHIPPED} ({SHIPPED.stat().st_size / 2**20:.1f} MiB)")
     # mnist-cnn refuses a shipped file whose hash is not the pinned one
     digest = hashlib.sha256(SHIPPED.read_bytes()).hexdigest()
-    print(f'pin it in src/mnist_cnn/checkpoint.py: PRETRAINED_SHA256 = "{digest}"')
+    print(f'pin it in src/mnist_cnn/models/checkpoint.py: PRETRAINED_SHA256 = "{digest}"')
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mnist_cnn.device import format_environment
+from mnist_cnn.runtime.environment import format_environment
 
 HERE = Path(__file__).resolve().parent
 # how much of each network to train: enough steps for the thread choice to matter

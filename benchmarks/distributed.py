@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mnist_cnn.device import format_environment
+from mnist_cnn.runtime.environment import format_environment
 
 
 def free_port() -> int:

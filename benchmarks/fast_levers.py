@@ -14,7 +14,7 @@ import dataclasses
 import statistics
 
 from mnist_cnn import build_model, evaluate, load_dataset, recipe_for, setup, train
-from mnist_cnn.device import format_environment
+from mnist_cnn.runtime.environment import format_environment
 
 # name -> (recipe changes, runtime changes); model_args replace the recipe's as a whole
 VARIANTS: dict[str, tuple[dict, dict]] = {

@@ -7,7 +7,7 @@ For each of simple, deep and fast (random weights: speed does not depend on them
   - single-image latency, p50 and p99 over 200 calls, from a ready 28x28 uint8 tensor;
   - the same with preprocessing: from the PNG bytes of a synthetic photo, through
     imaging.load_and_preprocess.
-Both engines get the same threads (mnist_cnn.device.setup's choice unless --threads) and return
+Both engines get the same threads (mnist_cnn.runtime.device.setup's choice unless --threads) and return
 softmax probabilities. Takes about a minute; numbers from a machine shared with other jobs vary.
 """
 
@@ -25,13 +25,14 @@ import onnxruntime
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
-from mnist_cnn.data import load_dataset
-from mnist_cnn.device import format_environment, setup
+from mnist_cnn.data.dataset import load_dataset
 from mnist_cnn.errors import MnistCnnError
-from mnist_cnn.evaluation import predict_proba
-from mnist_cnn.export import export_onnx, onnx_proba, onnx_session
-from mnist_cnn.imaging import load_and_preprocess, to_tensor
-from mnist_cnn.models import build_model
+from mnist_cnn.images.preprocess import load_and_preprocess, to_tensor
+from mnist_cnn.inference.evaluation import predict_proba
+from mnist_cnn.inference.export import export_onnx, onnx_proba, onnx_session
+from mnist_cnn.models.registry import build_model
+from mnist_cnn.runtime.device import setup
+from mnist_cnn.runtime.environment import format_environment
 
 MODELS = ("simple", "deep", "fast")
 BATCH = 1000

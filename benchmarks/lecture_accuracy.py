@@ -26,11 +26,12 @@ from pathlib import Path
 
 import torch
 
-from mnist_cnn.checkpoint import load_checkpoint, save_checkpoint
-from mnist_cnn.data import Split, load_dataset
-from mnist_cnn.device import cpu_count, describe_environment, format_environment
-from mnist_cnn.evaluation import evaluate
-from mnist_cnn.models import recipe_for
+from mnist_cnn.data.dataset import Split, load_dataset
+from mnist_cnn.inference.evaluation import evaluate
+from mnist_cnn.models.checkpoint import load_checkpoint, save_checkpoint
+from mnist_cnn.models.registry import recipe_for
+from mnist_cnn.runtime.environment import describe_environment, format_environment
+from mnist_cnn.runtime.threads import cpu_count
 
 # the simple CNN in the lecture's fp32; the deep one in bf16, half fp32's time where the CPU has
 # bf16 instructions (tests/test_end_to_end.py says how many runs each claim needs)

@@ -22,14 +22,9 @@ import numpy as np
 import torch
 
 from mnist_cnn import load_dataset
-from mnist_cnn.checkpoint import load_checkpoint, pretrained_path
-from mnist_cnn.data import Split
-from mnist_cnn.device import format_environment
-from mnist_cnn.evaluation import predict_proba
-from mnist_cnn.imaging import ImageError, preprocess
-from mnist_cnn.novelty import confidence, is_digit
-from mnist_cnn.plots import roc_curve, save
-from mnist_cnn.synthetic import (
+from mnist_cnn.data.dataset import Split
+from mnist_cnn.images.preprocess import ImageError, preprocess
+from mnist_cnn.images.synthetic import (
     NOT_DIGIT_LETTERS,
     SHAPES,
     font_paths,
@@ -40,6 +35,11 @@ from mnist_cnn.synthetic import (
     scribble,
     shape,
 )
+from mnist_cnn.inference.evaluation import predict_proba
+from mnist_cnn.inference.novelty import confidence, is_digit
+from mnist_cnn.inference.plots import roc_curve, save
+from mnist_cnn.models.checkpoint import load_checkpoint, pretrained_path
+from mnist_cnn.runtime.environment import format_environment
 
 SPLITS = {"calibration": (1, 0), "report": (2, 1)}  # seed, which third of the fonts
 DIGITS = ("mnist digits", "font digits")

@@ -2,7 +2,7 @@
 
 Digits from four sources that the shipped network was not trained on (MNIST's test split,
 scikit-learn's UCI digits from 43 other writers, digits drawn as pen trajectories, font digits),
-each photographed by the notebook simulator (mnist_cnn.notebook) under one condition at a time:
+each photographed by the notebook simulator (mnist_cnn.images.notebook) under one condition at a time:
 plain, ruled or squared paper, a shadow's edge, pencil, coloured ink, thick and thin strokes, a
 tilted page, a small photo (under 60 px), a large one (12 MP, the digit a few percent of it), and
 everything at random ("mixed"). Every photo goes through what `mnist-cnn predict` does: a JPEG
@@ -30,15 +30,16 @@ import cv2
 import numpy as np
 import torch
 
-from mnist_cnn import load_dataset, pen, synthetic
-from mnist_cnn.calibration import calibration_error
-from mnist_cnn.checkpoint import pretrained_path
-from mnist_cnn.device import format_environment
-from mnist_cnn.ensemble import ensemble_proba
-from mnist_cnn.imaging import ImageError, load_and_preprocess, load_image, to_tensor
-from mnist_cnn.notebook import Condition, jpeg_bytes, mnist_glyph, photograph_page, row_ink
-from mnist_cnn.numbers import read_number
-from mnist_cnn.predict import load_predictor
+from mnist_cnn import load_dataset
+from mnist_cnn.images import pen, synthetic
+from mnist_cnn.images.notebook import Condition, jpeg_bytes, mnist_glyph, photograph_page, row_ink
+from mnist_cnn.images.preprocess import ImageError, load_and_preprocess, load_image, to_tensor
+from mnist_cnn.inference.calibration import calibration_error
+from mnist_cnn.inference.ensemble import ensemble_proba
+from mnist_cnn.inference.numbers import read_number
+from mnist_cnn.inference.predict import load_predictor
+from mnist_cnn.models.checkpoint import pretrained_path
+from mnist_cnn.runtime.environment import format_environment
 
 CONDITIONS: dict[str, Condition] = {
     # one factor changed at a time from a plain photo of a ballpoint digit
@@ -229,7 +230,7 @@ def main() -> None:
     print(f"expected calibration error on MNIST's test digits: "
           f"{calibration_error(test_probs, mnist_test.labels):.2%}")
     if args.plot:
-        from mnist_cnn.plots import reliability_diagram, save
+        from mnist_cnn.inference.plots import reliability_diagram, save
         save(reliability_diagram({"photos of digits": (probs, labels),
                                   "MNIST test digits": (test_probs, mnist_test.labels)}),
              args.plot)

@@ -16,10 +16,10 @@ import time
 import cv2
 import numpy as np
 
-from mnist_cnn import pen
-from mnist_cnn.device import format_environment
-from mnist_cnn.imaging import WORK_PIXELS, load_image, preprocess
-from mnist_cnn.notebook import Condition, jpeg_bytes, photograph_page
+from mnist_cnn.images import pen
+from mnist_cnn.images.notebook import Condition, jpeg_bytes, photograph_page
+from mnist_cnn.images.preprocess import WORK_PIXELS, load_image, preprocess
+from mnist_cnn.runtime.environment import format_environment
 
 
 def photo(megapixels: float, seed: int) -> bytes:

@@ -3,11 +3,11 @@
 `numbers`, which numpy and torch import, would be this file.)
 
 Run: .venv/bin/python benchmarks/read_numbers.py [--rows 1000] [--split test|val] [--threads N]
-Rows are composed (mnist_cnn.synthetic.compose_row: random gaps, a fifth of the pairs touching or
+Rows are composed (mnist_cnn.images.synthetic.compose_row: random gaps, a fifth of the pairs touching or
 overlapping, wobbling baselines and sizes, dark ink on light paper) from MNIST digits of the
 chosen split (test by default; val is what the segmentation was tuned on) and from font digits,
-and read by the shipped network (mnist_cnn.checkpoint.pretrained_path()) through
-mnist_cnn.numbers.read_number. Needs MNIST (MNIST_DATA_DIR or the cache).
+and read by the shipped network (mnist_cnn.models.checkpoint.pretrained_path()) through
+mnist_cnn.inference.numbers.read_number. Needs MNIST (MNIST_DATA_DIR or the cache).
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ import time
 
 import numpy as np
 
-from mnist_cnn import synthetic
-from mnist_cnn.checkpoint import load_checkpoint, pretrained_path
-from mnist_cnn.data import load_dataset
-from mnist_cnn.device import format_environment, setup
-from mnist_cnn.imaging import ImageError
-from mnist_cnn.numbers import read_number
+from mnist_cnn.data.dataset import load_dataset
+from mnist_cnn.images import synthetic
+from mnist_cnn.images.preprocess import ImageError
+from mnist_cnn.inference.numbers import read_number
+from mnist_cnn.models.checkpoint import load_checkpoint, pretrained_path
+from mnist_cnn.runtime.device import setup
+from mnist_cnn.runtime.environment import format_environment
 
 LENGTHS = range(2, 7)
 

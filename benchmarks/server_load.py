@@ -31,9 +31,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from mnist_cnn.checkpoint import save_checkpoint
-from mnist_cnn.device import format_environment
-from mnist_cnn.models import build_model, recipe_for
+from mnist_cnn.models.checkpoint import save_checkpoint
+from mnist_cnn.models.registry import build_model, recipe_for
+from mnist_cnn.runtime.environment import format_environment
 
 
 def huge_png(side: int = 5000) -> bytes:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from mnist_cnn.device import format_environment
+from mnist_cnn.runtime.environment import format_environment
 
 BIN = Path(sys.executable).parent
 TARGETS = {"--help": 0.5, "models": 0.5, "predict photo.jpg": 1.5}

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnist_cnn import build_model, evaluate, load_dataset, recipe_for, setup, train
-from mnist_cnn.device import format_environment
-from mnist_cnn.models import as_input
+from mnist_cnn.models.registry import as_input
+from mnist_cnn.runtime.environment import format_environment
 
 
 def plain_network(name: str) -> nn.Module:

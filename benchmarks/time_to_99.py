@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from mnist_cnn import build_model, evaluate, load_dataset, recipe_for, setup, train
-from mnist_cnn.device import format_environment
+from mnist_cnn.runtime.environment import format_environment
 
 
 def main() -> None:

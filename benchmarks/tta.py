@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from mnist_cnn import load_checkpoint, load_dataset, setup
-from mnist_cnn.augment import affine_matrices
-from mnist_cnn.device import format_environment
-from mnist_cnn.evaluation import predict_proba
-from mnist_cnn.models import as_input
+from mnist_cnn.inference.evaluation import predict_proba
+from mnist_cnn.models.registry import as_input
+from mnist_cnn.runtime.environment import format_environment
+from mnist_cnn.training.augment import affine_matrices
 
 WARPS = {"as is": {}, "turn +": {"angle": 6}, "turn -": {"angle": -6},
          "zoom +": {"scale": 1.08}, "zoom -": {"scale": 0.92},

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from mnist_cnn.data import Dataset, load_dataset, make_dataset
+from mnist_cnn.data.dataset import Dataset, load_dataset, make_dataset
+from mnist_cnn.data.sources import DATASETS, FILES, find_files, locate
 from mnist_cnn.errors import MnistCnnError
-from mnist_cnn.sources import DATASETS, FILES, find_files, locate
 
 REPO = Path(__file__).resolve().parents[1]
 NO_DATA = "the real MNIST could not be had"  # how a skip for want of data begins (summarised)
@@ -121,10 +121,10 @@ class Trained:
 @pytest.fixture(scope="session")
 def models(tmp_path_factory, mnist) -> Trained:
     """Trained checkpoints for the tests that predict, serve, export and plot: trained once."""
-    from mnist_cnn.checkpoint import load_checkpoint, save_checkpoint
-    from mnist_cnn.device import setup
-    from mnist_cnn.models import build_model, recipe_for
-    from mnist_cnn.training import CHECKPOINT_NAME, train
+    from mnist_cnn.models.checkpoint import load_checkpoint, save_checkpoint
+    from mnist_cnn.models.registry import build_model, recipe_for
+    from mnist_cnn.runtime.device import setup
+    from mnist_cnn.training.loop import CHECKPOINT_NAME, train
 
     base = tmp_path_factory.mktemp("trained")
     recipe = recipe_for("simple").replace(epochs=0.15, batch_size=50, lr=2e-3)
@@ -161,6 +161,6 @@ def tiny_dataset() -> Dataset:
 
 @pytest.fixture(scope="session")
 def runtime():
-    from mnist_cnn.device import setup
+    from mnist_cnn.runtime.device import setup
 
     return setup("cpu", threads=1)  # one thread: the machine is shared, and results repeat

@@ -18,11 +18,11 @@ import sys
 
 from conftest import synthetic_arrays
 
-import mnist_cnn.data
-import mnist_cnn.training
+import mnist_cnn.data.dataset
+import mnist_cnn.training.loop
 from mnist_cnn.cli import main
-from mnist_cnn.data import Dataset, make_dataset
-from mnist_cnn.sources import DATASETS
+from mnist_cnn.data.dataset import Dataset, make_dataset
+from mnist_cnn.data.sources import DATASETS
 
 
 def tiny_dataset(*_args, **_kwargs) -> Dataset:
@@ -31,25 +31,25 @@ def tiny_dataset(*_args, **_kwargs) -> Dataset:
 
 
 def kill_at(rank: int, step: int) -> None:
-    real = mnist_cnn.training.lr_factor
+    real = mnist_cnn.training.loop.lr_factor
 
     def lr_factor(recipe, at: int, total: int) -> float:  # called once per step
         if at == step and int(os.environ["RANK"]) == rank:
             os.kill(os.getpid(), signal.SIGKILL)
         return real(recipe, at, total)
 
-    mnist_cnn.training.lr_factor = lr_factor
+    mnist_cnn.training.loop.lr_factor = lr_factor
 
 
 def interrupt_at(step: int) -> None:
-    real = mnist_cnn.training.lr_factor
+    real = mnist_cnn.training.loop.lr_factor
 
     def lr_factor(recipe, at: int, total: int) -> float:
         if at == step:
             os.kill(os.getpid(), signal.SIGINT)
         return real(recipe, at, total)
 
-    mnist_cnn.training.lr_factor = lr_factor
+    mnist_cnn.training.loop.lr_factor = lr_factor
 
 
 def interrupt_in(target: str) -> None:
@@ -65,7 +65,7 @@ def interrupt_in(target: str) -> None:
 
 
 if __name__ == "__main__":
-    mnist_cnn.data.load_dataset = tiny_dataset
+    mnist_cnn.data.dataset.load_dataset = tiny_dataset
     if os.environ.get("KILL_AT") and os.environ.get("TORCHELASTIC_RESTART_COUNT") == "0":
         kill_at(*map(int, os.environ["KILL_AT"].split(":")))
     if os.environ.get("INTERRUPT_AT"):

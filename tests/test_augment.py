@@ -4,14 +4,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mnist_cnn.augment import (
+from mnist_cnn.errors import MnistCnnError
+from mnist_cnn.training.augment import (
     AugmentConfig,
     affine_matrices,
     augment_batch,
     preset,
     random_affine_matrices,
 )
-from mnist_cnn.errors import MnistCnnError
 
 IDENTITY = AugmentConfig(rotation=0.0, scale=0.0, shift=0.0, shear=0.0, elastic=0.0)
 
@@ -171,8 +171,8 @@ def test_presets_and_bad_settings():
 
 
 def test_training_with_augmentation_leaves_the_data_untouched(tiny_dataset, runtime):
-    from mnist_cnn.models import build_model, recipe_for
-    from mnist_cnn.training import train
+    from mnist_cnn.models.registry import build_model, recipe_for
+    from mnist_cnn.training.loop import train
 
     before = {name: (split.images.clone(), split.labels.clone())
               for name, split in (("train", tiny_dataset.train), ("val", tiny_dataset.val),

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from mnist_cnn import recipe_for
-from mnist_cnn.calibration import Calibrated, calibration_error, fit_temperature, reliability
-from mnist_cnn.checkpoint import CheckpointMeta
 from mnist_cnn.errors import MnistCnnError
+from mnist_cnn.inference.calibration import Calibrated, calibration_error, fit_temperature, reliability
+from mnist_cnn.models.checkpoint import CheckpointMeta
 
 
 def sampled(temperature: float, n: int = 20_000, seed: int = 0):
@@ -60,8 +60,8 @@ def test_a_checkpoint_with_a_wrong_temperature_is_refused_in_one_line(value):
 
 def test_the_temperature_survives_the_checkpoint(tmp_path):
     from mnist_cnn import build_model
-    from mnist_cnn.checkpoint import save_checkpoint
-    from mnist_cnn.ensemble import load_members
+    from mnist_cnn.inference.ensemble import load_members
+    from mnist_cnn.models.checkpoint import save_checkpoint
 
     recipe = recipe_for("simple")
     model = build_model(recipe)
@@ -72,6 +72,6 @@ def test_the_temperature_survives_the_checkpoint(tmp_path):
     images = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8)
     model.eval()
     loaded.eval()
-    from mnist_cnn.models import as_input
+    from mnist_cnn.models.registry import as_input
     with torch.no_grad():
         assert torch.allclose(loaded(as_input(images)), model(as_input(images)) / 0.7, atol=1e-5)

@@ -19,11 +19,11 @@ from PIL import Image
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
-from mnist_cnn.checkpoint import META_KEY, load_checkpoint, read_checkpoint, save_checkpoint
 from mnist_cnn.errors import MnistCnnError
-from mnist_cnn.models import as_input, build_model, recipe_for
-from mnist_cnn.recipes import Recipe
-from mnist_cnn.training import CHECKPOINT_NAME, train
+from mnist_cnn.models.checkpoint import META_KEY, load_checkpoint, read_checkpoint, save_checkpoint
+from mnist_cnn.models.recipes import Recipe
+from mnist_cnn.models.registry import as_input, build_model, recipe_for
+from mnist_cnn.training.loop import CHECKPOINT_NAME, train
 
 
 def perturbed(name: str = "simple"):
@@ -459,7 +459,7 @@ def test_a_running_variance_may_be_the_square_of_a_weight_bound(tmp_path):
 
 def test_real_checkpoints_stay_far_inside_the_bounds(models):
     """The shipped model and a freshly trained one: a hundred times below the bounds."""
-    from mnist_cnn.checkpoint import MAX_VARIANCE, MAX_WEIGHT, pretrained_path
+    from mnist_cnn.models.checkpoint import MAX_VARIANCE, MAX_WEIGHT, pretrained_path
 
     for path in (pretrained_path(), models.checkpoint):
         tensors, _ = read_checkpoint(path)
@@ -507,12 +507,12 @@ RESUME_IN_A_SUBPROCESS = """
 import sys
 sys.path.insert(0, sys.argv[2])
 from conftest import synthetic_arrays
-from mnist_cnn.data import make_dataset
-from mnist_cnn.sources import DATASETS
-from mnist_cnn.device import setup
+from mnist_cnn.data.dataset import make_dataset
+from mnist_cnn.data.sources import DATASETS
+from mnist_cnn.runtime.device import setup
 from mnist_cnn.errors import MnistCnnError
-from mnist_cnn.models import build_model, recipe_for
-from mnist_cnn.training import train
+from mnist_cnn.models.registry import build_model, recipe_for
+from mnist_cnn.training.loop import train
 
 data = make_dataset(synthetic_arrays(), DATASETS["mnist"], "synthetic", val_size=100)
 recipe = recipe_for("simple").replace(epochs=2, batch_size=100)
@@ -733,7 +733,7 @@ def test_weights_that_overflow_inside_the_bounds_are_no_answer(tiny_dataset, tmp
                                                                monkeypatch):
     """Every weight 999 and every variance 0: each value in range, but the outputs overflow to
     infinity. evaluate once printed "loss nan" and exited 0."""
-    import mnist_cnn.data
+    import mnist_cnn.data.dataset
 
     model = build_model("fast")
     with torch.no_grad():
@@ -743,7 +743,7 @@ def test_weights_that_overflow_inside_the_bounds_are_no_answer(tiny_dataset, tmp
     path = tmp_path / "overflow.safetensors"
     save_checkpoint(path, model, {"recipe": recipe_for("fast").to_dict(), "dataset": "mnist",
                                   "checksums": tiny_dataset.checksums})
-    monkeypatch.setattr(mnist_cnn.data, "load_dataset", lambda *_args, **_kwargs: tiny_dataset)
+    monkeypatch.setattr(mnist_cnn.data.dataset, "load_dataset", lambda *_args, **_kwargs: tiny_dataset)
     for argv in (["evaluate", str(path)], ["ensemble", "evaluate", str(path)]):
         code, out, err = run_main([*argv, "--threads", "1"])
         assert code == 1 and out == ""

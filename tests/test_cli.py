@@ -262,7 +262,7 @@ def test_train_into_an_unusable_out_fails_before_training(mnist_data_dir, tmp_pa
 
 def test_export_checks_its_destination_before_the_slow_work(trained, tmp_path, capsys,
                                                             monkeypatch):
-    from mnist_cnn import export
+    from mnist_cnn.inference import export
 
     calls = []
     monkeypatch.setattr(export, "onnx_bytes", lambda *args: calls.append(args) or b"")

@@ -22,12 +22,11 @@ from conftest import idx_bytes, synthetic_arrays, write_dataset_dir, write_idx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mnist_cnn import idx, sources
 from mnist_cnn.cli import main
-from mnist_cnn.data import load_dataset, load_directory, make_dataset
-from mnist_cnn.errors import CannotWrite, MnistCnnError
-from mnist_cnn.idx import parse_idx, read_file_bytes, sha256
-from mnist_cnn.sources import (
+from mnist_cnn.data import idx, sources
+from mnist_cnn.data.dataset import load_dataset, load_directory, make_dataset
+from mnist_cnn.data.idx import parse_idx, read_file_bytes, sha256
+from mnist_cnn.data.sources import (
     DATASETS,
     FILES,
     download_from_mirrors,
@@ -35,6 +34,7 @@ from mnist_cnn.sources import (
     find_files,
     locate,
 )
+from mnist_cnn.errors import CannotWrite, MnistCnnError
 
 MNIST = DATASETS["mnist"]
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]

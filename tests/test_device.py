@@ -7,10 +7,11 @@ import sys
 import pytest
 import torch
 
-from mnist_cnn import device, training
-from mnist_cnn.device import Runtime, choose_device, setup
 from mnist_cnn.errors import MnistCnnError
-from mnist_cnn.models import build_model, recipe_for
+from mnist_cnn.models.registry import build_model, recipe_for
+from mnist_cnn.runtime import device, environment, threads
+from mnist_cnn.runtime.device import Runtime, choose_device, setup
+from mnist_cnn.training import loop as training
 
 
 def test_auto_picks_cuda_only_when_present(monkeypatch):
@@ -159,7 +160,7 @@ def test_without_proc_stat_the_count_stays():
         torch.set_num_threads(device.cpu_count())
 
 
-@pytest.mark.skipif(device.cpu_count() < 2 or device.read_cpu_busy() is None,
+@pytest.mark.skipif(device.cpu_count() < 2 or threads.read_cpu_busy() is None,
                     reason="needs 2 cores and Linux's /proc/stat")
 def test_a_real_busy_process_makes_training_use_fewer_threads(tiny_dataset):
     """No timing is asserted: only that the load was seen and the thread count followed it."""
@@ -193,11 +194,11 @@ def test_fixed_threads_turn_the_tuner_off():
 
 
 def test_environment_names_what_decides_the_figures():
-    env = device.describe_environment()
+    env = environment.describe_environment()
     assert env["torch"] == torch.__version__
     assert env["cores available"] == device.cpu_count()
     assert env["ATen CPU capability"] == torch.backends.cpu.get_cpu_capability()
-    text = device.format_environment(env)
+    text = environment.format_environment(env)
     for key in ("cpu:", "cpu features:", "oneDNN:", "CUDA devices:"):
         assert key in text
 
@@ -209,7 +210,7 @@ def test_importing_the_library_changes_nothing_process_wide():
 import os, threading, torch
 before = (torch.get_num_threads(), torch.random.get_rng_state(), threading.active_count(),
           dict(os.environ))
-import mnist_cnn, mnist_cnn.cli, mnist_cnn.predict, mnist_cnn.server, mnist_cnn.ensemble
+import mnist_cnn, mnist_cnn.cli, mnist_cnn.inference.predict, mnist_cnn.server, mnist_cnn.inference.ensemble
 from mnist_cnn import build_model
 build_model("best")
 after = (torch.get_num_threads(), torch.random.get_rng_state(), threading.active_count(),

@@ -20,13 +20,13 @@ import pytest
 import torch
 from distributed_worker import tiny_dataset
 
-import mnist_cnn.data
-from mnist_cnn.checkpoint import load_checkpoint
+import mnist_cnn.data.dataset
 from mnist_cnn.cli import main
-from mnist_cnn.device import Runtime
 from mnist_cnn.errors import MnistCnnError
-from mnist_cnn.models import build_model, recipe_for
-from mnist_cnn.training import epoch_permutation, shard, train
+from mnist_cnn.models.checkpoint import load_checkpoint
+from mnist_cnn.models.registry import build_model, recipe_for
+from mnist_cnn.runtime.device import Runtime
+from mnist_cnn.training.loop import epoch_permutation, shard, train
 
 pytestmark = pytest.mark.distributed
 
@@ -77,7 +77,7 @@ def torchrun(args: list[str], nproc: int = 2, *options: str, **env: str) -> str:
 
 def in_process(args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """The same command in this process: one process, no torchrun."""
-    monkeypatch.setattr(mnist_cnn.data, "load_dataset", tiny_dataset)
+    monkeypatch.setattr(mnist_cnn.data.dataset, "load_dataset", tiny_dataset)
     assert main(args) == 0
 
 
@@ -256,7 +256,7 @@ def test_ensemble_members_spread_over_ranks_equal_a_sequential_run(runs, monkeyp
 
 @pytest.fixture
 def launched_as_rank_1_of_2(monkeypatch):
-    from mnist_cnn import device, distributed
+    from mnist_cnn.runtime import device, distributed
 
     for name, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1",
                         "LOCAL_WORLD_SIZE": "2"}.items():
@@ -270,7 +270,7 @@ def launched_as_rank_1_of_2(monkeypatch):
 
 
 def test_each_process_takes_its_share_of_the_cores(launched_as_rank_1_of_2):
-    from mnist_cnn.device import setup
+    from mnist_cnn.runtime.device import setup
 
     runtime = setup("cpu", distributed=True)
     assert (runtime.rank, runtime.world_size, runtime.is_main) == (1, 2, False)
@@ -282,7 +282,7 @@ def test_each_process_takes_its_share_of_the_cores(launched_as_rank_1_of_2):
 
 
 def test_a_broken_torchrun_environment_is_a_one_line_error(launched_as_rank_1_of_2, monkeypatch):
-    from mnist_cnn.device import setup
+    from mnist_cnn.runtime.device import setup
 
     monkeypatch.setenv("RANK", "2")
     with pytest.raises(MnistCnnError, match="inconsistent torchrun environment"):
@@ -293,7 +293,7 @@ def test_a_broken_torchrun_environment_is_a_one_line_error(launched_as_rank_1_of
 
 
 def test_a_wrong_timeout_is_a_one_line_error(monkeypatch):
-    from mnist_cnn import distributed
+    from mnist_cnn.runtime import distributed
 
     for value in ("0", "-5", "9" * 30):  # the last overflowed a timedelta
         monkeypatch.setenv("MNIST_CNN_DIST_TIMEOUT", value)
@@ -303,7 +303,7 @@ def test_a_wrong_timeout_is_a_one_line_error(monkeypatch):
 
 
 def test_no_processes_per_machine_is_a_one_line_error(launched_as_rank_1_of_2, monkeypatch):
-    from mnist_cnn.device import setup
+    from mnist_cnn.runtime.device import setup
 
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "0")  # each process's share of the cores divided by it
     with pytest.raises(MnistCnnError, match="inconsistent torchrun environment: .*"

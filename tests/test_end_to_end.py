@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from mnist_cnn.checkpoint import load_checkpoint
 from mnist_cnn.cli import main
-from mnist_cnn.evaluation import evaluate
-from mnist_cnn.models import recipe_for
-from mnist_cnn.recipes import Recipe
+from mnist_cnn.inference.evaluation import evaluate
+from mnist_cnn.models.checkpoint import load_checkpoint
+from mnist_cnn.models.recipes import Recipe
+from mnist_cnn.models.registry import recipe_for
 
 
 def accuracy_of(out: Path) -> float:

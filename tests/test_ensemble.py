@@ -6,7 +6,8 @@ import shutil
 import pytest
 import torch
 
-from mnist_cnn.ensemble import (
+from mnist_cnn.errors import MnistCnnError
+from mnist_cnn.inference.ensemble import (
     average_probabilities,
     disagreement,
     ensemble_proba,
@@ -14,17 +15,13 @@ from mnist_cnn.ensemble import (
     greedy_order,
     keep_members,
     load_members,
-    member_name,
-    member_recipes,
     select_members,
     shared_errors,
-    train_members,
-    train_recipes,
 )
-from mnist_cnn.errors import MnistCnnError
-from mnist_cnn.evaluation import metrics_from_proba
-from mnist_cnn.models import build_model, recipe_for
-from mnist_cnn.training import train
+from mnist_cnn.inference.evaluation import metrics_from_proba
+from mnist_cnn.models.registry import build_model, recipe_for
+from mnist_cnn.training.ensemble import member_name, member_recipes, train_members, train_recipes
+from mnist_cnn.training.loop import train
 
 
 def test_average_is_the_mean_of_softmax_outputs_by_hand():
@@ -94,7 +91,7 @@ def test_an_interrupted_member_resumes_to_the_same_weights(tiny_dataset, runtime
 
 def test_members_of_different_datasets_are_refused(two_members, tmp_path):
     _, paths = two_members
-    from mnist_cnn.checkpoint import save_checkpoint
+    from mnist_cnn.models.checkpoint import save_checkpoint
     model, meta = load_members(paths[:1])[0]
     other = dataclasses.replace(meta, classes=("a", "b", "c", "d", "e", "f", "g", "h", "i", "j"))
     save_checkpoint(tmp_path / "other.safetensors", model, other)

@@ -6,16 +6,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mnist_cnn.data import Split
-from mnist_cnn.device import Runtime
-from mnist_cnn.evaluation import (
+from mnist_cnn.data.dataset import Split
+from mnist_cnn.inference.evaluation import (
     ascii_digit,
     evaluate,
     format_metrics,
     metrics_from_predictions,
     predict_proba,
 )
-from mnist_cnn.models import as_input, build_model, recipe_for
+from mnist_cnn.models.registry import as_input, build_model, recipe_for
+from mnist_cnn.runtime.device import Runtime
 
 DIGITS = tuple(str(d) for d in range(10))
 

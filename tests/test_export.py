@@ -12,12 +12,12 @@ import pytest
 import torch
 from conftest import run_main
 
-from mnist_cnn import export
-from mnist_cnn.checkpoint import load_checkpoint
 from mnist_cnn.errors import MnistCnnError
-from mnist_cnn.evaluation import evaluate, predict_proba
-from mnist_cnn.export import check_parity, export_onnx, onnx_proba, onnx_session, sidecar_path
-from mnist_cnn.models import as_input, build_model
+from mnist_cnn.inference import export
+from mnist_cnn.inference.evaluation import evaluate, predict_proba
+from mnist_cnn.inference.export import check_parity, export_onnx, onnx_proba, onnx_session, sidecar_path
+from mnist_cnn.models.checkpoint import load_checkpoint
+from mnist_cnn.models.registry import as_input, build_model
 
 ONE_CPU = ["--threads", "1"]  # the 2 cores are shared: one thread avoids fighting other jobs
 PARITY_LINE = re.compile(r"^parity: (\d+)/(\d+) same class, max \|Δp\| = (\S+)$", re.MULTILINE)

@@ -23,7 +23,7 @@ import pytest
 from conftest import run_main
 from distributed_worker import tiny_dataset
 
-import mnist_cnn.data
+import mnist_cnn.data.dataset
 
 TESTS = Path(__file__).resolve().parent
 WORKER = TESTS / "distributed_worker.py"
@@ -125,7 +125,7 @@ def test_plots_into_a_file_are_one_line(run_dir, tmp_path):
 
 def test_test_metrics_that_cannot_be_written_are_one_line(tmp_path, monkeypatch):
     """test_metrics.json was written in place: a failure left it empty, in a traceback."""
-    monkeypatch.setattr(mnist_cnn.data, "load_dataset", tiny_dataset)
+    monkeypatch.setattr(mnist_cnn.data.dataset, "load_dataset", tiny_dataset)
     out = tmp_path / "run"
     (out / "test_metrics.json").mkdir(parents=True)  # in its way: a folder of that name
     code, printed, err = run_main([*TRAIN, "--epochs", "1", "--out", str(out)])
@@ -170,7 +170,7 @@ def test_a_checkpoint_in_a_folder_one_cannot_open_is_one_line(tmp_path, monkeypa
 
 
 def test_an_unreadable_package_folder_is_one_line(tmp_path, monkeypatch, restore_modes):
-    from mnist_cnn import checkpoint
+    from mnist_cnn.models import checkpoint
 
     shipped = locked(tmp_path / "pretrained", monkeypatch) / "mnist-best.safetensors"
     monkeypatch.setattr(checkpoint, "SHIPPED", shipped)
@@ -239,7 +239,7 @@ def test_ctrl_c_while_a_checkpoint_is_written_waits_for_it_and_its_log(tmp_path)
     """Sent between the checkpoint's write and its log's: both are written, then it stops."""
     out = tmp_path / "run"
     done = interrupted([*TRAIN, "--epochs", "3", "--out", str(out)],
-                       INTERRUPT_IN="mnist_cnn.training.write_metrics")
+                       INTERRUPT_IN="mnist_cnn.training.loop.write_metrics")
     assert_interrupted(done, f": {out}/last.safetensors holds epoch 1; the same command with "
                        "--resume continues from there")
     assert [json.loads(line)["epoch"] for line in
@@ -262,10 +262,10 @@ def test_ctrl_c_while_overwriting_leaves_the_earlier_run(run_dir, tmp_path):
 
 
 @pytest.mark.parametrize(("where", "detail"), [
-    ("mnist_cnn.data.load_dataset", ": before training started; nothing was saved"),
-    ("mnist_cnn.training.resume_from", ": {out}/last.safetensors is as it was"),
-    ("mnist_cnn.evaluation.evaluate", ": training had finished ({out}/last.safetensors holds epoch 1); "
-     "its test accuracy was not measured"),
+    ("mnist_cnn.data.dataset.load_dataset", ": before training started; nothing was saved"),
+    ("mnist_cnn.training.loop.resume_from", ": {out}/last.safetensors is as it was"),
+    ("mnist_cnn.inference.evaluation.evaluate",
+     ": training had finished ({out}/last.safetensors holds epoch 1); its test accuracy was not measured"),
 ])
 def test_ctrl_c_around_the_training_loop(run_dir, tmp_path, where, detail):
     out = tmp_path / "run"
@@ -285,12 +285,12 @@ def test_ctrl_c_in_an_ensemble_member(tmp_path):
 
 
 @pytest.mark.parametrize(("args", "where"), [
-    (["evaluate", "{checkpoint}"], "mnist_cnn.evaluation.evaluate"),
-    (["predict", "{checkpoint}", "{digit}"], "mnist_cnn.predict.predict_images"),
+    (["evaluate", "{checkpoint}"], "mnist_cnn.inference.evaluation.evaluate"),
+    (["predict", "{checkpoint}", "{digit}"], "mnist_cnn.inference.predict.predict_images"),
     (["export", "{checkpoint}", "--onnx", "{tmp}/m.onnx", "--no-check"],
-     "mnist_cnn.export.export_checkpoint"),
-    (["plot", "{checkpoint}", "--out", "{tmp}/plots"], "mnist_cnn.plots.write_report"),
-    (["data", "info"], "mnist_cnn.data.load_dataset"),
+     "mnist_cnn.inference.export.export_checkpoint"),
+    (["plot", "{checkpoint}", "--out", "{tmp}/plots"], "mnist_cnn.inference.plots.write_report"),
+    (["data", "info"], "mnist_cnn.data.dataset.load_dataset"),
 ])
 def test_ctrl_c_in_any_command_is_one_line(run_dir, tmp_path, args, where):
     from PIL import Image

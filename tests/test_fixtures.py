@@ -42,6 +42,6 @@ def test_a_skip_must_be_asked_for_and_is_announced(tmp_path):
 
 
 def test_the_data_is_found_where_the_product_finds_it(mnist_data_dir):
-    from mnist_cnn.sources import locate
+    from mnist_cnn.data.sources import locate
 
     assert mnist_data_dir == locate("mnist", download=False)

@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
 from mnist_cnn.errors import MnistCnnError
-from mnist_cnn.imaging import (
+from mnist_cnn.images.preprocess import (
     IMAGE_SUFFIXES,
     MAX_PIXELS,
     ImageError,

@@ -11,21 +11,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from mnist_cnn.errors import MnistCnnError
-from mnist_cnn.models import (
-    MODELS,
-    CentreCrop,
-    Deskew,
-    Dropout,
-    WidthNormalize,
-    as_input,
-    build_model,
-    conv_block,
-    lecture_notation,
-    model_entry,
-    recipe_for,
-    summary,
-)
-from mnist_cnn.recipes import Recipe
+from mnist_cnn.models.layers import CentreCrop, Dropout, conv_block
+from mnist_cnn.models.recipes import Recipe
+from mnist_cnn.models.registry import MODELS, as_input, build_model, model_entry, recipe_for
+from mnist_cnn.models.summary import lecture_notation, summary
+from mnist_cnn.models.views import Deskew, WidthNormalize
 
 SHAPE = re.compile(r"\(\?, [\d, ]+\)")
 
@@ -237,8 +227,8 @@ def test_fast_ignores_the_blank_border_it_crops():
 
 def test_the_catalog_tells_the_registered_networks_as_they_are():
     """The command line describes the networks from catalog.py, without torch: it must agree."""
-    from mnist_cnn import catalog
-    from mnist_cnn.augment import PRESETS
+    from mnist_cnn.models import catalog
+    from mnist_cnn.training.augment import PRESETS
 
     assert list(catalog.NETWORKS) == list(MODELS)
     for name, network in catalog.NETWORKS.items():
@@ -249,14 +239,14 @@ def test_the_catalog_tells_the_registered_networks_as_they_are():
 
 
 def test_a_network_missing_from_the_catalog_cannot_be_registered():
-    from mnist_cnn.models import register
+    from mnist_cnn.models.registry import register
 
     with pytest.raises(ValueError, match="missing from catalog.NETWORKS"):
         register("mystery", Recipe(model="simple"))(lambda: None)
 
 
 def test_a_name_cannot_be_registered_twice():
-    from mnist_cnn.models import MODELS, register
+    from mnist_cnn.models.registry import MODELS, register
 
     with pytest.raises(ValueError, match="'simple' is registered already"):
         register("simple", MODELS["simple"].recipe)(lambda: None)

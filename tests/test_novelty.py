@@ -9,12 +9,12 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from mnist_cnn.checkpoint import load_pretrained
 from mnist_cnn.errors import MnistCnnError
-from mnist_cnn.evaluation import predict_proba
-from mnist_cnn.imaging import load_and_preprocess, to_tensor
-from mnist_cnn.novelty import calibrate_threshold, confidence, ensemble_threshold, is_digit
-from mnist_cnn.synthetic import outlier_pool
+from mnist_cnn.images.preprocess import load_and_preprocess, to_tensor
+from mnist_cnn.images.synthetic import outlier_pool
+from mnist_cnn.inference.evaluation import predict_proba
+from mnist_cnn.inference.novelty import calibrate_threshold, confidence, ensemble_threshold, is_digit
+from mnist_cnn.models.checkpoint import load_pretrained
 
 
 def test_is_digit_compares_the_best_probability_with_the_threshold():
@@ -107,9 +107,9 @@ def test_outlier_pool_is_deterministic_and_looks_like_predicts_input():
 
 
 def test_outlier_exposure_makes_the_network_unsure_of_non_digits(tiny_dataset, monkeypatch):
-    from mnist_cnn import training
-    from mnist_cnn.device import setup
-    from mnist_cnn.models import build_model, recipe_for
+    from mnist_cnn.models.registry import build_model, recipe_for
+    from mnist_cnn.runtime.device import setup
+    from mnist_cnn.training import loop as training
 
     monkeypatch.setattr(training, "OUTLIER_POOL", 200)  # a small pool: seconds, not minutes
     runtime = setup("cpu", threads=1)
@@ -125,7 +125,7 @@ def test_outlier_exposure_makes_the_network_unsure_of_non_digits(tiny_dataset, m
 
 
 def test_a_negative_outlier_exposure_is_refused():
-    from mnist_cnn.models import recipe_for
+    from mnist_cnn.models.registry import recipe_for
 
     with pytest.raises(MnistCnnError, match="outlier exposure"):
         recipe_for("simple").replace(outlier_exposure=-1.0).validate()

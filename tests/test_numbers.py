@@ -12,11 +12,11 @@ from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from mnist_cnn import synthetic
-from mnist_cnn.checkpoint import load_pretrained, pretrained_path
-from mnist_cnn.ensemble import ensemble_proba
-from mnist_cnn.imaging import ImageError
-from mnist_cnn.numbers import MAX_DIGITS, read_number, segment
+from mnist_cnn.images import synthetic
+from mnist_cnn.images.preprocess import ImageError
+from mnist_cnn.inference.ensemble import ensemble_proba
+from mnist_cnn.inference.numbers import MAX_DIGITS, read_number, segment
+from mnist_cnn.models.checkpoint import load_pretrained, pretrained_path
 from mnist_cnn.server import create_app
 
 # README, "Whole numbers": measured on 600 rows per length (benchmarks/read_numbers.py); the

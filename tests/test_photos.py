@@ -12,14 +12,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mnist_cnn import pen
-from mnist_cnn.checkpoint import pretrained_path
-from mnist_cnn.ensemble import ensemble_proba
-from mnist_cnn.imaging import load_and_preprocess, load_image, preprocess, to_tensor
-from mnist_cnn.notebook import Condition, jpeg_bytes, photograph_page, row_ink
-from mnist_cnn.numbers import read_number
-from mnist_cnn.predict import load_predictor
-from mnist_cnn.synthetic import font_paths, render_glyph
+from mnist_cnn.images import pen
+from mnist_cnn.images.notebook import Condition, jpeg_bytes, photograph_page, row_ink
+from mnist_cnn.images.preprocess import load_and_preprocess, load_image, preprocess, to_tensor
+from mnist_cnn.images.synthetic import font_paths, render_glyph
+from mnist_cnn.inference.ensemble import ensemble_proba
+from mnist_cnn.inference.numbers import read_number
+from mnist_cnn.inference.predict import load_predictor
+from mnist_cnn.models.checkpoint import pretrained_path
 
 PHOTOS = 10  # per condition; a test passes with at most one misread
 LEGIBLE = 12  # px: a smaller digit with hairline strokes is more guessed at than read

@@ -10,9 +10,8 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from mnist_cnn.errors import MnistCnnError
-from mnist_cnn.imaging import preprocess
-from mnist_cnn.models import build_model
-from mnist_cnn.plots import (
+from mnist_cnn.images.preprocess import preprocess
+from mnist_cnn.inference.plots import (
     activations,
     confusion_matrix,
     first_layer_filters,
@@ -23,6 +22,7 @@ from mnist_cnn.plots import (
     save,
     training_curves,
 )
+from mnist_cnn.models.registry import build_model
 
 CLASSES = tuple(str(d) for d in range(10))
 HISTORY = [{"epoch": 1, "cost": 0.4, "val_loss": 0.2, "val_accuracy": 0.95},

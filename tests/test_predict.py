@@ -17,12 +17,12 @@ from conftest import run_main
 from PIL import Image, ImageFilter
 from scipy import ndimage
 
-from mnist_cnn.checkpoint import load_checkpoint, save_checkpoint
-from mnist_cnn.device import setup
-from mnist_cnn.ensemble import ensemble_proba
-from mnist_cnn.evaluation import predict_proba
-from mnist_cnn.imaging import BOX, MNIST_CENTRE, load_and_preprocess, to_tensor
-from mnist_cnn.predict import Failure, Prediction, format_result, predict_images, unique_name
+from mnist_cnn.images.preprocess import BOX, MNIST_CENTRE, load_and_preprocess, to_tensor
+from mnist_cnn.inference.ensemble import ensemble_proba
+from mnist_cnn.inference.evaluation import predict_proba
+from mnist_cnn.inference.predict import Failure, Prediction, format_result, predict_images, unique_name
+from mnist_cnn.models.checkpoint import load_checkpoint, save_checkpoint
+from mnist_cnn.runtime.device import setup
 
 PHOTOS = 200
 SIZES = (60, 100, 150, 220, 300)  # side of the upscaled 28x28 digit, in pixels

@@ -12,9 +12,10 @@ from conftest import run_main
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from mnist_cnn import checkpoint, evaluate, load_pretrained
-from mnist_cnn.checkpoint import META_KEY, PRETRAINED_SHA256, pretrained_path
+from mnist_cnn import evaluate, load_pretrained
 from mnist_cnn.errors import MnistCnnError
+from mnist_cnn.models import checkpoint
+from mnist_cnn.models.checkpoint import META_KEY, PRETRAINED_SHA256, pretrained_path
 
 
 def test_shipped_weights_score_what_their_metadata_says(mnist):

@@ -5,9 +5,9 @@ import typing
 import pytest
 
 from mnist_cnn import cli
-from mnist_cnn.augment import PRESETS
 from mnist_cnn.errors import MnistCnnError
-from mnist_cnn.recipes import OPTIMIZERS, PRECISIONS, SCHEDULES, Recipe
+from mnist_cnn.models.recipes import OPTIMIZERS, PRECISIONS, SCHEDULES, Recipe
+from mnist_cnn.training.augment import PRESETS
 
 
 @pytest.mark.parametrize("field, value, message", [

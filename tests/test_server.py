@@ -27,10 +27,10 @@ from conftest import run_main
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from mnist_cnn.checkpoint import load_checkpoint, load_pretrained, pretrained_path, save_checkpoint
-from mnist_cnn.ensemble import ensemble_proba, load_members
-from mnist_cnn.imaging import load_and_preprocess, to_tensor
-from mnist_cnn.predict import load_predictor, predict_images
+from mnist_cnn.images.preprocess import load_and_preprocess, to_tensor
+from mnist_cnn.inference.ensemble import ensemble_proba, load_members
+from mnist_cnn.inference.predict import load_predictor, predict_images
+from mnist_cnn.models.checkpoint import load_checkpoint, load_pretrained, pretrained_path, save_checkpoint
 from mnist_cnn.server import create_app
 
 

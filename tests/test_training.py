@@ -13,10 +13,10 @@ from itertools import pairwise
 import pytest
 import torch
 
-from mnist_cnn.checkpoint import load_checkpoint, read_checkpoint
 from mnist_cnn.errors import MnistCnnError
-from mnist_cnn.models import build_model, recipe_for
-from mnist_cnn.training import lr_factor, start_optimizer_import, train
+from mnist_cnn.models.checkpoint import load_checkpoint, read_checkpoint
+from mnist_cnn.models.registry import build_model, recipe_for
+from mnist_cnn.training.loop import lr_factor, start_optimizer_import, train
 
 TIMING = {"train_seconds", "images_per_second"}
 
@@ -341,9 +341,9 @@ def test_training_leaves_the_callers_random_state_alone(tiny_dataset, runtime):
 def test_without_validation_images_training_runs_and_records_no_validation(runtime, tmp_path):
     from conftest import synthetic_arrays
 
-    from mnist_cnn.data import make_dataset
-    from mnist_cnn.sources import DATASETS
-    from mnist_cnn.training import format_epoch
+    from mnist_cnn.data.dataset import make_dataset
+    from mnist_cnn.data.sources import DATASETS
+    from mnist_cnn.training.loop import format_epoch
 
     data = make_dataset(synthetic_arrays(), DATASETS["mnist"], "synthetic", val_size=0)
     assert len(data.val) == 0 and len(data.train) == 700
@@ -364,8 +364,8 @@ def test_without_validation_images_training_runs_and_records_no_validation(runti
 def test_holding_out_impossible_numbers_of_images_is_refused(val_size):
     from conftest import synthetic_arrays
 
-    from mnist_cnn.data import make_dataset
-    from mnist_cnn.sources import DATASETS
+    from mnist_cnn.data.dataset import make_dataset
+    from mnist_cnn.data.sources import DATASETS
 
     with pytest.raises(MnistCnnError, match="cannot hold out"):
         make_dataset(synthetic_arrays(), DATASETS["mnist"], "synthetic", val_size=val_size)
@@ -377,10 +377,10 @@ def test_holding_out_impossible_numbers_of_images_is_refused(val_size):
 
 def overflow_from(monkeypatch, first_step: int) -> None:
     """From `first_step` on, a learning rate of 1e30: the weights overflow, the loss is NaN."""
-    import mnist_cnn.training
+    import mnist_cnn.training.loop
 
-    real = mnist_cnn.training.lr_factor
-    monkeypatch.setattr(mnist_cnn.training, "lr_factor",
+    real = mnist_cnn.training.loop.lr_factor
+    monkeypatch.setattr(mnist_cnn.training.loop, "lr_factor",
                         lambda recipe, step, total: 1e30 if step >= first_step else
                         real(recipe, step, total))
 
@@ -428,7 +428,7 @@ def test_a_huge_weight_decay_is_named_as_a_cause(tiny_dataset, runtime, tmp_path
 
 
 def test_save_checkpoint_refuses_what_the_readers_would(tmp_path):
-    from mnist_cnn.checkpoint import save_checkpoint
+    from mnist_cnn.models.checkpoint import save_checkpoint
 
     model = build_model("simple")
     with torch.no_grad():

@@ -7,14 +7,17 @@ import importlib
 # Each name loads its module on first use (PEP 562): `mnist-cnn --help` and the commands that need
 # no network would otherwise wait for torch to import, which takes seconds on a small CPU
 _HOMES = {
-    "load_checkpoint": "checkpoint", "load_pretrained": "checkpoint", "save_checkpoint": "checkpoint",
-    "Dataset": "data", "load_dataset": "data",
-    "Runtime": "device", "setup": "device",
+    "load_checkpoint": "models.checkpoint", "load_pretrained": "models.checkpoint",
+    "save_checkpoint": "models.checkpoint",
+    "Dataset": "data.dataset", "load_dataset": "data.dataset",
+    "Runtime": "runtime.device", "setup": "runtime.device",
     "MnistCnnError": "errors",
-    "Metrics": "evaluation", "evaluate": "evaluation", "predict_proba": "evaluation",
-    "MODELS": "models", "build_model": "models", "recipe_for": "models", "summary": "models",
-    "Recipe": "recipes",
-    "train": "training",
+    "Metrics": "inference.evaluation", "evaluate": "inference.evaluation",
+    "predict_proba": "inference.evaluation",
+    "MODELS": "models.registry", "build_model": "models.registry", "recipe_for": "models.registry",
+    "summary": "models.summary",
+    "Recipe": "models.recipes",
+    "train": "training.loop",
 }
 __all__ = sorted(_HOMES)
 __version__ = "0.1.0"

@@ -13,22 +13,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .data import sources
+from .errors import Interrupted, MnistCnnError
+
 # Only what builds the parser is imported here. Each command imports the rest when it runs:
 # torch alone takes seconds to import on a small CPU, and `--help` or `models` need none of it.
-from . import catalog, sources
-from .errors import Interrupted, MnistCnnError
-from .recipes import OPTIMIZERS, PRECISIONS, SCHEDULES
+from .models import catalog
+from .models.recipes import OPTIMIZERS, PRECISIONS, SCHEDULES
 from .server import limits as server_limits
 
 if TYPE_CHECKING:
     import torch
 
-    from .checkpoint import CheckpointMeta
-    from .data import Dataset, Split
-    from .device import Runtime
-    from .ensemble import EnsembleReport
-    from .evaluation import Metrics
-    from .recipes import Recipe
+    from .data.dataset import Dataset, Split
+    from .inference.ensemble import EnsembleReport
+    from .inference.evaluation import Metrics
+    from .models.checkpoint import CheckpointMeta
+    from .models.recipes import Recipe
+    from .runtime.device import Runtime
 
 # --------------------------------------------------------------------------------------------
 # argument types: a bad value is argparse's usage error (exit 2) naming the option, never a
@@ -138,14 +140,14 @@ def recipe_overrides(args: argparse.Namespace) -> dict:
 
 
 def recipe_from_args(args: argparse.Namespace) -> Recipe:
-    from .models import recipe_for
+    from .models.registry import recipe_for
 
     return recipe_for(args.model, args.dataset).replace(**recipe_overrides(args))
 
 
 def data_for(args: argparse.Namespace, meta: CheckpointMeta) -> Dataset:
     """The dataset named by --dataset, else the one the checkpoint was trained on."""
-    from .data import load_dataset
+    from .data.dataset import load_dataset
 
     return load_dataset(args.dataset or meta.dataset or "mnist", args.data_dir)
 
@@ -164,7 +166,7 @@ def data_command(sub) -> None:
 def cmd_data(args: argparse.Namespace) -> None:
     import torch
 
-    from .data import load_dataset
+    from .data.dataset import load_dataset
 
     if args.action == "fetch":
         if not (args.data_dir or os.environ.get(sources.env_var(args.dataset))):
@@ -189,7 +191,7 @@ def env_command(sub) -> None:
 
 
 def cmd_env(args: argparse.Namespace) -> None:
-    from .device import describe_environment, format_environment
+    from .runtime.environment import describe_environment, format_environment
 
     env = describe_environment()
     print(json.dumps(env, indent=2) if args.json else format_environment(env))
@@ -215,7 +217,8 @@ def summary_command(sub) -> None:
 
 
 def cmd_summary(args: argparse.Namespace) -> None:
-    from .models import build_model, summary
+    from .models.registry import build_model
+    from .models.summary import summary
 
     for n, name in enumerate([args.model] if args.model else ["simple", "deep"]):
         print(f"{chr(10) if n else ''}model {name}: {catalog.NETWORKS[name].description}")
@@ -239,7 +242,7 @@ def train_command(sub) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from . import distributed
+    from .runtime import distributed
 
     recipe = recipe_from_args(args)
     try:
@@ -258,9 +261,9 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def start_runtime_and_data(args: argparse.Namespace, precision: str) -> tuple[Runtime, Dataset]:
     """The runtime and data of a training command."""
-    from .data import load_dataset
-    from .device import setup
-    from .training import start_optimizer_import
+    from .data.dataset import load_dataset
+    from .runtime.device import setup
+    from .training.loop import start_optimizer_import
 
     runtime = setup(args.device, precision, args.threads, tune_allocator=True, distributed=True)
     start_optimizer_import()  # overlaps the data loading
@@ -269,9 +272,9 @@ def start_runtime_and_data(args: argparse.Namespace, precision: str) -> tuple[Ru
 
 def train_and_test(args: argparse.Namespace, recipe: Recipe, runtime: Runtime,
                    data: Dataset) -> None:
-    from .evaluation import evaluate
-    from .models import build_model
-    from .training import CHECKPOINT_NAME, TrainingInterrupted, train
+    from .inference.evaluation import evaluate
+    from .models.registry import build_model
+    from .training.loop import CHECKPOINT_NAME, TrainingInterrupted, train
 
     out = Path(args.out or f"runs/{recipe.model}")
     if runtime.is_main:  # under torchrun, rank 0 speaks for the group
@@ -323,7 +326,7 @@ def show_predictions(model: torch.nn.Module, split: Split, classes: tuple[str, .
         return
     import torch
 
-    from .evaluation import ascii_digit, predict_proba
+    from .inference.evaluation import ascii_digit, predict_proba
 
     picks = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:count]
     probs = predict_proba(model, split.images[picks], runtime=runtime)
@@ -362,9 +365,10 @@ def ensemble_command(sub) -> None:
 
 
 def cmd_ensemble_train(args: argparse.Namespace) -> None:
-    from . import distributed
-    from .ensemble import evaluate_ensemble, format_verdicts, select_members, train_recipes
-    from .training import TrainingInterrupted
+    from .inference.ensemble import evaluate_ensemble, format_verdicts, select_members
+    from .runtime import distributed
+    from .training.ensemble import train_recipes
+    from .training.loop import TrainingInterrupted
 
     recipes, names, out = ensemble_recipes(args)
     runtime, data = start_runtime_and_data(args, recipes[0].precision)
@@ -397,7 +401,7 @@ def cmd_ensemble_train(args: argparse.Namespace) -> None:
 def ensemble_recipes(args: argparse.Namespace) -> tuple[list[Recipe], list[str] | None, Path]:
     """The members' recipes, folder names and the ensemble folder: --model with --members N
     (seeds S, S+1, ... in member-K/), or a --member spec per member."""
-    from .ensemble import member_recipes, seed_members
+    from .training.ensemble import member_recipes, seed_members
     if args.member:
         if args.model or args.members:
             raise MnistCnnError("--member lists the members: give it without --model and --members")
@@ -416,9 +420,9 @@ def ensemble_recipes(args: argparse.Namespace) -> tuple[list[Recipe], list[str] 
 
 
 def cmd_ensemble_evaluate(args: argparse.Namespace) -> None:
-    from .checkpoint import read_checkpoint
-    from .device import setup
-    from .ensemble import evaluate_ensemble
+    from .inference.ensemble import evaluate_ensemble
+    from .models.checkpoint import read_checkpoint
+    from .runtime.device import setup
 
     runtime = setup(args.device, "fp32", args.threads)
     _, meta = read_checkpoint(args.checkpoints[0])  # its dataset; the members load below
@@ -450,9 +454,9 @@ def evaluate_command(sub) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from .checkpoint import load_checkpoint, pretrained_path
-    from .device import setup
-    from .evaluation import evaluate, format_metrics
+    from .inference.evaluation import evaluate, format_metrics
+    from .models.checkpoint import load_checkpoint, pretrained_path
+    from .runtime.device import setup
 
     runtime = setup(args.device, "fp32", args.threads)
     path = args.checkpoint or pretrained_path()
@@ -470,7 +474,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def check_finite(metrics: Metrics, source: str | Path) -> Metrics:
     """Weights inside the readers' bounds can still overflow (a loss of NaN is no answer)."""
-    from .ensemble import NOT_FINITE
+    from .inference.ensemble import NOT_FINITE
 
     if not math.isfinite(metrics.loss):
         raise MnistCnnError(f"{source}: {NOT_FINITE}")
@@ -499,8 +503,8 @@ def predict_command(sub) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from . import predict
-    from .device import setup
+    from .inference import predict
+    from .runtime.device import setup
 
     checkpoints, images = predict.split_arguments(args.inputs)
     runtime = setup(args.device, "fp32", args.threads)
@@ -538,10 +542,10 @@ def export_command(sub) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from . import export  # imported here: onnx and onnxruntime load slowly
-    from .checkpoint import load_checkpoint
-    from .device import setup
     from .files import ensure_writable_folder
+    from .inference import export  # imported here: onnx and onnxruntime load slowly
+    from .models.checkpoint import load_checkpoint
+    from .runtime.device import setup
 
     runtime = setup("cpu", "fp32", args.threads)
     model, meta = load_checkpoint(args.checkpoint, device=runtime.device)
@@ -568,11 +572,11 @@ def plot_command(sub) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
-    from . import plots  # imported here: matplotlib loads slowly
-    from .checkpoint import load_checkpoint
-    from .device import setup
     from .files import ensure_writable_folder
-    from .imaging import load_and_preprocess
+    from .images.preprocess import load_and_preprocess
+    from .inference import plots  # imported here: matplotlib loads slowly
+    from .models.checkpoint import load_checkpoint
+    from .runtime.device import setup
 
     runtime = setup(args.device, "fp32", args.threads)
     model, meta = load_checkpoint(args.checkpoint, device=runtime.device)
@@ -610,8 +614,8 @@ def serve_command(sub) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn  # imported here: only this command serves
 
-    from .checkpoint import pretrained_path
-    from .device import setup
+    from .models.checkpoint import pretrained_path
+    from .runtime.device import setup
     from .server import create_app
     from .server.serving import server_config
 

@@ -42,12 +42,8 @@ from prometheus_client import (
 )
 from starlette.concurrency import run_in_threadpool
 
-from ..checkpoint import CheckpointMeta
-from ..device import Runtime
-from ..ensemble import ensemble_proba, load_members
 from ..errors import MnistCnnError
-from ..evaluation import CPU, ranked
-from ..imaging import (
+from ..images.preprocess import (
     FIELD,
     WORK_PIXELS,
     ImageError,
@@ -58,9 +54,13 @@ from ..imaging import (
     shrink_factor,
     to_tensor,
 )
-from ..novelty import ensemble_threshold, is_digit
-from ..numbers import read_number
-from ..predict import class_names
+from ..inference.ensemble import ensemble_proba, load_members
+from ..inference.evaluation import CPU, ranked
+from ..inference.novelty import ensemble_threshold, is_digit
+from ..inference.numbers import read_number
+from ..inference.predict import class_names
+from ..models.checkpoint import CheckpointMeta
+from ..runtime.device import Runtime
 from .limits import (
     MAX_CONCURRENT,
     MAX_PIXELS,

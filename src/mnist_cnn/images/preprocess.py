@@ -1,0 +1,666 @@
+"""Any picture of a digit -> a 28x28 image in the MNIST convention.
+
+MNIST digits are white ink on black (uint8, background 0, ink up to 255). The ink's bounding box
+is scaled, aspect ratio kept, so that its longer side is 20 px, anti-aliased, and pasted into a
+28x28 field so that the ink's centre of mass sits at the field's centre.
+
+Coordinates: pixel centres are at integer indices, so a 28-px row spans -0.5..27.5. Measured this
+way, the MNIST test digits have their centre of mass at (14, 14) (mean 13.99 / 14.00, every digit
+within 13.5..14.5): LeCun shifted by whole pixels towards 28 / 2 = 14, which is half a pixel past
+the geometric centre 13.5. We copy what the data does, so `MNIST_CENTRE = 14.0` and the shift is
+rounded to whole pixels, which keeps MNIST digits unchanged when they go through `preprocess`.
+
+Steps: load (any format, mode, orientation) -> grayscale -> polarity (a light background is
+inverted) -> background suppression (Otsu threshold, soft strokes kept) -> specks removed ->
+crop to the ink -> resize (longer side 20) -> paste by centre of mass.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import math
+import os
+import stat
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from ..errors import MnistCnnError
+from ..opencv import cv2
+
+MAX_PIXELS: int = 40_000_000
+# larger images are shrunk to this before preprocessing (plenty for a digit a few percent of a
+# 12-megapixel photo), by `predict` and the server alike, so that both give the same answer
+WORK_PIXELS: int = 400_000
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")  # Pillow's names; others are refused
+
+FIELD = 28  # MNIST image side
+BOX = 20  # longer side of the ink's bounding box
+MNIST_CENTRE = 14.0  # where MNIST puts the centre of mass (see the module docstring)
+MIN_CONTRAST = 24  # ink must differ from the background by at least this many gray levels
+NOISE_FACTOR = 8  # ... and by this many times the background's noise,
+VISIBLE = 40  # ... or by this many, which anyone sees: such ink is always read
+EDGE_RADIUS = 2  # soft edge pixels kept around the solid strokes
+SPECK_SHARE = 0.05  # a separate blob with less ink than this share of the largest one is a speck
+NEAR = 0.6  # blobs this share of the digit's size away from it still belong to it
+TAIL = 1.5  # a tail of gray levels this many times longer than the other is the ink's
+ANALYSIS_SIDE = 512  # the paper's level is estimated at most this many pixels across
+PAPER_WINDOW = 0.3  # ... with a window this share of the image: wider than any stroke
+LINE_SPAN = 0.8  # a straight line this long, as a share of the image's side, is a ruling
+LINE_SLOPE = 0.36  # tan(20 degrees): a page photographed turned by up to that
+LINE_MARGIN = 0.15  # ink on a ruling is at least this much darker than the ruling
+BORDER_RUN = 0.2  # a filled blob touching this share of the border is a page's or desk's edge
+FILLED = 0.4  # ... when it fills this share of its box (a stroke fills far less)
+CONVEX = 0.85  # ... and this share of its convex hull
+# MNIST's strokes are 1.9 to 5.0 px wide in the 28x28 field (2nd and 98th percentiles of its
+# training digits, measured as stroke_width does); a little beyond that, strokes are redrawn
+THINNEST, THICKEST = 1.6, 5.6
+# The ink's longer side must span this many pixels, and this share of the image's shorter side
+# (MNIST's digits span 20 of 28; a "1" drawn in a corner of the server's canvas, about a tenth)
+MIN_INK_SIDE = 4
+MIN_INK_SHARE = 0.04
+
+
+class ImageError(MnistCnnError):
+    """An image that cannot be read or holds no digit; the message names the file."""
+
+
+class TooManyPixels(ImageError):
+    """An image larger than the decoding limit (the server counts these refusals apart)."""
+
+
+@dataclass
+class Preprocessed:
+    gray: np.ndarray  # uint8 HxW: the image as loaded, in grayscale
+    inverted: bool  # True when a light background was found and the image inverted
+    ink: np.ndarray  # uint8 HxW: white ink on black, background suppressed
+    cropped: np.ndarray  # uint8: `ink` cropped to the ink's bounding box
+    scaled: np.ndarray  # uint8: `cropped` resized so that its longer side is 20 px
+    final: np.ndarray  # uint8 28x28: the MNIST convention
+    threshold: float  # Otsu threshold on the (possibly inverted) gray levels: ink is > threshold
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def _name(source: str | os.PathLike | bytes) -> str:
+    return "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
+
+
+def load_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS,
+               name: str | None = None, work_pixels: int | None = WORK_PIXELS) -> Image.Image:
+    """Read a path or raw bytes as an upright 8-bit grayscale ("L") image; errors start with
+    `name` (default: the path, or "<bytes>").
+
+    At most `max_pixels` are decoded. With `work_pixels` (None: never), a larger image is shrunk
+    to at most that many pixels (box average by a whole factor); a JPEG is then decoded at 1/2,
+    1/4 or 1/8 size directly (libjpeg's DCT scaling), so it may have more than `max_pixels` to
+    begin with.
+    """
+    name = name or _name(source)
+    if isinstance(source, (bytes, bytearray)):
+        if not source:
+            raise ImageError(f"{name}: empty (0 bytes)")
+        fp: io.BytesIO | Path = io.BytesIO(source)
+    else:
+        fp = Path(source)
+        try:
+            info = fp.stat()
+        except OSError as e:
+            raise ImageError(f"{name}: {path_problem(fp, e)}") from None
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageError(f"{name}: not a file")
+        if info.st_size == 0:
+            raise ImageError(f"{name}: empty file (0 bytes)")
+
+    too_many = f"{name}: too many pixels (the limit is {max_pixels:,}); shrink it first"
+    with warnings.catch_warnings():
+        # Pillow only warns about huge images up to twice its own limit: make that an error too
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(fp, formats=FORMATS)  # lazy: reads the header only
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise TooManyPixels(too_many) from None  # our limit, not Pillow's, is the one to quote
+        except Image.UnidentifiedImageError:
+            raise ImageError(
+                f"{name}: not an image (or not one of {', '.join(FORMATS)})") from None
+        except Exception as e:  # Pillow's parsers raise many exception types on corrupt headers
+            raise ImageError(f"{name}: cannot read the image ({e})") from None
+
+        with image:
+            width, height = image.size
+            if work_pixels and width * height > work_pixels and image.format == "JPEG":
+                scale = math.sqrt(work_pixels / (width * height))
+                image.draft("L", (math.ceil(width * scale), math.ceil(height * scale)))
+                width, height = image.size  # what will be decoded
+            if width * height > max_pixels:
+                raise TooManyPixels(f"{name}: too many pixels ({width}x{height}; the limit is "
+                                    f"{max_pixels:,}); shrink it first")
+            try:
+                image.load()  # decode everything now, so that a truncated file fails here
+                if work_pixels:
+                    image = _shrink(image, work_pixels)
+                return _to_gray(ImageOps.exif_transpose(image))  # a new image: safe to close
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+                raise TooManyPixels(too_many) from None
+            except Exception as e:  # truncated or corrupt: OSError, SyntaxError, ValueError, ...
+                raise ImageError(f"{name}: truncated or corrupt image ({e})") from None
+
+
+def shrink_factor(source: str | os.PathLike | bytes, loaded: Image.Image) -> float:
+    """How many of the original's pixels one pixel of `loaded` (from load_image) spans: boxes
+    found in the shrunk image are multiplied by it to be in the original's pixels."""
+    fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+    with Image.open(fp, formats=FORMATS) as original:  # the header alone gives the size
+        return max(original.size) / max(loaded.size)
+
+
+def path_problem(path: Path, error: OSError) -> str:
+    """Why `path` cannot be opened, in words: broken and looping links named as such."""
+    if error.errno == errno.ENOENT and path.is_symlink():
+        return f"broken symbolic link (to {os.readlink(path)}, which does not exist)"
+    if error.errno == errno.ENOENT:
+        return "file not found"
+    if error.errno == errno.ELOOP:
+        return "symbolic link loop"
+    return (error.strerror or str(error)).lower()
+
+
+def _shrink(image: Image.Image, work_pixels: int) -> Image.Image:
+    """Box-average by the smallest whole factor that leaves at most `work_pixels`, before the
+    conversions to gray: those copy the image several times over."""
+    factor = math.ceil(math.sqrt(image.width * image.height / work_pixels))
+    while (image.width // factor) * (image.height // factor) > work_pixels:
+        factor += 1  # the sides round down, so the square root can fall one short
+    if factor <= 1:
+        return image
+    if image.mode in ("P", "PA"):
+        image = image.convert("LA")  # averaging palette indices would mix unrelated colours
+    elif image.mode.startswith("I;16"):
+        image = image.convert("I")
+    elif image.mode not in ("L", "LA", "RGB", "RGBA", "CMYK", "YCbCr", "I", "F"):
+        image = _to_gray(image)  # "1" and rarer modes, which reduce() does not take
+    return image.reduce(factor)
+
+
+def _to_gray(image: Image.Image) -> Image.Image:
+    """Any Pillow mode -> "L"; transparency is composited over white paper."""
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        return Image.fromarray(_scale_to_uint8(np.asarray(image), image.mode))
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        paper = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(paper, rgba).convert("L")
+    if image.mode == "L":
+        return image
+    return image.convert("RGB").convert("L")  # via RGB: works for 1, P, CMYK, YCbCr, ...
+
+
+def _scale_to_uint8(values: np.ndarray, mode: str = "") -> np.ndarray:
+    """Integer or float gray levels -> uint8, scaling (not clipping) wide ranges."""
+    values = np.nan_to_num(values.astype(np.float64))
+    low, high = float(values.min()), float(values.max())
+    if mode.startswith("I;16"):
+        scaled = values / 257.0  # 65535 -> 255
+    elif mode == "F" and low >= 0 and high <= 1:
+        scaled = values * 255.0  # floats in 0..1
+    elif low >= 0 and high <= 255:
+        scaled = values  # already 8-bit levels
+    elif low >= 0 and high <= 65535:
+        scaled = values / 257.0  # 16-bit levels stored in a wider type
+    else:
+        scaled = (values - low) * (255.0 / (high - low))  # anything else: stretch its range
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def _array_to_gray(array: np.ndarray, source: str) -> np.ndarray:
+    if array.size == 0:
+        raise ImageError(f"{source}: empty image")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim == 2:
+        if array.dtype == np.uint8:
+            return array
+        if array.dtype == bool:
+            return array.astype(np.uint8) * 255
+        return _scale_to_uint8(array, "F" if array.dtype.kind == "f" else "I")
+    if array.ndim == 3 and array.shape[2] in (3, 4) and array.dtype == np.uint8:
+        return np.asarray(_to_gray(Image.fromarray(array)))
+    raise ImageError(f"{source}: unsupported array of shape {array.shape} and type {array.dtype}")
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics on a 256-bin histogram (cheap even for 40-megapixel images)
+
+
+def otsu_threshold(hist: np.ndarray) -> float | None:
+    """The level that best splits the histogram in two (class 0 is <= it); None if uniform."""
+    p = hist.astype(np.float64) / hist.sum()
+    w0 = np.cumsum(p)
+    mu = np.cumsum(p * np.arange(len(p)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (mu[-1] * w0 - mu) ** 2 / (w0 * (1.0 - w0))
+    between[~np.isfinite(between)] = 0.0
+    best = between.max()
+    if best <= 0:
+        return None
+    # Empty bins give exact ties; the middle of the tie keeps the split centred in the gap
+    return float(np.flatnonzero(between == best).mean())
+
+
+def _quantile(hist: np.ndarray, q: float) -> int:
+    cumulative = np.cumsum(hist)
+    return int(np.searchsorted(cumulative, q * cumulative[-1]))
+
+
+def _noise(hist: np.ndarray, median: int) -> float:
+    """Robust standard deviation (1.4826 x the median absolute deviation)."""
+    deviations = np.abs(np.arange(len(hist)) - median)
+    return 1.4826 * _quantile(np.bincount(deviations, weights=hist, minlength=len(hist)), 0.5)
+
+
+# --------------------------------------------------------------------------------------------
+# Preprocessing
+
+
+def ink_box(image: np.ndarray) -> tuple[slice, slice] | None:
+    """The rows and columns that hold ink (non-zero pixels); None for a blank image."""
+    left, top, width, height = cv2.boundingRect((image > 0).astype(np.uint8))
+    return (slice(top, top + height), slice(left, left + width)) if width else None
+
+
+def preprocess(image: Image.Image | np.ndarray, source: str = "<image>") -> Preprocessed:
+    """Turn a picture of one digit into the MNIST convention, keeping every step to look at."""
+    gray = as_gray(image, source)
+    ink, _, inverted, threshold = extract_ink(gray, source)
+    ink = pick_digit(ink)
+
+    cropped = ink[ink_box(ink)]
+    # scaled up to 20 px, a dot or a speck would be read as some digit ("0" for a single pixel)
+    smallest = smallest_ink(gray.shape)
+    if max(cropped.shape) < smallest:
+        raise ImageError(
+            f"{source}: ink too small to be a digit ({cropped.shape[1]}x{cropped.shape[0]} px in "
+            f"a {gray.shape[1]}x{gray.shape[0]} image, needed: {smallest:.0f} px); a blank image, "
+            "or write the digit larger")
+
+    scaled = _scale_to_box(cropped)
+    final = _paste_by_centre_of_mass(scaled)
+    return Preprocessed(gray, inverted, ink, cropped, scaled, final, float(threshold))
+
+
+def smallest_ink(shape: tuple[int, ...]) -> int:
+    """The fewest pixels the ink's longer side may span in an image of this shape: 85% of
+    MIN_INK_SHARE of its shorter side (a digit's faint tips and anti-aliased edges
+    may fall below the ink's threshold), and MIN_INK_SIDE."""
+    return max(MIN_INK_SIDE, math.ceil(0.85 * MIN_INK_SHARE * min(shape)))
+
+
+def as_gray(image: Image.Image | np.ndarray, source: str = "<image>") -> np.ndarray:
+    """A Pillow image or an array -> a uint8 HxW grayscale array of its own."""
+    if isinstance(image, Image.Image):
+        gray = np.asarray(_to_gray(image)).copy()
+    else:
+        gray = _array_to_gray(np.asarray(image), source).copy()
+    if gray.size == 0:
+        raise ImageError(f"{source}: empty image")
+    return gray
+
+
+def extract_ink(gray: np.ndarray, source: str = "<image>"
+                ) -> tuple[np.ndarray, np.ndarray, bool, float]:
+    """Grayscale -> (ink: white on black, paper suppressed; solid: the pixels that are ink;
+    inverted; threshold), the steps every image goes through before its crop.
+
+    The paper is estimated locally and divided out, so that a shadow or a lighting gradient is
+    not ink; ink is decided from each pixel's darkness relative to the paper around it; the ruled
+    or squared lines of a notebook, and the edges of a page or a desk along the image's border,
+    are taken out.
+    """
+    hist = np.bincount(gray.ravel(), minlength=256)
+    threshold = otsu_threshold(hist)
+    if threshold is None:
+        raise ImageError(f"{source}: no ink found (the image is uniform)")
+    inverted = light_paper(gray)
+    work = 255 - gray if inverted else gray
+    paper = paper_level(work)
+    contrast = work.astype(np.float32) - paper
+    levels = np.clip(np.rint(contrast), -255, 255).astype(np.int16) + 255
+    contrast_hist = np.bincount(levels.ravel(), minlength=511)
+    typical = _quantile(contrast_hist, 0.5)
+    noise = _noise(contrast_hist, typical)
+    # the opening follows the paper's grain from below: its typical pixel is the zero of contrast
+    contrast -= typical - 255
+    candidates = contrast >= max(MIN_CONTRAST / 2, NOISE_FACTOR / 2 * noise)
+    if not candidates.any() and noise > VISIBLE / 2:
+        raise ImageError(f"{source}: no writing found: the picture is grainy all over (noise "
+                         f"{noise:.0f} gray levels), nothing stands out from it")
+    if not candidates.any():
+        if float(np.ptp(hist.nonzero()[0])) >= VISIBLE:  # dark and light parts, both large
+            raise ImageError(f"{source}: no writing found: its dark parts are too large to be "
+                             "strokes (a shadow, a desk, a filled shape?); photograph the writing "
+                             "with paper around it")
+        raise ImageError(
+            f"{source}: no ink found (nothing stands out from the paper by more than "
+            f"{max(MIN_CONTRAST / 2, NOISE_FACTOR / 2 * noise):.0f} gray levels: a blank or "
+            "nearly uniform image)")
+    # darkness relative to the paper it is on: the same for a stroke in light and in shadow
+    relative = contrast / np.maximum(255.0 - paper, 32.0)
+    # The edges of a desk or a shadow along the border, and the page's rulings, go before the
+    # ink's darkness is judged: they would pull the split between ink and paper towards them
+    kept = _drop_border_edges(candidates)
+    if not kept.any():
+        raise ImageError(f"{source}: no ink found apart from the edges of the picture (a page's "
+                         "edge, a desk or a shadow); photograph the digit with paper around it")
+    weak = _remove_lines(kept, relative)
+    if not weak.any():  # the lines were all there is: keep what was found rather than nothing
+        weak = kept
+    # Ink and faint marks differ in darkness: Otsu among what is left splits them
+    values = np.clip(np.rint(relative[weak] * 255), 0, 255).astype(np.uint8)
+    split = otsu_threshold(np.bincount(values, minlength=256))
+    strong_level = (split + 0.5) / 255 if split is not None else float(relative[weak].min()) - 1e-6
+    # ink that differs from its paper by VISIBLE gray levels is always read, whatever the noise
+    strong_contrast = min(VISIBLE, max(MIN_CONTRAST, NOISE_FACTOR * noise))
+    strong = weak & (relative > strong_level) & (contrast >= strong_contrast)
+    if not strong.any():
+        best = float(contrast[weak].max())
+        raise ImageError(
+            f"{source}: no ink found (the darkest mark differs from the paper by {best:.0f} gray "
+            f"levels, needed: {strong_contrast:.0f}; noise {noise:.1f}): a blank or nearly uniform "
+            "image, or write with a darker pen")
+    solid = _connected_to(weak, strong)
+
+    # Soft strokes are kept: levels between the paper and the ink are stretched, not binarised
+    ink_level = float(np.quantile(relative[solid], 0.99))
+    paper_range = max(255.0 - float(np.median(paper[solid])), 32.0)
+    floor = min(float(strong_level), 3.0 * noise / paper_range)
+    ink = (relative - floor) * (255.0 / max(ink_level - floor, 1e-3))
+    np.clip(ink, 0, 255, out=ink)
+    # Faint pixels count only next to solid ink: paper noise elsewhere would inflate the box
+    # (the strong pixels' neighbourhood, so that JPEG's ringing does not move the ink's box)
+    near = cv2.dilate((solid & strong).astype(np.uint8), np.ones((2 * EDGE_RADIUS + 1,) * 2, np.uint8))
+    ink[near == 0] = 0
+    ink = np.rint(ink).astype(np.uint8)
+    return ink, solid & (ink > 0), inverted, float(threshold)
+
+
+def light_paper(gray: np.ndarray) -> bool:
+    """Is it dark ink on light paper (True) or light ink on a dark ground (False)? The paper is
+    most of the picture, once the lighting is divided out: a dark desk in a corner is not most of
+    it, and neither is the shadowed half of a page (which one global split would call dark)."""
+    height, width = gray.shape
+    scale = min(1.0, 128 / max(height, width))
+    small = cv2.resize(gray, (max(1, round(width * scale)), max(1, round(height * scale))),
+                       interpolation=cv2.INTER_AREA).astype(np.float32)
+    # (+32: on dark paper the division would make its noise as bright as lit paper)
+    lighting = cv2.GaussianBlur(small, (0, 0), 0.15 * max(small.shape)) + 32.0
+    flat = np.clip(np.rint(small / lighting * 128), 0, 255).astype(np.uint8)
+    hist = np.bincount(flat.ravel(), minlength=256)
+    # the ink is the long tail away from the paper: a few dark pixels far below it, or bright
+    # ones far above; where neither tail is clearly longer, the paper is the majority's side
+    paper = _quantile(hist, 0.5)
+    dark, bright = paper - _quantile(hist, 0.0005), _quantile(hist, 0.9995) - paper
+    if max(dark, bright) >= TAIL * max(1, min(dark, bright)):
+        return dark > bright
+    split = otsu_threshold(hist)
+    return split is not None and paper > split
+
+
+def paper_level(work: np.ndarray) -> np.ndarray:
+    """The paper's level at each pixel (float32, ink bright in `work`): a grey opening with a
+    window wider than any stroke, which keeps lighting gradients and the edges of shadows but
+    removes the strokes; computed at most ANALYSIS_SIDE pixels across, for speed."""
+    height, width = work.shape
+    scale = min(1.0, ANALYSIS_SIDE / max(height, width))
+    small = work if scale == 1.0 else cv2.resize(work, (max(1, round(width * scale)),
+                                                       max(1, round(height * scale))),
+                                                 interpolation=cv2.INTER_AREA)
+    side = max(3, round(PAPER_WINDOW * max(small.shape))) | 1
+    window = cv2.getStructuringElement(cv2.MORPH_RECT, (side, side))
+    opened = cv2.morphologyEx(small, cv2.MORPH_OPEN, window, borderType=cv2.BORDER_REPLICATE)
+    if scale == 1.0:
+        return opened.astype(np.float32)
+    return cv2.resize(opened.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def _connected_to(weak: np.ndarray, strong: np.ndarray) -> np.ndarray:
+    """Hysteresis: the connected regions of `weak` that hold a pixel of `strong`."""
+    count, labels = cv2.connectedComponents(weak.astype(np.uint8), connectivity=8)
+    hit = np.zeros(count, bool)
+    hit[labels[strong & weak]] = True
+    hit[0] = False
+    return hit[labels]
+
+
+def _remove_lines(mask: np.ndarray, relative: np.ndarray) -> np.ndarray:
+    """`mask` without the long straight lines that cross the image (a notebook's ruling or
+    grid): segments of at least LINE_SPAN of the image's side. Where a stroke crosses a line, or
+    runs along it darker than the line, the stroke's pixels stay."""
+    height, width = mask.shape
+    shortest = LINE_SPAN * min(height, width)
+    if shortest < 12:
+        return mask
+    binary = mask.astype(np.uint8) * 255
+    # found at most ANALYSIS_SIDE pixels across (the Hough transform's time grows with the
+    # pixels it votes with), drawn back at full size
+    scale = min(1.0, ANALYSIS_SIDE / max(height, width))
+    small = binary if scale == 1.0 else cv2.resize(
+        binary, (max(1, round(width * scale)), max(1, round(height * scale))),
+        interpolation=cv2.INTER_AREA)
+    reach = shortest * scale
+    # only pixels on horizontal or vertical runs vote: a notebook's lines, not the paper's grain
+    run = max(5, round(0.02 * max(small.shape)))
+    small = (small > 0).astype(np.uint8)
+    voters = (cv2.morphologyEx(small, cv2.MORPH_OPEN, np.ones((1, run), np.uint8))
+              | cv2.morphologyEx(small, cv2.MORPH_OPEN, np.ones((run, 1), np.uint8)))
+    segments = cv2.HoughLinesP(voters, 1, np.pi / 180,
+                               threshold=round(0.6 * reach), minLineLength=reach,
+                               maxLineGap=max(3, round(0.1 * reach)))
+    if segments is None:
+        return mask
+    thickness = max(3, round(0.012 * max(height, width)) | 1)
+    band = np.zeros_like(binary)
+    for x1, y1, x2, y2 in segments.reshape(-1, 4) / scale:
+        dx, dy = abs(x2 - x1), abs(y2 - y1)
+        # a ruling runs across the page, within LINE_SLOPE of the horizontal or the vertical
+        across = dx >= LINE_SPAN * width if dx >= dy else dy >= LINE_SPAN * height
+        if across and min(dx, dy) <= LINE_SLOPE * max(dx, dy):
+            cv2.line(band, (round(x1), round(y1)), (round(x2), round(y2)), 255, thickness)
+    on_line = (band > 0) & mask
+    if not on_line.any():
+        return mask
+    # a pen is darker than the ruling: those pixels are ink even on a line
+    line_level = float(np.median(relative[on_line]))
+    darker = relative > line_level + LINE_MARGIN
+    kept = mask & ~(on_line & ~darker)
+    # strokes that crossed a line are joined again across it
+    across = cv2.morphologyEx(kept.astype(np.uint8), cv2.MORPH_CLOSE,
+                              np.ones((thickness + 2, 1), np.uint8))
+    across |= cv2.morphologyEx(kept.astype(np.uint8), cv2.MORPH_CLOSE,
+                               np.ones((1, thickness + 2), np.uint8))
+    return kept | ((across > 0) & on_line)
+
+
+def _drop_border_edges(solid: np.ndarray) -> np.ndarray:
+    """Without the blobs that fill a stretch of the image's border: a dark desk beside the page,
+    a shadow's corner, a page's edge. They touch the border along BORDER_RUN of the shorter side
+    or more, or fill a corner, and fill at least FILLED of their box; a digit touches it at most
+    at a stroke's end, and strokes fill little of their box."""
+    if min(solid.shape) < 16:  # a strip of an image is all border
+        return solid
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(solid.astype(np.uint8),
+                                                                connectivity=8)
+    if count <= 1:
+        return solid
+    contact = (np.bincount(labels[0], minlength=count) + np.bincount(labels[-1], minlength=count)
+               + np.bincount(labels[:, 0], minlength=count)
+               + np.bincount(labels[:, -1], minlength=count))
+    filled = stats[:, cv2.CC_STAT_AREA] / (stats[:, cv2.CC_STAT_WIDTH] * stats[:, cv2.CC_STAT_HEIGHT])
+    # a desk's corner: a wedge in a corner of the picture, touching two sides that meet there
+    left, top = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
+    right = left + stats[:, cv2.CC_STAT_WIDTH] == solid.shape[1]
+    bottom = top + stats[:, cv2.CC_STAT_HEIGHT] == solid.shape[0]
+    corner = ((left == 0) | right) & ((top == 0) | bottom)
+    drop = ((contact > BORDER_RUN * min(solid.shape)) | corner) & (filled >= FILLED)
+    # ... and they are convex, as a desk's or a shadow's straight edges make them: a digit in
+    # a corner of a tight crop is not
+    for label in np.flatnonzero(drop[1:]) + 1:
+        x, y, w, h = stats[label, :4]
+        blob = (labels[y:y + h, x:x + w] == label).astype(np.uint8)
+        contours, _ = cv2.findContours(blob, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        hull = cv2.contourArea(cv2.convexHull(np.vstack(contours)))
+        drop[label] = stats[label, cv2.CC_STAT_AREA] >= CONVEX * hull
+    drop[0] = True
+    return ~drop[labels]
+
+
+def pick_digit(ink: np.ndarray) -> np.ndarray:
+    """The digit among the blobs of ink: the largest, and the blobs beside it that carry enough
+    ink to be strokes of the same digit (a 5's bar, a 4 in two strokes); specks (dust, a pen's
+    tap) and writing further away are left out, so that they do not stretch the digit's box."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats((ink > 0).astype(np.uint8),
+                                                                connectivity=8)
+    if count <= 2:
+        return ink
+    mass = np.bincount(labels.ravel(), weights=ink.ravel(), minlength=count)
+    mass[0] = 0
+    main = int(mass.argmax())
+    x, y, w, h = stats[main, :4]
+    reach = NEAR * max(w, h)
+    left, top, right, bottom = stats[:, 0], stats[:, 1], stats[:, 0] + stats[:, 2], \
+        stats[:, 1] + stats[:, 3]
+    gap_x = np.maximum(0, np.maximum(x - right, left - (x + w)))
+    gap_y = np.maximum(0, np.maximum(y - bottom, top - (y + h)))
+    keep = (mass >= SPECK_SHARE * mass[main]) & (np.hypot(gap_x, gap_y) <= reach)
+    keep[0] = False
+    return np.where(keep[labels], ink, 0).astype(np.uint8)
+
+
+def _strokes(ink: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """(solid: ink at half the peak or more, each solid pixel's distance to the paper, the
+    strokes' width: four times its mean, as a stroke w wide has distances 0..w/2 across it)."""
+    solid = (ink >= max(1, ink.max() / 2)).astype(np.uint8)
+    inside = cv2.distanceTransform(np.pad(solid, 1), cv2.DIST_L2, 3)[1:-1, 1:-1]
+    width = 4.0 * float(inside[solid > 0].mean()) if solid.any() else 0.0
+    return solid, inside, width
+
+
+def stroke_width(ink: np.ndarray) -> float:
+    """The strokes' width in pixels (0 for no ink)."""
+    return _strokes(ink)[2]
+
+
+def set_stroke_width(ink: np.ndarray, width: float) -> np.ndarray:
+    """White-on-black ink redrawn with strokes `width` pixels wide: grown by the distance to the
+    strokes, or thinned to what lies deep enough inside them (never losing a stroke's middle
+    line, so that thinning breaks nothing). Worked out at a size where strokes span pixels."""
+    height, wide = ink.shape
+    scale = max(1.0, 96 / max(height, wide))
+    big = cv2.resize(ink, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+    solid, inside, now = _strokes(big)
+    now = now or 1.0
+    target = width * scale
+    if target >= now:
+        outside = cv2.distanceTransform(1 - solid, cv2.DIST_L2, 3)
+        shape = (outside <= (target - now) / 2).astype(np.float32)
+    else:
+        ridge = (inside >= cv2.dilate(inside, np.ones((3, 3), np.uint8)) - 0.5) & (solid > 0)
+        deep = (inside > (now - target) / 2) | ridge
+        shape = cv2.dilate(deep.astype(np.uint8), np.ones((2, 2), np.uint8)).astype(np.float32)
+    soft = cv2.GaussianBlur(shape, (0, 0), 0.6)
+    out = cv2.resize(soft, (wide, height), interpolation=cv2.INTER_AREA)
+    return np.clip(np.rint(out * 255), 0, 255).astype(np.uint8)
+
+
+def _scale_to_box(cropped: np.ndarray) -> np.ndarray:
+    """Resize so that the longer side is BOX px, aspect kept; a thin "1" keeps at least 1 px.
+    Strokes thinner or thicker than MNIST's writers' (a hairline, a marker) are redrawn at the
+    edge of MNIST's range first, so the network sees the kind of stroke it knows."""
+    height, width = cropped.shape
+    factor = BOX / max(height, width)
+    # measured where the box is 4 times BOX, for sub-pixel precision
+    fine = 4 * BOX / max(height, width)
+    preview = cv2.resize(cropped, (max(1, round(width * fine)), max(1, round(height * fine))),
+                         interpolation=cv2.INTER_AREA if fine < 1 else cv2.INTER_LINEAR)
+    now = stroke_width(preview) / 4
+    if cropped.any() and (now < THINNEST or now > THICKEST):
+        wanted = (THINNEST + 0.5 if now < THINNEST else THICKEST - 1.0) / factor
+        pad = math.ceil(wanted / 2) + 1  # room to grow
+        redrawn = set_stroke_width(np.pad(cropped, pad), wanted)
+        box = ink_box(redrawn)
+        if box is not None:  # a speck too faint to redraw keeps its own ink
+            cropped = redrawn[box]
+            height, width = cropped.shape
+            factor = BOX / max(height, width)
+    size = (max(1, round(width * factor)), max(1, round(height * factor)))
+    resized = Image.fromarray(cropped).resize(size, Image.Resampling.LANCZOS)
+    scaled = np.asarray(resized).astype(np.float64)
+    # Thin strokes shrink to gray: bring the brightest back to 255, as in MNIST
+    peak = scaled.max()
+    if peak > 0:
+        scaled *= 255.0 / peak
+    return np.rint(scaled).astype(np.uint8)
+
+
+def mnist_field(cropped: np.ndarray) -> np.ndarray:
+    """Ink cropped to its bounding box -> the 28x28 MNIST field (scaled, pasted by mass)."""
+    return _paste_by_centre_of_mass(_scale_to_box(cropped))
+
+
+def _paste_by_centre_of_mass(scaled: np.ndarray) -> np.ndarray:
+    height, width = scaled.shape
+    moments = cv2.moments(scaled)  # ink-weighted, as MNIST's centre of mass
+    row, col = moments["m01"] / moments["m00"], moments["m10"] / moments["m00"]
+    # Whole-pixel shift, as MNIST did; clamped so that no ink leaves the field
+    top = int(np.clip(np.floor(MNIST_CENTRE - row + 0.5), 0, FIELD - height))
+    left = int(np.clip(np.floor(MNIST_CENTRE - col + 0.5), 0, FIELD - width))
+    final = np.zeros((FIELD, FIELD), dtype=np.uint8)
+    final[top:top + height, left:left + width] = scaled
+    return final
+
+
+def png_bytes(final: np.ndarray) -> bytes:
+    """A gray image (the 28x28 field the network sees) encoded as PNG."""
+    buffer = io.BytesIO()
+    Image.fromarray(final).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def to_tensor(final: np.ndarray) -> torch.Tensor:
+    """A 28x28 uint8 image -> a uint8 tensor (1, 28, 28); the model scales to 0..1 itself."""
+    if final.shape != (FIELD, FIELD) or final.dtype != np.uint8:
+        raise ImageError(f"expected a {FIELD}x{FIELD} uint8 image, got {final.shape} {final.dtype}")
+    return torch.from_numpy(np.ascontiguousarray(final)).unsqueeze(0)
+
+
+def load_and_preprocess(
+    source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS, name: str | None = None,
+    work_pixels: int | None = WORK_PIXELS,
+) -> Preprocessed:
+    name = name or _name(source)
+    return preprocess(load_image(source, max_pixels, name, work_pixels), source=name)
+
+
+def collect_images(paths: list[str | os.PathLike]) -> list[Path]:
+    """Files as given (missing ones too: the caller reports them); folders -> their images."""
+    found: list[Path] = []
+    for item in paths:
+        path = Path(item)
+        try:
+            if path.is_dir():
+                # not only regular files: a broken or looping link among the photos is then
+                # reported (by load_image) rather than silently skipped
+                found.extend(sorted(p for p in path.iterdir()
+                                    if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir()))
+            else:
+                found.append(path)
+        except OSError as e:
+            raise ImageError(f"{path}: cannot read the folder ({path_problem(path, e)})") from None
+    return found

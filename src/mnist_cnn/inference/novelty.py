@@ -1,0 +1,51 @@
+"""Is it a digit at all? A threshold on the network's confidence (its largest class probability).
+
+A classifier answers one of its classes for anything, letters and scribbles too. The shipped
+network is trained with outlier exposure (synthetic non-digits pushed towards a uniform answer,
+see training.py), so on things that look like no digit its largest probability stays low; the
+threshold below which an image is "not a digit" is calibrated on held-out digit photos and stored
+in the checkpoint's metadata (`CheckpointMeta.digit_threshold`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from ..errors import MnistCnnError
+
+
+def confidence(probabilities: torch.Tensor) -> torch.Tensor:
+    """The score: each row's largest probability."""
+    return probabilities.max(dim=-1).values
+
+
+def is_digit(probabilities: torch.Tensor, threshold: float | None) -> torch.Tensor:
+    """One bool per row of class probabilities: True when the network is at least `threshold`
+    sure of its best class. No threshold (a checkpoint never calibrated) refuses nothing."""
+    scores = confidence(probabilities)
+    if threshold is None:
+        return torch.ones_like(scores, dtype=torch.bool)
+    return scores >= threshold
+
+
+def ensemble_threshold(thresholds: Sequence[float | None]) -> float | None:
+    """The threshold for the averaged softmax of networks with these thresholds: the lowest (the
+    average of members that disagree is less sure than any one of them, so that one still refuses
+    such images), or None unless every member was calibrated."""
+    if not thresholds or any(t is None for t in thresholds):
+        return None
+    return min(thresholds)
+
+
+def calibrate_threshold(digit_scores: np.ndarray | torch.Tensor, accept: float = 0.99) -> float:
+    """The threshold that accepts the share `accept` of held-out digits with these scores."""
+    scores = np.asarray(digit_scores, dtype=np.float64)
+    if scores.size == 0 or not np.isfinite(scores).all():
+        raise MnistCnnError("calibration needs finite scores of at least one digit")
+    if not 0 < accept <= 1:
+        raise MnistCnnError(f"the share of digits to accept must be in (0, 1], not {accept}")
+    # the lower quantile, so at least `accept` of the scores are >= the threshold
+    return float(np.quantile(scores, 1 - accept, method="lower"))

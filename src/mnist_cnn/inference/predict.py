@@ -1,0 +1,207 @@
+"""Photos of digits -> predictions, with one network or an ensemble of several.
+
+Every image is preprocessed into the MNIST convention (imaging.py), the good ones are stacked into
+one batch for the networks, and a file that cannot be read becomes a `Failure` in its place rather
+than stopping the others.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import MnistCnnError
+from ..files import write_atomically
+from ..images.preprocess import (
+    IMAGE_SUFFIXES,
+    ImageError,
+    collect_images,
+    load_and_preprocess,
+    load_image,
+    png_bytes,
+    shrink_factor,
+    to_tensor,
+)
+from ..models.checkpoint import CheckpointMeta, pretrained_path
+from ..runtime.device import Runtime
+from .ensemble import ensemble_proba, load_members
+from .evaluation import ranked
+from .novelty import ensemble_threshold, is_digit
+
+CHECKPOINT_SUFFIX = ".safetensors"
+
+
+@dataclass
+class Prediction:
+    file: str
+    digit: str  # the class name (for MNIST the digit itself)
+    index: int  # the class index
+    probability: float
+    top_k: list[dict]  # [{"class": name, "probability": p}, ...], most likely first
+    inverted: bool  # True when the photo was dark ink on light paper
+    is_digit: bool = True  # False: it looks like no digit (`digit` is then only the closest)
+
+
+@dataclass
+class NumberPrediction:
+    file: str
+    number: str  # the digits read, left to right
+    digits: list[dict]  # per digit: {"digit", "index", "probability", "is_digit", "box", "top_k"}
+    inverted: bool
+    is_digit: bool = True  # False when some piece looks like no digit
+
+
+@dataclass
+class Failure:
+    file: str
+    error: str  # why, without the file name
+
+
+def split_arguments(arguments: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Positional arguments -> (checkpoints, images or folders), told apart by the suffix; with
+    no checkpoint, the one shipped with mnist-cnn."""
+    checkpoints = [a for a in arguments if a.lower().endswith(CHECKPOINT_SUFFIX)]
+    images = [a for a in arguments if not a.lower().endswith(CHECKPOINT_SUFFIX)]
+    if not checkpoints:  # the network shipped with mnist-cnn answers
+        checkpoints = [str(pretrained_path())]
+    if not images:
+        raise MnistCnnError("no images given: name image files or folders after the checkpoints")
+    return checkpoints, images
+
+
+def load_predictor(checkpoints: Sequence[str | os.PathLike], device: torch.device | str = "cpu"
+                   ) -> tuple[list[nn.Module], tuple[str, ...], float | None]:
+    """The networks (one, or an ensemble with the same classes), their class names, and the
+    threshold below which an image is "not a digit" (None: never)."""
+    members = load_members(checkpoints, device)
+    threshold = ensemble_threshold([meta.digit_threshold for _, meta in members])
+    return [model for model, _ in members], class_names(members[0][1]), threshold
+
+
+def class_names(meta: CheckpointMeta) -> tuple[str, ...]:
+    return meta.class_names()
+
+
+def image_files(paths: Sequence[str | os.PathLike], top_k: int) -> list[Path]:
+    """The images named (folders expanded), checked before any is read."""
+    if top_k < 1:
+        raise MnistCnnError(f"top-k must be at least 1, not {top_k}")
+    files = collect_images(list(paths))
+    if not files:
+        raise MnistCnnError("no images found (folders are searched for files ending in "
+                            f"{', '.join(sorted(IMAGE_SUFFIXES))})")
+    return files
+
+
+def predict_images(models: Sequence[nn.Module], paths: Sequence[str | os.PathLike], top_k: int,
+                   classes: Sequence[str], runtime: Runtime,
+                   save_dir: str | os.PathLike | None = None,
+                   batch_size: int = 1000, digit_threshold: float | None = None
+                   ) -> list[Prediction | Failure]:
+    """One result per image (folders expanded), in order; unreadable images become Failures.
+    Below `digit_threshold` (novelty.is_digit) a Prediction says it is not a digit."""
+    files = image_files(paths, top_k)
+    results: list[Prediction | Failure | None] = [None] * len(files)
+    good: list[int] = []
+    tensors: list[torch.Tensor] = []
+    inverted: list[bool] = []
+    saved_names: set[str] = set()
+    for i, path in enumerate(files):
+        try:
+            pre = load_and_preprocess(path)
+        except ImageError as e:
+            results[i] = failure(path, e)
+            continue
+        # keep only the 28x28 result: the full-size steps of many large photos would add up
+        good.append(i)
+        tensors.append(to_tensor(pre.final))
+        inverted.append(pre.inverted)
+        if save_dir is not None:
+            save_png(pre.final, Path(save_dir) / unique_name(path, saved_names))
+
+    if good:
+        probs = ensemble_proba(models, torch.stack(tensors), batch_size, runtime)
+        digits = is_digit(probs, digit_threshold).tolist()
+        for row, i in enumerate(good):
+            top = ranked(probs[row], classes, top_k)
+            best = classes.index(top[0]["class"])
+            results[i] = Prediction(display_name(files[i]), top[0]["class"], best, top[0]["probability"],
+                                    top, inverted[row], digits[row])
+    return [r for r in results if r is not None]
+
+
+def predict_numbers(models: Sequence[nn.Module], paths: Sequence[str | os.PathLike], top_k: int,
+                    classes: Sequence[str], runtime: Runtime, digit_threshold: float | None = None
+                    ) -> list[NumberPrediction | Failure]:
+    """Each image read as a row of digits (numbers.py), in order; unreadable ones as Failures."""
+    from .numbers import read_number  # scipy.ndimage: imported by --number alone (start-up time)
+
+    files = image_files(paths, top_k)
+    results: list[NumberPrediction | Failure] = []
+    for path in files:
+        try:
+            image = load_image(path)  # shrunk as the server shrinks; boxes in the file's pixels
+            reading = read_number(image, models, classes, runtime, top_k, str(path),
+                                  shrink_factor(path, image), digit_threshold=digit_threshold)
+        except ImageError as e:
+            results.append(failure(path, e))
+            continue
+        results.append(NumberPrediction(display_name(path), reading.number, reading.digits,
+                                        reading.inverted, reading.is_digit))
+    return results
+
+
+def failure(path: Path, error: ImageError) -> Failure:
+    # ImageError messages start with the file name; the caller prints it once
+    return Failure(display_name(path), str(error).removeprefix(f"{path}: "))
+
+
+def display_name(path: str | os.PathLike) -> str:
+    """The path as printable UTF-8 text: bytes that are not UTF-8 (which Python keeps as lone
+    surrogates, invalid in JSON and unprintable) are shown as \\xNN escapes."""
+    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
+
+
+def unique_name(source: Path, used: set[str]) -> str:
+    """`photo.jpg` -> `photo.png`; a second `photo.*` in the same run gets `photo-2.png`."""
+    name, n = f"{source.stem}.png", 1
+    while name in used:
+        n += 1
+        name = f"{source.stem}-{n}.png"
+    used.add(name)
+    return name
+
+
+def save_png(final: np.ndarray, path: Path) -> None:
+    try:
+        write_atomically(path, png_bytes(final))
+    except OSError as e:
+        raise MnistCnnError(f"{path}: cannot write the preprocessed image ({e.strerror})") from None
+
+
+def format_result(result: Prediction | NumberPrediction | Failure) -> str:
+    """`photo.png: 7 (98.2%)  alternatives: 1 (1.1%), 9 (0.4%)`, `photo.png: not a digit (closest:
+    4, 31.0%)  alternatives: ...`, or `photo.txt: error: ...`; a number: `row.png: 307  (3 99.1%,
+    0 97.0%, 7 99.8%)`, a piece that looks like no digit marked `(not a digit)`."""
+    if isinstance(result, Failure):
+        return f"{result.file}: error: {result.error}"
+    if isinstance(result, NumberPrediction):
+        each = ", ".join(f"{d['digit']} {d['probability']:.1%}"
+                         + ("" if d["is_digit"] else " (not a digit)") for d in result.digits)
+        return f"{result.file}: {result.number}  ({each})"
+    if result.is_digit:
+        line = f"{result.file}: {result.digit} ({result.probability:.1%})"
+    else:
+        line = f"{result.file}: not a digit (closest: {result.digit}, {result.probability:.1%})"
+    alternatives = ", ".join(f"{t['class']} ({t['probability']:.1%})" for t in result.top_k[1:])
+    return f"{line}  alternatives: {alternatives}" if alternatives else line
+
+
+def as_json(results: Sequence[Prediction | NumberPrediction | Failure]) -> list[dict]:
+    return [asdict(r) for r in results]
