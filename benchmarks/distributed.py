@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,13 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import free_port
+
 from mnist_cnn.runtime.environment import format_environment
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def command(processes: int, threads: int, args: list[str]) -> list[str]:

@@ -17,7 +17,6 @@ import argparse
 import os
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from common import free_port
 from PIL import Image, ImageDraw
 
 from mnist_cnn.runtime.environment import format_environment
@@ -73,12 +73,6 @@ def commands(runs: int, folder: Path) -> None:
                                          f"{'yes' if cpu <= target else 'no'}")
         print(f"| `{name}` | {wall:.2f} s ({min(walls):.2f}-{max(walls):.2f}) | {cpu:.2f} s | "
               f"{'' if target is None else f'{target} s'} | {met} |", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def page(strokes: int) -> None:

@@ -7,6 +7,7 @@ import contextlib
 import gzip
 import io
 import os
+import socket
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,6 +142,13 @@ def models(tmp_path_factory, mnist) -> Trained:
             p.add_(torch.randn(p.shape, generator=generator) * 0.3 * p.std())
     save_checkpoint(base / "b.safetensors", model, meta)
     return Trained(mnist, checkpoint, base / "b.safetensors")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def run_main(argv: list[str]) -> tuple[int, str, str]:

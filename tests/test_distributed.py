@@ -11,13 +11,13 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import free_port
 from distributed_worker import tiny_dataset
 
 import mnist_cnn.data.dataset
@@ -39,12 +39,6 @@ TOLERANCE = 1e-5
 # 6 steps per epoch: 600 tiny training images in global batches of 100
 TRAIN = ["train", "--model", "simple", "--batch-size", "100", "--seed", "3", "--threads", "1",
          "--no-progress"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def torchrun_command(args: list[str], *launch: str) -> list[str]:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_main
+from conftest import free_port, run_main
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -142,12 +142,6 @@ def test_too_large_uploads_are_refused(models, runtime):
     assert response.status_code == 413
     response = client.post("/api/predict", content=paper_png(np.zeros((28, 28), np.uint8), 30))
     assert response.status_code == 400 and "too many pixels" in response.json()["detail"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def fetch(url: str) -> str:

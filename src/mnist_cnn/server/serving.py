@@ -59,8 +59,3 @@ def server_config(app: FastAPI, host: str = "127.0.0.1", port: int = 8000,
     options.setdefault("timeout_keep_alive", 5)
     return uvicorn.Config(app, host=host, port=port, http=protocol, **options)
 
-
-def serve(app: FastAPI, host: str, port: int, request_timeout: float = REQUEST_TIMEOUT) -> None:
-    """Serve `app` until interrupted."""
-    uvicorn.Server(server_config(app, host, port, request_timeout)).run()
-
