@@ -19,7 +19,7 @@ from .errors import Interrupted, MnistCnnError
 # Only what builds the parser is imported here. Each command imports the rest when it runs:
 # torch alone takes seconds to import on a small CPU, and `--help` or `models` need none of it.
 from .models import catalog
-from .models.recipes import OPTIMIZERS, PRECISIONS, SCHEDULES
+from .models.recipes import OPTIMIZERS, PRECISIONS, SCHEDULES, SEEDS
 from .server import limits as server_limits
 
 if TYPE_CHECKING:
@@ -71,9 +71,7 @@ def real_number(low: float, include_low: bool = True) -> Callable[[str], float]:
 
 POSITIVE = whole_number(1)
 COUNT = whole_number(0)
-# Training derives per-epoch and per-step seeds as seed * 1_000_003 + step, which torch's 64-bit
-# generators must hold: 32-bit seeds leave ample room
-SEED = whole_number(0, 2**32 - 1)
+SEED = whole_number(0, SEEDS - 1)
 THREADS = whole_number(1, 1024)
 PORT = whole_number(1, 65535)
 OPSET = whole_number(9, 20)  # what torch's TorchScript ONNX exporter supports

@@ -84,7 +84,7 @@ class Recipe:
             (self.weight_decay >= 0, "weight decay must not be negative"),
             (0 <= self.momentum < 1, "momentum must be in [0, 1)"),
             (all(0 <= b < 1 for b in self.betas), "betas must be in [0, 1)"),
-            (abs(self.seed) < 2 ** 32, "seed must be below 2**32"),  # it seeds torch generators
+            (abs(self.seed) < SEEDS, "seed must be below 2**32"),
         ]
         for ok, message in checks:
             if not ok:
@@ -118,6 +118,9 @@ def is_number(x: Any) -> bool:
 
 
 MAX_EPOCHS = 100_000
+# training derives per-epoch and per-step seeds as seed * 1_000_003 + step (training/loop.py),
+# which torch's 64-bit generators must hold: 32-bit seeds leave ample room
+SEEDS = 2 ** 32
 MAX_BATCH = 2 ** 31  # far above any dataset's size; keeps 400-digit sizes out of messages
 NUMBER_FIELDS = ("epochs", "lr", "eps", "weight_decay", "momentum", "warmup", "label_smoothing",
                  "dropout", "outlier_exposure")

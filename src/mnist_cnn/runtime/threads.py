@@ -4,6 +4,7 @@ the allocator's policy for training."""
 from __future__ import annotations
 
 import ctypes
+import functools
 import math
 import os
 import sys
@@ -107,6 +108,18 @@ class ThreadTuner:
         return used
 
 
+@functools.cache
+def glibc() -> ctypes.CDLL | None:
+    """The C library when it is glibc (its allocator can be tuned and trimmed), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None  # not glibc (e.g. musl)
+    return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
+
+
 def tune_cpu_allocator() -> None:
     """Keep freed memory in the process instead of handing it back to the OS.
 
@@ -114,11 +127,8 @@ def tune_cpu_allocator() -> None:
     page-faults its activations in again; on the lecture's networks that cost a quarter of a
     step. Only the allocator's policy changes, never a number computed.
     """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
+    libc = glibc()
+    if libc is None:
         return  # not glibc (e.g. musl): nothing to tune
     m_trim_threshold, m_mmap_max = -1, -4
     libc.mallopt(m_mmap_max, 0)

@@ -22,9 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import ctypes
 import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from importlib import resources
@@ -61,6 +59,7 @@ from ..inference.numbers import read_number
 from ..inference.predict import class_names
 from ..models.checkpoint import CheckpointMeta
 from ..runtime.device import Runtime
+from ..runtime.threads import glibc
 from .limits import (
     MAX_CONCURRENT,
     MAX_PIXELS,
@@ -187,21 +186,9 @@ class OneFraming:
 
 def release_memory() -> None:
     """Hand freed heap memory back to the OS (glibc keeps it otherwise; one decode is ~100 MB)."""
-    if _libc is not None:
-        _libc.malloc_trim(0)
-
-
-def _glibc() -> ctypes.CDLL | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return libc if hasattr(libc, "malloc_trim") else None
-    except OSError:
-        return None  # not glibc (e.g. musl)
-
-
-_libc = _glibc()
+    libc = glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 def create_app(checkpoints: Sequence[str | os.PathLike], runtime: Runtime = CPU,
