@@ -65,6 +65,9 @@ def interrupt_in(target: str) -> None:
 
 
 if __name__ == "__main__":
+    # Ctrl-C as a foreground job gets it, also when the tests run in the background (a shell
+    # starts background jobs with SIGINT ignored, and Python keeps that)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     mnist_cnn.data.dataset.load_dataset = tiny_dataset
     if os.environ.get("KILL_AT") and os.environ.get("TORCHELASTIC_RESTART_COUNT") == "0":
         kill_at(*map(int, os.environ["KILL_AT"].split(":")))

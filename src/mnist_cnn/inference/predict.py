@@ -127,13 +127,20 @@ def predict_images(models: Sequence[nn.Module], paths: Sequence[str | os.PathLik
 
     if good:
         probs = ensemble_proba(models, torch.stack(tensors), batch_size, runtime)
-        digits = is_digit(probs, digit_threshold).tolist()
         for row, i in enumerate(good):
-            top = ranked(probs[row], classes, top_k)
-            best = classes.index(top[0]["class"])
-            results[i] = Prediction(display_name(files[i]), top[0]["class"], best, top[0]["probability"],
-                                    top, inverted[row], digits[row])
+            results[i] = Prediction(display_name(files[i]), inverted=inverted[row],
+                                    **answer(probs[row], classes, top_k, digit_threshold))
     return [r for r in results if r is not None]
+
+
+def answer(probabilities: torch.Tensor, classes: Sequence[str], top_k: int,
+           digit_threshold: float | None) -> dict:
+    """One image's class probabilities as predict and the server answer them: the likeliest
+    class (its name and index), how sure, the top k, and whether it is a digit at all."""
+    top = ranked(probabilities, classes, top_k)
+    return {"digit": top[0]["class"], "index": classes.index(top[0]["class"]),
+            "probability": top[0]["probability"], "top_k": top,
+            "is_digit": bool(is_digit(probabilities[None], digit_threshold)[0])}
 
 
 def predict_numbers(models: Sequence[nn.Module], paths: Sequence[str | os.PathLike], top_k: int,

@@ -53,9 +53,10 @@ from ..images.preprocess import (
     to_tensor,
 )
 from ..inference.ensemble import ensemble_proba, load_members
-from ..inference.evaluation import CPU, ranked
-from ..inference.novelty import ensemble_threshold, is_digit
+from ..inference.evaluation import CPU
+from ..inference.novelty import ensemble_threshold
 from ..inference.numbers import read_number
+from ..inference.predict import answer as packed_answer
 from ..inference.predict import class_names
 from ..models.checkpoint import CheckpointMeta
 from ..runtime.device import Runtime
@@ -228,17 +229,9 @@ def create_app(checkpoints: Sequence[str | os.PathLike], runtime: Runtime = CPU,
     def classify(body: bytes) -> dict:
         steps = load_and_preprocess(body, max_pixels, UPLOAD, work_pixels)
         probabilities = ensemble_proba(models, to_tensor(steps.final)[None], runtime=runtime)[0]
-        best = int(probabilities.argmax())
-        return {
-            "digit": classes[best],
-            "index": best,
-            "probability": float(probabilities[best]),
-            "is_digit": bool(is_digit(probabilities, threshold)),
-            "probabilities": [float(p) for p in probabilities],
-            "top_k": ranked(probabilities, classes, len(classes)),
-            "inverted": steps.inverted,
-            "preprocessed": png_data_url(steps.final),
-        }
+        return {**packed_answer(probabilities, classes, len(classes), threshold),
+                "probabilities": [float(p) for p in probabilities],
+                "inverted": steps.inverted, "preprocessed": png_data_url(steps.final)}
 
     def read_row(body: bytes) -> dict:
         image = load_image(body, max_pixels, UPLOAD, work_pixels)
