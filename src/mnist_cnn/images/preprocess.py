@@ -331,26 +331,7 @@ def extract_ink(gray: np.ndarray, source: str = "<image>"
     inverted = light_paper(gray)
     work = 255 - gray if inverted else gray
     paper = paper_level(work)
-    contrast = work.astype(np.float32) - paper
-    levels = np.clip(np.rint(contrast), -255, 255).astype(np.int16) + 255
-    contrast_hist = np.bincount(levels.ravel(), minlength=511)
-    typical = _quantile(contrast_hist, 0.5)
-    noise = _noise(contrast_hist, typical)
-    # the opening follows the paper's grain from below: its typical pixel is the zero of contrast
-    contrast -= typical - 255
-    candidates = contrast >= max(MIN_CONTRAST / 2, NOISE_FACTOR / 2 * noise)
-    if not candidates.any() and noise > VISIBLE / 2:
-        raise ImageError(f"{source}: no writing found: the picture is grainy all over (noise "
-                         f"{noise:.0f} gray levels), nothing stands out from it")
-    if not candidates.any():
-        if float(np.ptp(hist.nonzero()[0])) >= VISIBLE:  # dark and light parts, both large
-            raise ImageError(f"{source}: no writing found: its dark parts are too large to be "
-                             "strokes (a shadow, a desk, a filled shape?); photograph the writing "
-                             "with paper around it")
-        raise ImageError(
-            f"{source}: no ink found (nothing stands out from the paper by more than "
-            f"{max(MIN_CONTRAST / 2, NOISE_FACTOR / 2 * noise):.0f} gray levels: a blank or "
-            "nearly uniform image)")
+    contrast, candidates, noise = _stand_out(work, paper, hist, source)
     # darkness relative to the paper it is on: the same for a stroke in light and in shadow
     relative = contrast / np.maximum(255.0 - paper, 32.0)
     # The edges of a desk or a shadow along the border, and the page's rulings, go before the
@@ -362,6 +343,42 @@ def extract_ink(gray: np.ndarray, source: str = "<image>"
     weak = _remove_lines(kept, relative)
     if not weak.any():  # the lines were all there is: keep what was found rather than nothing
         weak = kept
+    strong, strong_level = _strong_ink(weak, relative, contrast, noise, source)
+    solid = _connected_to(weak, strong)
+    ink = _stretched(relative, paper, solid, strong, strong_level, noise)
+    return ink, solid & (ink > 0), inverted, float(threshold)
+
+
+def _stand_out(work: np.ndarray, paper: np.ndarray, hist: np.ndarray, source: str
+               ) -> tuple[np.ndarray, np.ndarray, float]:
+    """(contrast of each pixel against its paper, the candidates for ink, the paper's noise),
+    or an error that says why nothing stands out."""
+    contrast = work.astype(np.float32) - paper
+    levels = np.clip(np.rint(contrast), -255, 255).astype(np.int16) + 255
+    contrast_hist = np.bincount(levels.ravel(), minlength=511)
+    typical = _quantile(contrast_hist, 0.5)
+    noise = _noise(contrast_hist, typical)
+    # the opening follows the paper's grain from below: its typical pixel is the zero of contrast
+    contrast -= typical - 255
+    candidates = contrast >= max(MIN_CONTRAST / 2, NOISE_FACTOR / 2 * noise)
+    if candidates.any():
+        return contrast, candidates, noise
+    if noise > VISIBLE / 2:
+        raise ImageError(f"{source}: no writing found: the picture is grainy all over (noise "
+                         f"{noise:.0f} gray levels), nothing stands out from it")
+    if float(np.ptp(hist.nonzero()[0])) >= VISIBLE:  # dark and light parts, both large
+        raise ImageError(f"{source}: no writing found: its dark parts are too large to be "
+                         "strokes (a shadow, a desk, a filled shape?); photograph the writing "
+                         "with paper around it")
+    raise ImageError(
+        f"{source}: no ink found (nothing stands out from the paper by more than "
+        f"{max(MIN_CONTRAST / 2, NOISE_FACTOR / 2 * noise):.0f} gray levels: a blank or "
+        "nearly uniform image)")
+
+
+def _strong_ink(weak: np.ndarray, relative: np.ndarray, contrast: np.ndarray, noise: float,
+                source: str) -> tuple[np.ndarray, float]:
+    """The surely-ink pixels among the weak ones, and the relative darkness that splits them."""
     # Ink and faint marks differ in darkness: Otsu among what is left splits them
     values = np.clip(np.rint(relative[weak] * 255), 0, 255).astype(np.uint8)
     split = otsu_threshold(np.bincount(values, minlength=256))
@@ -375,20 +392,23 @@ def extract_ink(gray: np.ndarray, source: str = "<image>"
             f"{source}: no ink found (the darkest mark differs from the paper by {best:.0f} gray "
             f"levels, needed: {strong_contrast:.0f}; noise {noise:.1f}): a blank or nearly uniform "
             "image, or write with a darker pen")
-    solid = _connected_to(weak, strong)
+    return strong, strong_level
 
-    # Soft strokes are kept: levels between the paper and the ink are stretched, not binarised
+
+def _stretched(relative: np.ndarray, paper: np.ndarray, solid: np.ndarray, strong: np.ndarray,
+               strong_level: float, noise: float) -> np.ndarray:
+    """The ink as white on black, 0-255: soft strokes are kept (levels between the paper and the
+    ink are stretched, not binarised), faint pixels only next to solid ink."""
     ink_level = float(np.quantile(relative[solid], 0.99))
     paper_range = max(255.0 - float(np.median(paper[solid])), 32.0)
     floor = min(float(strong_level), 3.0 * noise / paper_range)
     ink = (relative - floor) * (255.0 / max(ink_level - floor, 1e-3))
     np.clip(ink, 0, 255, out=ink)
-    # Faint pixels count only next to solid ink: paper noise elsewhere would inflate the box
-    # (the strong pixels' neighbourhood, so that JPEG's ringing does not move the ink's box)
+    # Faint pixels elsewhere would inflate the box: paper noise (the strong pixels'
+    # neighbourhood, so that JPEG's ringing does not move the ink's box)
     near = cv2.dilate((solid & strong).astype(np.uint8), np.ones((2 * EDGE_RADIUS + 1,) * 2, np.uint8))
     ink[near == 0] = 0
-    ink = np.rint(ink).astype(np.uint8)
-    return ink, solid & (ink > 0), inverted, float(threshold)
+    return np.rint(ink).astype(np.uint8)
 
 
 def light_paper(gray: np.ndarray) -> bool:
