@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from mnist_cnn.data.dataset import Split, load_dataset
+from mnist_cnn.files import write_atomically
 from mnist_cnn.inference.evaluation import evaluate
 from mnist_cnn.models.checkpoint import load_checkpoint, save_checkpoint
 from mnist_cnn.models.registry import recipe_for
@@ -105,7 +106,8 @@ def main(argv: list[str] | None = None) -> None:
         accuracies = [r["test_accuracy"] for r in record["runs"][model]]
         print(f"{model}: mean test accuracy {sum(accuracies) / len(accuracies):.4f} over "
               f"{len(accuracies)} runs")
-    (args.results / "lecture.json").write_text(json.dumps(record, indent=1) + "\n")
+    # the record the tests read: never half written
+    write_atomically(args.results / "lecture.json", (json.dumps(record, indent=1) + "\n").encode())
     print(f"wrote {args.results / 'lecture.json'} and seed 0's weights beside it")
 
 
