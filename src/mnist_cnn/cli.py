@@ -623,7 +623,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     app = create_app(args.checkpoints or [pretrained_path()], runtime, max_pixels=args.max_pixels,
                      max_concurrent=args.max_concurrent, queue_timeout=args.queue_timeout,
                      request_timeout=args.request_timeout)
-    print(f"mnist-cnn: draw a digit at http://{args.host}:{args.port}/ (Ctrl-C stops)")
+    # flushed: a log that reads a pipe sees it while the server runs
+    print(f"mnist-cnn: draw a digit at http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
     try:
         uvicorn.Server(server_config(app, args.host, args.port, args.request_timeout)).run()
     except KeyboardInterrupt:  # uvicorn stops gracefully, then raises Ctrl-C again
@@ -674,6 +675,7 @@ def run() -> None:
     """The console command: main(), then a quick exit."""
     try:
         status = main()
+        sys.stdout.flush()  # a pipe's buffered output fails here, not in the exit's flush
     except BrokenPipeError:  # `mnist-cnn ... | head`: the reader stopped early, no error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # for the exit's flush
         status = 128 + signal.SIGPIPE  # what a command killed by SIGPIPE reports
