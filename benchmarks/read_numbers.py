@@ -6,7 +6,8 @@ Run: .venv/bin/python benchmarks/read_numbers.py [--rows 1000] [--split test|val
 Rows are composed (mnist_cnn.images.synthetic.compose_row: random gaps, a fifth of the pairs touching or
 overlapping, wobbling baselines and sizes, dark ink on light paper) from MNIST digits of the
 chosen split (test by default; val is what the segmentation was tuned on) and from font digits,
-and read by the shipped network (mnist_cnn.models.checkpoint.pretrained_path()) through
+and read by the shipped network, calibrated and with its "not a digit" threshold as predict
+loads it (mnist_cnn.inference.predict.load_predictor), through
 mnist_cnn.inference.numbers.read_number. Needs MNIST (MNIST_DATA_DIR or the cache).
 """
 
@@ -21,7 +22,8 @@ from mnist_cnn.data.dataset import load_dataset
 from mnist_cnn.images import synthetic
 from mnist_cnn.images.preprocess import ImageError
 from mnist_cnn.inference.numbers import read_number
-from mnist_cnn.models.checkpoint import load_checkpoint, pretrained_path
+from mnist_cnn.inference.predict import load_predictor
+from mnist_cnn.models.checkpoint import pretrained_path
 from mnist_cnn.runtime.device import setup
 from mnist_cnn.runtime.environment import format_environment
 
@@ -37,8 +39,7 @@ def main() -> None:
     args = parser.parse_args()
     runtime = setup("cpu", threads=args.threads)
     print(format_environment())
-    model, meta = load_checkpoint(pretrained_path())
-    classes = meta.class_names()
+    models, classes, threshold = load_predictor([pretrained_path()])  # as predict reads
     split = getattr(load_dataset("mnist", download=False), args.split)
     images, labels = split.images[:, 0].numpy(), split.labels.numpy()
     print(f"{args.rows} rows per length; MNIST {args.split} digits and font digits; "
@@ -55,7 +56,8 @@ def main() -> None:
                 else:
                     row, text = synthetic.font_row(length, rng)
                 try:
-                    exact += read_number(row, [model], classes, runtime).number == text
+                    reading = read_number(row, models, classes, runtime, digit_threshold=threshold)
+                    exact += reading.number == text
                 except ImageError:
                     pass  # counted as wrong
             shares.append(exact / args.rows)

@@ -60,7 +60,7 @@ FILLED = 0.4  # ... when it fills this share of its box (a stroke fills far less
 CONVEX = 0.85  # ... and this share of its convex hull
 # MNIST's strokes are 1.9 to 5.0 px wide in the 28x28 field (2nd and 98th percentiles of its
 # training digits, measured as stroke_width does); a little beyond that, strokes are redrawn
-THINNEST, THICKEST = 1.6, 5.6
+THINNEST, THICKEST = 1.7, 5.6
 # The ink's longer side must span this many pixels, and this share of the image's shorter side
 # (MNIST's digits span 20 of 28; a "1" drawn in a corner of the server's canvas, about a tenth)
 MIN_INK_SIDE = 4
