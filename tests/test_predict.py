@@ -20,7 +20,14 @@ from scipy import ndimage
 from mnist_cnn.images.preprocess import BOX, MNIST_CENTRE, load_and_preprocess, to_tensor
 from mnist_cnn.inference.ensemble import ensemble_proba
 from mnist_cnn.inference.evaluation import predict_proba
-from mnist_cnn.inference.predict import Failure, Prediction, format_result, predict_images, unique_name
+from mnist_cnn.inference.predict import (
+    Failure,
+    Prediction,
+    Predictor,
+    format_result,
+    predict_images,
+    unique_name,
+)
 from mnist_cnn.models.checkpoint import load_checkpoint, save_checkpoint
 from mnist_cnn.runtime.device import setup
 
@@ -126,7 +133,7 @@ def test_photos_are_read_as_well_as_the_original_digits(models, photos):
     labels = models.data.test.labels[indices]
     original = float((predict_proba(model, models.data.test.images[indices]).argmax(1) == labels)
                      .float().mean())
-    results = predict_images([model], paths, 1, meta.classes, setup("cpu", threads=1))
+    results = predict_images(Predictor.load([models.checkpoint], setup("cpu", threads=1)), paths, 1)
     assert all(isinstance(r, Prediction) for r in results)
     from_photos = float((torch.tensor([r.index for r in results]) == labels).float().mean())
     print(f"accuracy: {original:.3f} on the original digits, {from_photos:.3f} on photos of them")
@@ -135,9 +142,8 @@ def test_photos_are_read_as_well_as_the_original_digits(models, photos):
 
 
 def test_results_keep_the_order_and_failures_keep_their_place(models, mixed_folder):
-    model, meta = load_checkpoint(models.checkpoint)
     files = [mixed_folder / "good0.png", mixed_folder / "notes.png", mixed_folder / "good1.jpg"]
-    results = predict_images([model], files, 2, meta.classes, setup("cpu", threads=1))
+    results = predict_images(Predictor.load([models.checkpoint], setup("cpu", threads=1)), files, 2)
     assert [type(r) for r in results] == [Prediction, Failure, Prediction]
     assert [r.file for r in results] == [str(f) for f in files]
     assert results[1].error.startswith("not an image")

@@ -29,7 +29,7 @@ from PIL import Image
 
 from mnist_cnn.images.preprocess import load_and_preprocess, to_tensor
 from mnist_cnn.inference.ensemble import ensemble_proba, load_members
-from mnist_cnn.inference.predict import load_predictor, predict_images
+from mnist_cnn.inference.predict import Predictor, predict_images
 from mnist_cnn.models.checkpoint import load_checkpoint, load_pretrained, pretrained_path, save_checkpoint
 from mnist_cnn.server import create_app
 
@@ -71,7 +71,7 @@ def test_model_description(client):
 
 
 def test_answers_match_the_command_line(client, models, runtime, tmp_path):
-    networks, classes, _ = load_predictor([models.checkpoint])
+    predictor = Predictor.load([models.checkpoint], runtime)
     for n in range(8):
         body = paper_png(models.data.test.images[n, 0].numpy())
         path = tmp_path / f"digit{n}.png"
@@ -79,7 +79,7 @@ def test_answers_match_the_command_line(client, models, runtime, tmp_path):
         response = client.post("/api/predict", content=body, headers={"content-type": "image/png"})
         assert response.status_code == 200, response.text
         answer = response.json()
-        [expected] = predict_images(networks, [path], 10, classes, runtime)
+        [expected] = predict_images(predictor, [path], 10)
         assert answer["digit"] == expected.digit
         assert answer["probability"] == pytest.approx(expected.probability, abs=1e-6)
         assert [t["class"] for t in answer["top_k"]] == [t["class"] for t in expected.top_k]

@@ -506,16 +506,14 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
     checkpoints, images = predict.split_arguments(args.inputs)
     runtime = setup(args.device, "fp32", args.threads)
-    models, classes, threshold = predict.load_predictor(checkpoints, runtime.device)
+    predictor = predict.Predictor.load(checkpoints, runtime)
     if args.number:
         if args.save_preprocessed:
             raise MnistCnnError("--save-preprocessed shows one digit's 28x28 image; it does not "
                                 "apply to --number")
-        results = predict.predict_numbers(models, images, args.top_k, classes, runtime,
-                                          digit_threshold=threshold)
+        results = predict.predict_numbers(predictor, images, args.top_k)
     else:
-        results = predict.predict_images(models, images, args.top_k, classes, runtime,
-                                         args.save_preprocessed, digit_threshold=threshold)
+        results = predict.predict_images(predictor, images, args.top_k, args.save_preprocessed)
     failures = [r for r in results if isinstance(r, predict.Failure)]
     for result in results:  # in the order given; errors to stderr, so stdout stays clean
         failed = isinstance(result, predict.Failure)

@@ -105,21 +105,7 @@ def load_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS,
     begin with.
     """
     name = name or _name(source)
-    if isinstance(source, (bytes, bytearray)):
-        if not source:
-            raise ImageError(f"{name}: empty (0 bytes)")
-        fp: io.BytesIO | Path = io.BytesIO(source)
-    else:
-        fp = Path(source)
-        try:
-            info = fp.stat()
-        except OSError as e:
-            raise ImageError(f"{name}: {path_problem(fp, e)}") from None
-        if not stat.S_ISREG(info.st_mode):
-            raise ImageError(f"{name}: not a file")
-        if info.st_size == 0:
-            raise ImageError(f"{name}: empty file (0 bytes)")
-
+    fp = _readable(source, name)
     too_many = f"{name}: too many pixels (the limit is {max_pixels:,}); shrink it first"
     with warnings.catch_warnings():
         # Pillow only warns about huge images up to twice its own limit: make that an error too
@@ -133,16 +119,8 @@ def load_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS,
                 f"{name}: not an image (or not one of {', '.join(FORMATS)})") from None
         except Exception as e:  # Pillow's parsers raise many exception types on corrupt headers
             raise ImageError(f"{name}: cannot read the image ({e})") from None
-
         with image:
-            width, height = image.size
-            if work_pixels and width * height > work_pixels and image.format == "JPEG":
-                scale = math.sqrt(work_pixels / (width * height))
-                image.draft("L", (math.ceil(width * scale), math.ceil(height * scale)))
-                width, height = image.size  # what will be decoded
-            if width * height > max_pixels:
-                raise TooManyPixels(f"{name}: too many pixels ({width}x{height}; the limit is "
-                                    f"{max_pixels:,}); shrink it first")
+            _limit_decoded_size(image, name, max_pixels, work_pixels)
             try:
                 image.load()  # decode everything now, so that a truncated file fails here
                 if work_pixels:
@@ -152,6 +130,37 @@ def load_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS,
                 raise TooManyPixels(too_many) from None
             except Exception as e:  # truncated or corrupt: OSError, SyntaxError, ValueError, ...
                 raise ImageError(f"{name}: truncated or corrupt image ({e})") from None
+
+
+def _readable(source: str | os.PathLike | bytes, name: str) -> io.BytesIO | Path:
+    """Raw bytes as a file, or a path checked to be a non-empty regular file."""
+    if isinstance(source, (bytes, bytearray)):
+        if not source:
+            raise ImageError(f"{name}: empty (0 bytes)")
+        return io.BytesIO(source)
+    path = Path(source)
+    try:
+        info = path.stat()
+    except OSError as e:
+        raise ImageError(f"{name}: {path_problem(path, e)}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ImageError(f"{name}: not a file")
+    if info.st_size == 0:
+        raise ImageError(f"{name}: empty file (0 bytes)")
+    return path
+
+
+def _limit_decoded_size(image: Image.Image, name: str, max_pixels: int,
+                        work_pixels: int | None) -> None:
+    """Ask a large JPEG to decode at a reduced size, then refuse what is still over the limit."""
+    width, height = image.size
+    if work_pixels and width * height > work_pixels and image.format == "JPEG":
+        scale = math.sqrt(work_pixels / (width * height))
+        image.draft("L", (math.ceil(width * scale), math.ceil(height * scale)))
+        width, height = image.size  # what will be decoded
+    if width * height > max_pixels:
+        raise TooManyPixels(f"{name}: too many pixels ({width}x{height}; the limit is "
+                            f"{max_pixels:,}); shrink it first")
 
 
 def shrink_factor(source: str | os.PathLike | bytes, loaded: Image.Image) -> float:

@@ -50,8 +50,6 @@ def render_glyph(text: str, font: str | os.PathLike, height: int = 64) -> np.nda
 
 # letters that look like no digit (not O, o, l, I, S, s, Z, z, B, g, q, b, G, J, ...)
 NOT_DIGIT_LETTERS = "AEFHKMNPRTUVWXYaefhkmnrtwx"
-SHAPES = ("triangle", "square", "star", "cross", "plus", "arrow", "heart", "grid", "zigzag",
-          "house", "spiral", "check")
 
 
 def photograph(ink: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -102,52 +100,43 @@ def _jitter(points: np.ndarray, rng: np.random.Generator, amount: float = 3.0) -
     return [tuple(p) for p in points + rng.normal(0, amount, points.shape)]
 
 
+def _curve(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return np.stack([x, y], 1)
+
+
+_T_HEART, _T_SPIRAL = np.linspace(0, 2 * np.pi, 40), np.linspace(0, 5 * np.pi, 60)
+_STAR = np.pi / 2 + np.arange(6) * 4 * np.pi / 5
+# each shape's strokes, in a unit box (x right, y down)
+SHAPE_STROKES: dict[str, list] = {
+    "triangle": [[(0.5, 0), (1, 1), (0, 1), (0.5, 0)]],
+    "square": [[(0, 0), (1, 0), (1, 1), (0, 1), (0, 0)]],
+    "star": [_curve(0.5 + 0.5 * np.cos(_STAR), 0.5 - 0.5 * np.sin(_STAR))],
+    "cross": [[(0, 0), (1, 1)], [(1, 0), (0, 1)]],
+    "plus": [[(0.5, 0), (0.5, 1)], [(0, 0.5), (1, 0.5)]],
+    "arrow": [[(0, 0.5), (1, 0.5)], [(0.65, 0.2), (1, 0.5), (0.65, 0.8)]],
+    "heart": [_curve(0.5 + 16 * np.sin(_T_HEART) ** 3 / 34,
+                     0.45 - (13 * np.cos(_T_HEART) - 5 * np.cos(2 * _T_HEART)
+                             - 2 * np.cos(3 * _T_HEART)) / 34)],
+    "grid": [line for f in (0.0, 0.5, 1.0) for line in ([(f, 0), (f, 1)], [(0, f), (1, f)])],
+    "zigzag": [[(i / 5, i % 2) for i in range(6)]],
+    "house": [[(0, 1), (0, 0.4), (0.5, 0), (1, 0.4), (1, 1), (0, 1), (1, 0.4), (0, 0.4), (1, 1)]],
+    "spiral": [_curve(0.5 + _T_SPIRAL * np.cos(_T_SPIRAL) / 34,
+                      0.5 + _T_SPIRAL * np.sin(_T_SPIRAL) / 34)],
+    "check": [[(0, 0.6), (0.35, 1), (1, 0)]],
+}
+SHAPES = tuple(SHAPE_STROKES)
+
+
 def shape(kind: str, rng: np.random.Generator, size: int = 64) -> np.ndarray:
     """A shape drawn by hand, white on black (`kind` one of SHAPES)."""
+    if kind not in SHAPE_STROKES:
+        raise ValueError(f"unknown shape {kind!r}")
     canvas = Image.new("L", (size + 16, size + 16), 0)
     draw = ImageDraw.Draw(canvas)
     width = int(rng.integers(3, 8))
-    s, o = size, 8
-
-    def line(points) -> None:
-        draw.line(_jitter(np.asarray(points, dtype=float) * s + o, rng), fill=255, width=width,
-                  joint="curve")
-
-    if kind == "triangle":
-        line([(0.5, 0), (1, 1), (0, 1), (0.5, 0)])
-    elif kind == "square":
-        line([(0, 0), (1, 0), (1, 1), (0, 1), (0, 0)])
-    elif kind == "star":
-        angles = np.pi / 2 + np.arange(6) * 4 * np.pi / 5
-        line(np.stack([0.5 + 0.5 * np.cos(angles), 0.5 - 0.5 * np.sin(angles)], 1))
-    elif kind == "cross":
-        line([(0, 0), (1, 1)])
-        line([(1, 0), (0, 1)])
-    elif kind == "plus":
-        line([(0.5, 0), (0.5, 1)])
-        line([(0, 0.5), (1, 0.5)])
-    elif kind == "arrow":
-        line([(0, 0.5), (1, 0.5)])
-        line([(0.65, 0.2), (1, 0.5), (0.65, 0.8)])
-    elif kind == "heart":
-        t = np.linspace(0, 2 * np.pi, 40)
-        x, y = 16 * np.sin(t) ** 3, 13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t)
-        line(np.stack([0.5 + x / 34, 0.45 - y / 34], 1))
-    elif kind == "grid":
-        for f in (0.0, 0.5, 1.0):
-            line([(f, 0), (f, 1)])
-            line([(0, f), (1, f)])
-    elif kind == "zigzag":
-        line([(i / 5, i % 2) for i in range(6)])
-    elif kind == "house":
-        line([(0, 1), (0, 0.4), (0.5, 0), (1, 0.4), (1, 1), (0, 1), (1, 0.4), (0, 0.4), (1, 1)])
-    elif kind == "spiral":
-        t = np.linspace(0, 5 * np.pi, 60)
-        line(np.stack([0.5 + t * np.cos(t) / 34, 0.5 + t * np.sin(t) / 34], 1))
-    elif kind == "check":
-        line([(0, 0.6), (0.35, 1), (1, 0)])
-    else:
-        raise ValueError(f"unknown shape {kind!r}")
+    for points in SHAPE_STROKES[kind]:
+        draw.line(_jitter(np.asarray(points, dtype=float) * size + 8, rng), fill=255,
+                  width=width, joint="curve")
     return np.asarray(canvas)
 
 
@@ -198,7 +187,8 @@ def outlier_pool(count: int, seed: int) -> np.ndarray:
     fonts = font_paths()[2::3]
     pool = []
     while len(pool) < count:
-        kind = rng.integers(4)
+        # letters half the time (the non-digits people write most), mostly on notebook pages
+        kind = 0 if rng.random() < 0.5 else rng.integers(1, 4)
         if kind == 0:
             ink = letter(str(rng.choice(list(NOT_DIGIT_LETTERS))), fonts[rng.integers(len(fonts))],
                          rng)
@@ -209,7 +199,8 @@ def outlier_pool(count: int, seed: int) -> np.ndarray:
         else:
             ink = silhouette(rng)
         try:
-            if rng.random() < 0.5:  # on plain paper, or on a notebook page (ruled, squared, ...)
+            # on plain paper, or on a notebook page (ruled, squared, ...)
+            if rng.random() < (1 / 3 if kind == 0 else 0.5):
                 pool.append(preprocess(photograph(ink, rng)).final)
             else:
                 pool.append(load_and_preprocess(jpeg_bytes(photograph_page(ink, rng))).final)

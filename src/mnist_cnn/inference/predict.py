@@ -11,6 +11,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,7 +21,10 @@ from ..errors import MnistCnnError
 from ..files import write_atomically
 from ..images.preprocess import (
     IMAGE_SUFFIXES,
+    MAX_PIXELS,
+    WORK_PIXELS,
     ImageError,
+    Preprocessed,
     collect_images,
     load_and_preprocess,
     load_image,
@@ -30,8 +34,11 @@ from ..images.preprocess import (
 )
 from ..models.checkpoint import CheckpointMeta, pretrained_path
 from ..runtime.device import Runtime
+
+if TYPE_CHECKING:
+    from .numbers import NumberReading
 from .ensemble import ensemble_proba, load_members
-from .evaluation import ranked
+from .evaluation import CPU, ranked
 from .novelty import ensemble_threshold, is_digit
 
 CHECKPOINT_SUFFIX = ".safetensors"
@@ -75,13 +82,59 @@ def split_arguments(arguments: Sequence[str]) -> tuple[list[str], list[str]]:
     return checkpoints, images
 
 
+@dataclass
+class Predictor:
+    """The network(s) that read images (one, or an ensemble with the same classes), their class
+    names, the threshold below which an image is "not a digit" (None: never) and the runtime
+    they run on: what `mnist-cnn predict` and the server both read with."""
+
+    models: list[nn.Module]
+    classes: tuple[str, ...]
+    threshold: float | None
+    metas: list[CheckpointMeta]
+    runtime: Runtime = CPU
+
+    @classmethod
+    def load(cls, checkpoints: Sequence[str | os.PathLike], runtime: Runtime = CPU) -> Predictor:
+        members = load_members(checkpoints, runtime.device)
+        metas = [meta for _, meta in members]
+        return cls([model for model, _ in members], class_names(metas[0]),
+                   ensemble_threshold([meta.digit_threshold for meta in metas]), metas, runtime)
+
+    def proba(self, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+        """Averaged class probabilities (N, classes) of uint8 28x28 images (N, 1, 28, 28)."""
+        return ensemble_proba(self.models, images, batch_size, self.runtime)
+
+    def answer(self, probabilities: torch.Tensor, top_k: int) -> dict:
+        return answer(probabilities, self.classes, top_k, self.threshold)
+
+    def read_digit(self, source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS,
+                   name: str | None = None, work_pixels: int = WORK_PIXELS
+                   ) -> tuple[dict, torch.Tensor, Preprocessed]:
+        """One image of one digit: its answer (all classes ranked), probabilities and steps."""
+        steps = load_and_preprocess(source, max_pixels, name, work_pixels)
+        probabilities = self.proba(to_tensor(steps.final)[None])[0]
+        return self.answer(probabilities, len(self.classes)), probabilities, steps
+
+    def read_number(self, source: str | os.PathLike | bytes, top_k: int,
+                    max_pixels: int = MAX_PIXELS, name: str | None = None,
+                    work_pixels: int = WORK_PIXELS) -> NumberReading:
+        """One image of a row of digits, shrunk as the server shrinks it; boxes in its pixels."""
+        from .numbers import read_number  # scipy.ndimage: imported by numbers alone (start-up)
+
+        name = name or ("<bytes>" if isinstance(source, (bytes, bytearray)) else str(source))
+        image = load_image(source, max_pixels, name, work_pixels)
+        return read_number(image, self.models, self.classes, self.runtime, top_k, name,
+                           shrink_factor(source, image),
+                           digit_threshold=self.threshold)
+
+
 def load_predictor(checkpoints: Sequence[str | os.PathLike], device: torch.device | str = "cpu"
                    ) -> tuple[list[nn.Module], tuple[str, ...], float | None]:
     """The networks (one, or an ensemble with the same classes), their class names, and the
     threshold below which an image is "not a digit" (None: never)."""
-    members = load_members(checkpoints, device)
-    threshold = ensemble_threshold([meta.digit_threshold for _, meta in members])
-    return [model for model, _ in members], class_names(members[0][1]), threshold
+    predictor = Predictor.load(checkpoints, Runtime(torch.device(device)))
+    return predictor.models, predictor.classes, predictor.threshold
 
 
 def class_names(meta: CheckpointMeta) -> tuple[str, ...]:
@@ -99,13 +152,11 @@ def image_files(paths: Sequence[str | os.PathLike], top_k: int) -> list[Path]:
     return files
 
 
-def predict_images(models: Sequence[nn.Module], paths: Sequence[str | os.PathLike], top_k: int,
-                   classes: Sequence[str], runtime: Runtime,
-                   save_dir: str | os.PathLike | None = None,
-                   batch_size: int = 1000, digit_threshold: float | None = None
+def predict_images(predictor: Predictor, paths: Sequence[str | os.PathLike], top_k: int,
+                   save_dir: str | os.PathLike | None = None, batch_size: int = 1000
                    ) -> list[Prediction | Failure]:
     """One result per image (folders expanded), in order; unreadable images become Failures.
-    Below `digit_threshold` (novelty.is_digit) a Prediction says it is not a digit."""
+    Below the predictor's threshold (novelty.is_digit) a Prediction says it is not a digit."""
     files = image_files(paths, top_k)
     results: list[Prediction | Failure | None] = [None] * len(files)
     good: list[int] = []
@@ -126,10 +177,10 @@ def predict_images(models: Sequence[nn.Module], paths: Sequence[str | os.PathLik
             save_png(pre.final, Path(save_dir) / unique_name(path, saved_names))
 
     if good:
-        probs = ensemble_proba(models, torch.stack(tensors), batch_size, runtime)
+        probs = predictor.proba(torch.stack(tensors), batch_size)
         for row, i in enumerate(good):
             results[i] = Prediction(display_name(files[i]), inverted=inverted[row],
-                                    **answer(probs[row], classes, top_k, digit_threshold))
+                                    **predictor.answer(probs[row], top_k))
     return [r for r in results if r is not None]
 
 
@@ -143,19 +194,14 @@ def answer(probabilities: torch.Tensor, classes: Sequence[str], top_k: int,
             "is_digit": bool(is_digit(probabilities[None], digit_threshold)[0])}
 
 
-def predict_numbers(models: Sequence[nn.Module], paths: Sequence[str | os.PathLike], top_k: int,
-                    classes: Sequence[str], runtime: Runtime, digit_threshold: float | None = None
+def predict_numbers(predictor: Predictor, paths: Sequence[str | os.PathLike], top_k: int
                     ) -> list[NumberPrediction | Failure]:
     """Each image read as a row of digits (numbers.py), in order; unreadable ones as Failures."""
-    from .numbers import read_number  # scipy.ndimage: imported by --number alone (start-up time)
-
     files = image_files(paths, top_k)
     results: list[NumberPrediction | Failure] = []
     for path in files:
         try:
-            image = load_image(path)  # shrunk as the server shrinks; boxes in the file's pixels
-            reading = read_number(image, models, classes, runtime, top_k, str(path),
-                                  shrink_factor(path, image), digit_threshold=digit_threshold)
+            reading = predictor.read_number(path, top_k)
         except ImageError as e:
             results.append(failure(path, e))
             continue

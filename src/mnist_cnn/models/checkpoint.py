@@ -16,6 +16,7 @@ import inspect
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,42 +130,15 @@ class CheckpointMeta:
             raise bad(f"checkpoint format version {short(d['version'])} does not exist")
         recipe = recipe_of(d, source)
         dataset, checksums, classes = d.get("dataset"), d.get("checksums"), d.get("classes")
-        if dataset is not None and not (isinstance(dataset, str) and dataset in DATASETS):
-            raise bad(f"unknown dataset {dataset!r} in the metadata")
-        if checksums is not None and not (isinstance(checksums, dict) and all(
-                isinstance(k, str) and isinstance(v, str) for k, v in checksums.items())):
-            raise bad("'checksums' must map file names to strings")
-        if classes is not None and not (isinstance(classes, list) and classes
-                                        and all(isinstance(c, str) for c in classes)):
-            raise bad("'classes' must be a list of class names")
+        _check_data_fields(dataset, checksums, classes, bad)
         for key in ("train_size", "epoch", "step", "earlier_epochs"):
             if d.get(key) is not None and not (is_int(d[key]) and 0 <= d[key] < MAX_COUNT):
                 raise bad(f"{key!r} must be a non-negative integer, not {short(d[key])}")
-        metrics = d.get("metrics") or {}
-        if not is_record(metrics):
-            raise bad("'metrics' must map names to finite numbers")
-        history = d.get("history") or []
-        if not (isinstance(history, list) and all(
-                is_record(r) and is_int(r.get("epoch")) and 1 <= r["epoch"] < MAX_COUNT
-                for r in history)):
-            raise bad("'history' must be a list of records of finite numbers, each with its "
-                      "epoch (a positive integer)")
-        optimizer = d.get("optimizer")
-        param_groups = None
-        if optimizer is not None:
-            param_groups = optimizer.get("param_groups") if isinstance(optimizer, dict) else None
-            if not (isinstance(param_groups, list) and all(
-                    isinstance(g, dict) and isinstance(g.get("params"), list)
-                    and all(is_int(i) and i >= 0 for i in g["params"]) for g in param_groups)):
-                raise bad("'optimizer' must hold param_groups, each with its params' indices")
-        threshold = d.get("digit_threshold")
-        if threshold is not None and not (is_number(threshold) and 0 <= threshold <= 1):
-            raise bad(f"'digit_threshold' must be a probability (0 to 1), not {short(threshold)}")
-        temperature = d.get("temperature")
-        if temperature is not None and not (is_number(temperature)
-                                            and MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE):
-            raise bad(f"'temperature' must be a number from {MIN_TEMPERATURE} to "
-                      f"{MAX_TEMPERATURE}, not {short(temperature)}")
+        metrics, history = d.get("metrics") or {}, d.get("history") or []
+        _check_log(metrics, history, bad)
+        param_groups = _param_groups(d.get("optimizer"), bad)
+        threshold, temperature = d.get("digit_threshold"), d.get("temperature")
+        _check_calibration(threshold, temperature, bad)
         known = {f.name for f in dataclasses.fields(cls)} | {"optimizer"}
         return cls(recipe=recipe, format=d["format"], version=d["version"], dataset=dataset,
                    checksums=checksums, classes=tuple(classes) if classes else None,
@@ -172,6 +146,51 @@ class CheckpointMeta:
                    earlier_epochs=d.get("earlier_epochs"), metrics=metrics, history=history,
                    param_groups=param_groups, digit_threshold=threshold, temperature=temperature,
                    extra={k: v for k, v in d.items() if k not in known})
+
+
+Problem = Callable[[str], MnistCnnError]  # a problem's text -> the error naming its checkpoint
+
+
+def _check_data_fields(dataset: Any, checksums: Any, classes: Any, bad: Problem) -> None:
+    if dataset is not None and not (isinstance(dataset, str) and dataset in DATASETS):
+        raise bad(f"unknown dataset {dataset!r} in the metadata")
+    if checksums is not None and not (isinstance(checksums, dict) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in checksums.items())):
+        raise bad("'checksums' must map file names to strings")
+    if classes is not None and not (isinstance(classes, list) and classes
+                                    and all(isinstance(c, str) for c in classes)):
+        raise bad("'classes' must be a list of class names")
+
+
+def _check_log(metrics: Any, history: Any, bad: Problem) -> None:
+    if not is_record(metrics):
+        raise bad("'metrics' must map names to finite numbers")
+    if not (isinstance(history, list) and all(
+            is_record(r) and is_int(r.get("epoch")) and 1 <= r["epoch"] < MAX_COUNT
+            for r in history)):
+        raise bad("'history' must be a list of records of finite numbers, each with its "
+                  "epoch (a positive integer)")
+
+
+def _param_groups(optimizer: Any, bad: Problem) -> list | None:
+    """The optimizer's param_groups (None without an optimizer), checked."""
+    if optimizer is None:
+        return None
+    groups = optimizer.get("param_groups") if isinstance(optimizer, dict) else None
+    if not (isinstance(groups, list) and all(
+            isinstance(g, dict) and isinstance(g.get("params"), list)
+            and all(is_int(i) and i >= 0 for i in g["params"]) for g in groups)):
+        raise bad("'optimizer' must hold param_groups, each with its params' indices")
+    return groups
+
+
+def _check_calibration(threshold: Any, temperature: Any, bad: Problem) -> None:
+    if threshold is not None and not (is_number(threshold) and 0 <= threshold <= 1):
+        raise bad(f"'digit_threshold' must be a probability (0 to 1), not {short(threshold)}")
+    if temperature is not None and not (is_number(temperature)
+                                        and MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE):
+        raise bad(f"'temperature' must be a number from {MIN_TEMPERATURE} to "
+                  f"{MAX_TEMPERATURE}, not {short(temperature)}")
 
 
 def is_int(x: Any) -> bool:

@@ -171,25 +171,43 @@ def broadcast_ints(values: list[int], runtime: Runtime) -> list[int]:
     return tensor.tolist()
 
 
+def on_rank0(attempt: Callable[[], list[int]], count: int, runtime: Runtime, failure: str
+             ) -> list[int]:
+    """Rank 0 runs `attempt`, which gives `count` ints; every rank gets them. If it fails, every
+    rank fails rather than leaving the others waiting: rank 0 with its own error, the others
+    with `failure` (the one place where "rank 0 tries, the others get its verdict" is written)."""
+    values, error = [0] * count, None
+    if runtime.is_main:
+        try:
+            values = attempt()
+        except MnistCnnError as e:
+            error = e
+    ok, *values = broadcast_ints([error is None, *values], runtime)
+    if error is not None:
+        raise error
+    if not ok:
+        raise MnistCnnError(failure)
+    return values
+
+
 def read_on_rank0(path: Path, runtime: Runtime,
                   read: Callable[[Path], bytes] = Path.read_bytes) -> bytes | None:
     """The file's bytes as rank 0 reads them with `read` (None if it has no such file), on
     every rank. Only rank 0 needs the run folder: the other ranks may be on machines without it.
-    A read that fails on rank 0 fails on every rank, rather than leaving them waiting.
+    A read that fails on rank 0 fails on every rank.
     """
     if runtime.world_size == 1:
         return read(path) if path.is_file() else None
-    data, error = None, None
-    if runtime.is_main and path.is_file():
-        try:
+    data = None
+
+    def attempt() -> list[int]:
+        nonlocal data
+        if path.is_file():
             data = read(path)
-        except MnistCnnError as e:
-            error = e
-    (size,) = broadcast_ints([-2 if error else -1 if data is None else len(data)], runtime)
-    if error is not None:
-        raise error
-    if size == -2:
-        raise MnistCnnError(f"{path}: rank 0 could not read it (its message says why)")
+        return [-1 if data is None else len(data)]
+
+    (size,) = on_rank0(attempt, 1, runtime,
+                       f"{path}: rank 0 could not read it (its message says why)")
     if size < 0:
         return None
     buffer = (torch.frombuffer(bytearray(data), dtype=torch.uint8) if data is not None

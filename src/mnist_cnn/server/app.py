@@ -41,23 +41,9 @@ from prometheus_client import (
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import MnistCnnError
-from ..images.preprocess import (
-    FIELD,
-    WORK_PIXELS,
-    ImageError,
-    TooManyPixels,
-    load_and_preprocess,
-    load_image,
-    png_bytes,
-    shrink_factor,
-    to_tensor,
-)
-from ..inference.ensemble import ensemble_proba, load_members
+from ..images.preprocess import FIELD, WORK_PIXELS, ImageError, TooManyPixels, png_bytes
 from ..inference.evaluation import CPU
-from ..inference.novelty import ensemble_threshold
-from ..inference.numbers import read_number
-from ..inference.predict import answer as packed_answer
-from ..inference.predict import class_names
+from ..inference.predict import Predictor
 from ..models.checkpoint import CheckpointMeta
 from ..runtime.device import Runtime
 from ..runtime.threads import glibc
@@ -192,6 +178,65 @@ def release_memory() -> None:
         libc.malloc_trim(0)
 
 
+def server_answer(read: Callable[[bytes], dict], body: bytes) -> dict:
+    """`read`'s answer; a bad image is the client's error (400), outputs that are not finite
+    numbers the server's (500)."""
+    try:
+        return read(body)
+    except TooManyPixels as e:
+        raise Refusal(400, "too_many_pixels", str(e)) from None
+    except ImageError as e:
+        raise Refusal(400, "bad_image", str(e)) from None
+    except MnistCnnError as e:  # the network's outputs are not finite
+        raise HTTPException(500, str(e)) from None
+
+
+class Reader:
+    """What the routes read uploads with: the predictor, the upload limits, and the slots that
+    bound how many uploads are decoded and classified at once."""
+
+    def __init__(self, predictor: Predictor, max_pixels: int, max_concurrent: int,
+                 queue_timeout: float) -> None:
+        self.predictor, self.max_pixels = predictor, max_pixels
+        self.work_pixels = min(WORK_PIXELS, max_pixels)
+        self.max_concurrent, self.queue_timeout = max_concurrent, queue_timeout
+        self.slots = asyncio.Semaphore(max_concurrent)
+        self.working = 0  # uploads holding a slot
+        self.ready = False  # until the models have answered once (the first call allocates)
+
+    def warm_up(self) -> None:
+        self.predictor.proba(torch.zeros(1, 1, FIELD, FIELD, dtype=torch.uint8))
+        self.ready = True
+
+    def digit(self, body: bytes) -> dict:
+        top, probabilities, steps = self.predictor.read_digit(body, self.max_pixels, UPLOAD,
+                                                              self.work_pixels)
+        return {**top, "probabilities": [float(p) for p in probabilities],
+                "inverted": steps.inverted, "preprocessed": png_data_url(steps.final)}
+
+    def number(self, body: bytes) -> dict:
+        reading = self.predictor.read_number(body, len(self.predictor.classes), self.max_pixels,
+                                             UPLOAD, self.work_pixels)
+        return {"number": reading.number, "digits": reading.digits, "is_digit": reading.is_digit,
+                "inverted": reading.inverted}
+
+    async def read(self, body: bytes, number: bool) -> dict:
+        """The upload's answer, once a slot is free (503 after `queue_timeout` seconds)."""
+        try:
+            await asyncio.wait_for(self.slots.acquire(), self.queue_timeout)
+        except asyncio.TimeoutError:
+            raise Refusal(503, "busy", f"busy: {self.max_concurrent} images are being read; try "
+                          "again in a second", {"retry-after": "1"}) from None
+        self.working += 1
+        try:
+            # preprocessing and the network are CPU work: off the event loop
+            return await run_in_threadpool(server_answer, self.number if number else self.digit,
+                                           body)
+        finally:
+            self.working -= 1
+            self.slots.release()
+
+
 def create_app(checkpoints: Sequence[str | os.PathLike], runtime: Runtime = CPU,
                max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_PIXELS,
                max_concurrent: int = MAX_CONCURRENT, queue_timeout: float = QUEUE_TIMEOUT,
@@ -202,51 +247,15 @@ def create_app(checkpoints: Sequence[str | os.PathLike], runtime: Runtime = CPU,
     `queue_timeout` seconds, then get 503. A body must arrive within `request_timeout` seconds.
     """
     check_limits(max_upload_bytes, max_pixels, max_concurrent, queue_timeout, request_timeout)
-    members = load_members(checkpoints, runtime.device)
-    models = [model for model, _ in members]
-    classes = class_names(members[0][1])
-    threshold = ensemble_threshold([meta.digit_threshold for _, meta in members])
-    info = {**describe_models([meta for _, meta in members]), "classes": list(classes)}
+    predictor = Predictor.load(checkpoints, runtime)
+    reader = Reader(predictor, max_pixels, max_concurrent, queue_timeout)
+    info = {**describe_models(predictor.metas), "classes": list(predictor.classes)}
     page = resources.files(__package__).joinpath("static/index.html").read_text(encoding="utf-8")
     metrics = Metrics()
-    slots = asyncio.Semaphore(max_concurrent)
-    work_pixels = min(WORK_PIXELS, max_pixels)
-    ready = False  # until the models have answered once (the first call allocates)
-    working = 0  # uploads holding a slot
-
-    def answer(read: Callable[[bytes], dict], body: bytes) -> dict:
-        """`read`'s answer; a bad image is the client's error (400), outputs that are not
-        finite numbers the server's (500)."""
-        try:
-            return read(body)
-        except TooManyPixels as e:
-            raise Refusal(400, "too_many_pixels", str(e)) from None
-        except ImageError as e:
-            raise Refusal(400, "bad_image", str(e)) from None
-        except MnistCnnError as e:  # the network's outputs are not finite
-            raise HTTPException(500, str(e)) from None
-
-    def classify(body: bytes) -> dict:
-        steps = load_and_preprocess(body, max_pixels, UPLOAD, work_pixels)
-        probabilities = ensemble_proba(models, to_tensor(steps.final)[None], runtime=runtime)[0]
-        return {**packed_answer(probabilities, classes, len(classes), threshold),
-                "probabilities": [float(p) for p in probabilities],
-                "inverted": steps.inverted, "preprocessed": png_data_url(steps.final)}
-
-    def read_row(body: bytes) -> dict:
-        image = load_image(body, max_pixels, UPLOAD, work_pixels)
-        reading = read_number(image, models, classes, runtime, len(classes), UPLOAD,
-                              shrink_factor(body, image),
-                              digit_threshold=threshold)
-        return {"number": reading.number, "digits": reading.digits, "is_digit": reading.is_digit,
-                "inverted": reading.inverted}
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        nonlocal ready
-        blank = torch.zeros(1, 1, FIELD, FIELD, dtype=torch.uint8)
-        await run_in_threadpool(ensemble_proba, models, blank, runtime=runtime)
-        ready = True
+        await run_in_threadpool(reader.warm_up)
         yield
 
     # no OpenAPI schema or docs: the API is the two routes below, documented in the README.
@@ -276,7 +285,7 @@ def create_app(checkpoints: Sequence[str | os.PathLike], runtime: Runtime = CPU,
 
     @app.api_route("/readyz", methods=["GET", "HEAD"])
     def readyz() -> JSONResponse:
-        if not ready:
+        if not reader.ready:
             return JSONResponse({"status": "starting"}, 503)
         return JSONResponse({"status": "ready", "models": info["models"]})
 
@@ -286,24 +295,14 @@ def create_app(checkpoints: Sequence[str | os.PathLike], runtime: Runtime = CPU,
 
     @app.post("/api/predict")
     async def predict(request: Request, number: bool = False) -> dict:
-        nonlocal working
         body = await read_body(request, max_upload_bytes, request_timeout)
         if not body:
             raise Refusal(400, "empty", "empty upload: send the image's bytes as the request body")
         try:
-            await asyncio.wait_for(slots.acquire(), queue_timeout)
-        except asyncio.TimeoutError:
-            raise Refusal(503, "busy", f"busy: {max_concurrent} images are being read; try again "
-                          "in a second", {"retry-after": "1"}) from None
-        working += 1
-        try:
-            # preprocessing and the network are CPU work: off the event loop
-            return await run_in_threadpool(answer, read_row if number else classify, body)
+            return await reader.read(body, number)
         finally:
-            working -= 1
-            slots.release()
             del body
-            if working == 0:  # the last one out: a burst is over
+            if reader.working == 0:  # the last one out, its upload freed: a burst is over
                 await run_in_threadpool(release_memory)
 
     return app

@@ -163,7 +163,7 @@ def quiet(_line: str) -> None:
     pass
 
 
-def train(model: nn.Module, data: Dataset, recipe: Recipe, runtime: Runtime,
+def train(model: nn.Module, data: Dataset, recipe: Recipe, runtime: Runtime,  # noqa: PLR0913
           out_dir: str | Path | None = None, resume: bool = False, progress: bool = True,
           log: Callable[[str], None] = print, overwrite: bool = False) -> TrainResult:
     """Train `model`; with `out_dir`, checkpoint every epoch there (see the module docstring).
@@ -178,25 +178,21 @@ def train(model: nn.Module, data: Dataset, recipe: Recipe, runtime: Runtime,
     result = TrainResult(model)
     try:
         if out_dir is None:
-            return _train(model, data, recipe, runtime, None, resume, progress, log, result)
+            return Trainer(model, data, recipe, runtime, None, progress, log, result).fit(resume)
         out = Path(out_dir)
         with contextlib.ExitStack() as claim:
-            error = None
-            if runtime.is_main:
-                try:
-                    if distributed.restart_count() > 0 and (out / CHECKPOINT_NAME).is_file():
-                        resume = True  # the checkpoint is this run's own, from before the failure
-                    claim.enter_context(claim_run_folder(out, checkpoint_bytes(model),
-                                                         CHECKPOINT_NAME, resume or overwrite))
-                except MnistCnnError as e:
-                    error = e
-            ok, resume = distributed.broadcast_ints([error is None, resume], runtime)
-            if error is not None:
-                raise error
-            if not ok:
-                raise MnistCnnError(f"{out}: rank 0 could not use the run folder (its message "
-                                    "says why)")
-            return _train(model, data, recipe, runtime, out, bool(resume), progress, log, result)
+            def claim_folder() -> list[int]:
+                again = resume
+                if distributed.restart_count() > 0 and (out / CHECKPOINT_NAME).is_file():
+                    again = True  # the checkpoint is this run's own, from before the failure
+                claim.enter_context(claim_run_folder(out, checkpoint_bytes(model),
+                                                     CHECKPOINT_NAME, again or overwrite))
+                return [again]
+
+            (resume,) = distributed.on_rank0(claim_folder, 1, runtime, f"{out}: rank 0 could "
+                                             "not use the run folder (its message says why)")
+            return Trainer(model, data, recipe, runtime, out, progress, log, result).fit(
+                bool(resume))
     except KeyboardInterrupt:  # Ctrl-C: the caller learns what the folder holds
         raise TrainingInterrupted(result.checkpoint, result.epoch) from None
 
@@ -229,82 +225,85 @@ class StepPlan:
                 yield epoch, first, last
 
 
-def _train(model: nn.Module, data: Dataset, recipe: Recipe, runtime: Runtime,
-           out_dir: str | Path | None, resume: bool, progress: bool,
-           log: Callable[[str], None], result: TrainResult) -> TrainResult:
-    """train()'s work; `result` follows what the run folder holds, even when interrupted."""
-    world = runtime.world_size
-    if recipe.batch_size % world:
-        raise MnistCnnError(f"the global batch of {recipe.batch_size} does not split evenly over "
-                            f"{world} processes; choose a batch size that is a multiple of {world}")
-    out = Path(out_dir) if out_dir is not None else None
-    model.to(runtime.device, memory_format=runtime.memory_format)
-    optimizer = make_optimizer(recipe, model)
-    plan = StepPlan.of(recipe, len(data.train))
-    # dropout draws from torch's global RNG: seeded here, and the caller's state restored after
-    devices = [runtime.device] if runtime.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(recipe.seed)
-        done, history = 0, []  # steps done so far, one record per epoch
-        if resume:
-            result.checkpoint = out / CHECKPOINT_NAME if out is not None else None
-            done, history = resume_from(out, model, optimizer, recipe, data, log, runtime)
-            result.epoch = history[-1]["epoch"] if history else None
-        result.history = history
-        if world > 1:
-            log(f"{world} processes: global batch {recipe.batch_size}, "
-                f"{recipe.batch_size // world} per process")
-        run = EpochRunner(model, optimizer, recipe, runtime, data, plan, progress)
-        for epoch, first, last in plan.remaining(done):
-            try:
-                cost, seconds = run(epoch, first, last)
-                result.train_seconds += seconds
-                if not runtime.is_main:
-                    continue  # rank 0 alone validates, logs and writes; the others wait for it
-                record = end_of_epoch(model, optimizer, data, recipe, runtime, epoch,
-                                      epoch * plan.steps_per_epoch + last, last - first, cost,
-                                      seconds, history)
-                if not math.isfinite(record.get("val_loss", 0.0)):
-                    raise Diverged("the validation loss is not a finite number")
-                log(format_epoch(record))
-                if out is not None:
-                    with ctrl_c_deferred():  # the files and `result` change together
-                        result.checkpoint = write_epoch(out, model, optimizer, recipe, data,
-                                                        history)
-                        result.epoch = record["epoch"]
-            except Diverged as e:
-                raise MnistCnnError(diverged(str(e), epoch, recipe, result)) from None
-    return result
+class Trainer:
+    """One run of the loop: `fit` resumes if asked, then runs each epoch's steps (`run_epoch`),
+    validates and records it (`end_epoch`) and writes the checkpoint (`save`). `result` follows
+    what the run folder holds, even when interrupted. Under torchrun every rank steps; rank 0
+    alone validates, logs and writes, and the others wait for it."""
 
+    def __init__(self, model: nn.Module, data: Dataset, recipe: Recipe, runtime: Runtime,
+                 out: Path | None, progress: bool, log: Callable[[str], None],
+                 result: TrainResult) -> None:
+        world = runtime.world_size
+        if recipe.batch_size % world:
+            raise MnistCnnError(f"the global batch of {recipe.batch_size} does not split evenly "
+                                f"over {world} processes; choose a batch size that is a multiple "
+                                f"of {world}")
+        self.model, self.data, self.recipe, self.runtime = model, data, recipe, runtime
+        self.out, self.progress, self.log, self.result = out, progress, log, result
+        model.to(runtime.device, memory_format=runtime.memory_format)
+        self.optimizer = make_optimizer(recipe, model)
+        self.plan = StepPlan.of(recipe, len(data.train))
+        self.history: list[dict[str, Any]] = []  # one record per epoch
 
-def diverged(problem: str, epoch: int, recipe: Recipe, result: TrainResult) -> str:
-    """One line: what went wrong, what to change, and what the run folder holds."""
-    kept = (f"{result.checkpoint} is left as it was (epoch {result.epoch})"
-            if result.checkpoint is not None else "no checkpoint was written")
-    decay = (f" or the weight decay (--weight-decay, now {recipe.weight_decay:g})"
-             if recipe.weight_decay > 0 else "")
-    return (f"training diverged in epoch {epoch + 1}: {problem}; lower the learning rate "
-            f"(--lr, now {recipe.lr:g}){decay}; {kept}")
+    def fit(self, resume: bool) -> TrainResult:
+        runtime, result, world = self.runtime, self.result, self.runtime.world_size
+        # dropout draws from torch's global RNG: seeded here, and the caller's state restored after
+        devices = [runtime.device] if runtime.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.recipe.seed)
+            done = 0  # steps done so far
+            if resume:
+                result.checkpoint = self.out / CHECKPOINT_NAME if self.out is not None else None
+                done, self.history = resume_from(self.out, self.model, self.optimizer,
+                                                 self.recipe, self.data, self.log, runtime)
+                result.epoch = self.history[-1]["epoch"] if self.history else None
+            result.history = self.history
+            if world > 1:
+                self.log(f"{world} processes: global batch {self.recipe.batch_size}, "
+                         f"{self.recipe.batch_size // world} per process")
+            self.prepare()
+            for epoch, first, last in self.plan.remaining(done):
+                try:
+                    self.epoch(epoch, first, last)
+                except Diverged as e:
+                    raise MnistCnnError(diverged(str(e), epoch, self.recipe, result)) from None
+        return result
 
+    def epoch(self, epoch: int, first: int, last: int) -> None:
+        cost, seconds = self.run_epoch(epoch, first, last)
+        self.result.train_seconds += seconds
+        if not self.runtime.is_main:
+            return  # rank 0 alone validates, logs and writes; the others wait for it
+        record = self.end_epoch(epoch, epoch * self.plan.steps_per_epoch + last, last - first,
+                                cost, seconds)
+        if not math.isfinite(record.get("val_loss", 0.0)):
+            raise Diverged("the validation loss is not a finite number")
+        self.log(format_epoch(record))
+        if self.out is not None:
+            with ctrl_c_deferred():  # the files and `result` change together
+                self.result.checkpoint = self.save()
+                self.result.epoch = record["epoch"]
 
-class EpochRunner:
-    """Runs the steps of one epoch; what every epoch shares (the data on the device, the
-    augmenter, the model as the ranks call it) is set up once."""
+    def save(self) -> Path:
+        assert self.out is not None
+        return write_epoch(self.out, self.model, self.optimizer, self.recipe, self.data,
+                           self.history)
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, recipe: Recipe,
-                 runtime: Runtime, data: Dataset, plan: StepPlan, progress: bool) -> None:
-        self.model, self.optimizer, self.recipe, self.runtime = model, optimizer, recipe, runtime
-        self.plan, self.progress = plan, progress
-        self.images = data.train.images.to(runtime.device)
-        self.labels = data.train.labels.to(runtime.device)
+    def prepare(self) -> None:
+        """What every epoch shares: the data on the device, the augmenter, the outliers and the
+        model as the ranks call it."""
+        runtime, recipe = self.runtime, self.recipe
+        self.images = self.data.train.images.to(runtime.device)
+        self.labels = self.data.train.labels.to(runtime.device)
         self.augment = make_augmenter(recipe, runtime)
         self.outliers = make_outliers(recipe, runtime)
-        self.net = wrap_for_ranks(model, runtime)
+        self.net = wrap_for_ranks(self.model, runtime)
         # on one CPU process the check is free; elsewhere it waits for the GPU or the other ranks
         alone_on_cpu = runtime.device.type == "cpu" and runtime.world_size == 1
         self.check_every = 1 if alone_on_cpu else CHECK_EVERY
 
-    def __call__(self, epoch: int, first: int, last: int) -> tuple[float, float]:
+    def run_epoch(self, epoch: int, first: int, last: int) -> tuple[float, float]:
         """Steps first..last-1 of `epoch`: (mean training loss over all ranks, seconds)."""
         recipe, runtime, optimizer = self.recipe, self.runtime, self.optimizer
         perm = epoch_permutation(recipe.seed, epoch, len(self.labels), runtime.device)
@@ -350,26 +349,35 @@ class EpochRunner:
             raise Diverged(f"the loss is {cost}")
         return cost / ((last - first) * runtime.world_size), seconds
 
+    def end_epoch(self, epoch: int, done: int, steps: int, cost: float, seconds: float
+                  ) -> dict[str, Any]:
+        """Validate (unless no images were held out), and append the epoch's record to the
+        history (replacing a partial epoch's)."""
+        history, recipe, runtime = self.history, self.recipe, self.runtime
+        if history and history[-1]["epoch"] == epoch + 1:
+            history.pop()  # the partial epoch's record gives way to the completed one
+        record = {"epoch": epoch + 1, "step": done, "cost": cost}
+        if len(self.data.val):
+            val = evaluate(self.model, self.data.val, recipe.eval_batch_size, runtime)
+            record.update(val_accuracy=val.accuracy, val_loss=val.loss)
+        record.update(lr=self.optimizer.param_groups[0]["lr"], train_seconds=seconds,
+                      images_per_second=steps * recipe.batch_size / seconds)
+        if runtime.world_size > 1:
+            record["world_size"] = runtime.world_size
+        if runtime.tuner is not None:  # the thread counts the load led to, this epoch
+            record["threads"] = runtime.tuner.reset_used()
+        history.append(record)
+        return record
 
-def end_of_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, data: Dataset,
-                 recipe: Recipe, runtime: Runtime, epoch: int, done: int, steps: int, cost: float,
-                 seconds: float, history: list[dict[str, Any]]) -> dict[str, Any]:
-    """Validate (unless no images were held out), and append the epoch's record to `history`
-    (replacing a partial epoch's)."""
-    if history and history[-1]["epoch"] == epoch + 1:
-        history.pop()  # the partial epoch's record gives way to the completed one
-    record = {"epoch": epoch + 1, "step": done, "cost": cost}
-    if len(data.val):
-        val = evaluate(model, data.val, recipe.eval_batch_size, runtime)
-        record.update(val_accuracy=val.accuracy, val_loss=val.loss)
-    record.update(lr=optimizer.param_groups[0]["lr"], train_seconds=seconds,
-                  images_per_second=steps * recipe.batch_size / seconds)
-    if runtime.world_size > 1:
-        record["world_size"] = runtime.world_size
-    if runtime.tuner is not None:  # the thread counts the load led to, this epoch
-        record["threads"] = runtime.tuner.reset_used()
-    history.append(record)
-    return record
+
+def diverged(problem: str, epoch: int, recipe: Recipe, result: TrainResult) -> str:
+    """One line: what went wrong, what to change, and what the run folder holds."""
+    kept = (f"{result.checkpoint} is left as it was (epoch {result.epoch})"
+            if result.checkpoint is not None else "no checkpoint was written")
+    decay = (f" or the weight decay (--weight-decay, now {recipe.weight_decay:g})"
+             if recipe.weight_decay > 0 else "")
+    return (f"training diverged in epoch {epoch + 1}: {problem}; lower the learning rate "
+            f"(--lr, now {recipe.lr:g}){decay}; {kept}")
 
 
 def format_epoch(record: dict[str, Any]) -> str:
@@ -440,7 +448,7 @@ def make_outliers(recipe: Recipe, runtime: Runtime):
     return outliers
 
 
-OUTLIER_POOL = 6000  # non-digits generated for outlier exposure (about 20 s)
+OUTLIER_POOL = 12_000  # non-digits generated for outlier exposure (about 40 s)
 
 
 @contextlib.contextmanager
