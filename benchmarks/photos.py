@@ -117,6 +117,23 @@ class Glyphs:
                                 self.fonts[rng.integers(len(self.fonts))], rng)
 
 
+def tune_fields(count: int, seed: int) -> torch.Tensor:
+    """`count` photos of the tuning split's digits (MNIST validation, pen and font digits),
+    each under one condition drawn at random, as predict sees them: (N, 1, 28, 28) uint8. Those
+    refused as blank are left out."""
+    glyphs, conditions, fields = Glyphs("tune", seed), list(CONDITIONS), []
+    while len(fields) < count:
+        source = str(glyphs.rng.choice(["mnist", "pen", "font"]))
+        ink = glyphs.digit(source, int(glyphs.rng.integers(10)))
+        condition = condition_for(str(glyphs.rng.choice(conditions)), glyphs.rng)
+        try:
+            fields.append(load_and_preprocess(jpeg_bytes(photograph_page(ink, glyphs.rng,
+                                                                         condition))).final)
+        except ImageError:
+            continue
+    return torch.from_numpy(np.stack(fields))[:, None]
+
+
 def read_photos(photos: list[bytes], models) -> tuple[torch.Tensor | None, list]:
     """Probabilities for each photo that preprocesses (None rows for the refused), and which."""
     tensors, ok = [], []

@@ -609,7 +609,7 @@ def set_stroke_width(ink: np.ndarray, width: float) -> np.ndarray:
 
 
 def _scale_to_box(cropped: np.ndarray) -> np.ndarray:
-    """Resize so that the longer side is BOX px, aspect kept; a thin "1" keeps at least 1 px.
+    """Resize so that the longer side is BOX px, aspect kept; a thin "1" keeps at least 2 px.
     Strokes thinner or thicker than MNIST's writers' (a hairline, a marker) are redrawn at the
     edge of MNIST's range first, so the network sees the kind of stroke it knows."""
     height, width = cropped.shape
@@ -628,7 +628,8 @@ def _scale_to_box(cropped: np.ndarray) -> np.ndarray:
             cropped = redrawn[box]
             height, width = cropped.shape
             factor = BOX / max(height, width)
-    size = (max(1, round(width * factor)), max(1, round(height * factor)))
+    # a narrow "1" keeps at least 2 px, as MNIST's thinnest do: at 1 px it reads as no digit
+    size = (max(2, round(width * factor)), max(2, round(height * factor)))
     resized = Image.fromarray(cropped).resize(size, Image.Resampling.LANCZOS)
     scaled = np.asarray(resized).astype(np.float64)
     # Thin strokes shrink to gray: bring the brightest back to 255, as in MNIST
