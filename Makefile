@@ -39,9 +39,11 @@ check: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# ruff, and the import contract: each package imports only its layer and those below (tests/test_layers.py)
+# ruff, mypy (the types of src/: [tool.mypy] in pyproject.toml), and the import contract: each
+# package imports only its layer and those below (tests/test_layers.py)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy src
 	$(BIN)/python -m pytest -q tests/test_layers.py
 
 bench: $(STAMP)

@@ -9,7 +9,7 @@ import math
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -507,6 +507,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     checkpoints, images = predict.split_arguments(args.inputs)
     runtime = setup(args.device, "fp32", args.threads)
     predictor = predict.Predictor.load(checkpoints, runtime)
+    results: Sequence[predict.Prediction | predict.NumberPrediction | predict.Failure]
     if args.number:
         if args.save_preprocessed:
             raise MnistCnnError("--save-preprocessed shows one digit's 28x28 image; it does not "

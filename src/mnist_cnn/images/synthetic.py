@@ -38,7 +38,8 @@ def _font(path: str, size: int) -> ImageFont.FreeTypeFont:
 def render_glyph(text: str, font: str | os.PathLike, height: int = 64) -> np.ndarray:
     """`text` in `font`, white ink on black, cropped to the ink (uint8, about `height` rows)."""
     face = _font(str(font), height)
-    left, top, right, bottom = face.getbbox(text)
+    # whole pixels (Pillow annotates the box as floats, which it is only for a fractional stroke)
+    left, top, right, bottom = (int(v) for v in face.getbbox(text))
     canvas = Image.new("L", (right - left + 4, bottom - top + 4), 0)
     ImageDraw.Draw(canvas).text((2 - left, 2 - top), text, fill=255, font=face)
     return crop_ink(np.asarray(canvas)).copy()
@@ -58,8 +59,9 @@ def photograph(ink: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     height = int(rng.integers(60, 160))
     scale = height / max(ink.shape)
     image = Image.fromarray(ink).resize((max(1, round(ink.shape[1] * scale)),
-                                         max(1, round(ink.shape[0] * scale))), Image.BILINEAR)
-    image = image.rotate(float(rng.uniform(-12, 12)), Image.BILINEAR, expand=True)
+                                         max(1, round(ink.shape[0] * scale))),
+                                        Image.Resampling.BILINEAR)
+    image = image.rotate(float(rng.uniform(-12, 12)), Image.Resampling.BILINEAR, expand=True)
     margin = int(rng.integers(height // 4, height // 2 + 2))
     canvas = Image.new("L", (image.width + 2 * margin, image.height + 2 * margin), 0)
     canvas.paste(image, (margin + int(rng.integers(-margin // 3, margin // 3 + 1)),
@@ -84,8 +86,9 @@ def handwritten(ink: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A glyph made to look less typeset: sheared, squeezed, its strokes thickened."""
     image = Image.fromarray(np.pad(ink, 8))
     shear, squeeze = rng.uniform(-0.3, 0.3), rng.uniform(0.75, 1.25)
-    image = image.transform(image.size, Image.AFFINE, (squeeze, shear, -shear * image.height / 2,
-                                                       0, 1, 0), Image.BILINEAR)
+    image = image.transform(image.size, Image.Transform.AFFINE,
+                            (squeeze, shear, -shear * image.height / 2, 0, 1, 0),
+                            Image.Resampling.BILINEAR)
     size = int(rng.choice([1, 3, 5]))  # stroke width: as is, or thicker (thinner breaks serifs)
     if size > 1:
         image = image.filter(ImageFilter.MaxFilter(size))
@@ -185,7 +188,7 @@ def outlier_pool(count: int, seed: int) -> np.ndarray:
 
     rng = np.random.default_rng(seed)
     fonts = font_paths()[2::3]
-    pool = []
+    pool: list[np.ndarray] = []
     while len(pool) < count:
         # letters half the time (the non-digits people write most), mostly on notebook pages
         kind = 0 if rng.random() < 0.5 else rng.integers(1, 4)

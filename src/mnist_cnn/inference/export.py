@@ -16,7 +16,7 @@ import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
@@ -37,6 +37,15 @@ OPSET = 17
 PARITY_TOLERANCE = 1e-4  # largest |difference| of probabilities accepted between ORT and PyTorch
 
 
+class _ExportOptions(TypedDict):
+    """The keywords both of torch's ONNX exporters are called with."""
+
+    input_names: list[str]
+    output_names: list[str]
+    opset_version: int
+    dynamic_axes: dict[str, dict[int, str]]
+
+
 class WithSoftmax(nn.Module):
     """The network plus a softmax, so that the served outputs are probabilities, not logits."""
 
@@ -52,17 +61,21 @@ def onnx_bytes(model: nn.Module, opset: int = OPSET) -> bytes:
     """The ONNX serialisation of `model` + softmax, in eval mode (dropout off, BatchNorm frozen)."""
     # a copy on the CPU in the default layout: the caller's model keeps its device and mode
     wrapped = WithSoftmax(copy.deepcopy(model)).cpu().float().eval()
-    wrapped.to(memory_format=torch.contiguous_format)
+    # (torch's stub of Module.to lacks the memory_format keyword that the method accepts)
+    wrapped.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]  # stub lacks it
     example = torch.zeros(1, 1, imaging.FIELD, imaging.FIELD)
-    options = dict(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset,
-                   dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+    options = _ExportOptions(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                             opset_version=opset,
+                             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
     buffer = io.BytesIO()
+    # (torch's annotation of export's `f` names only paths; both exporters also write to a BytesIO)
     try:
         # The TorchScript exporter needs nothing beyond torch; since torch 2.9 it is deprecated
         # and no longer the default, so ask for it and keep its deprecation notice quiet
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            torch.onnx.export(wrapped, (example,), buffer, dynamo=False, **options)
+            torch.onnx.export(wrapped, (example,), buffer,  # type: ignore[arg-type]  # f: a BytesIO
+                              dynamo=False, **options)
     except Exception as legacy_error:  # e.g. a torch that has dropped the old exporter
         if importlib.util.find_spec("onnxscript") is None:
             raise MnistCnnError(
@@ -70,7 +83,8 @@ def onnx_bytes(model: nn.Module, opset: int = OPSET) -> bytes:
                 f"({legacy_error}), and its newer exporter needs the onnxscript package: "
                 "pip install onnxscript") from legacy_error
         buffer = io.BytesIO()
-        torch.onnx.export(wrapped, (example,), buffer, dynamo=True, **options)
+        torch.onnx.export(wrapped, (example,), buffer,  # type: ignore[arg-type]  # f: a BytesIO
+                          dynamo=True, **options)
     return buffer.getvalue()
 
 

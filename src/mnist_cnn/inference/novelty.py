@@ -35,9 +35,10 @@ def ensemble_threshold(thresholds: Sequence[float | None]) -> float | None:
     """The threshold for the averaged softmax of networks with these thresholds: the lowest (the
     average of members that disagree is less sure than any one of them, so that one still refuses
     such images), or None unless every member was calibrated."""
-    if not thresholds or any(t is None for t in thresholds):
+    known = [t for t in thresholds if t is not None]
+    if not thresholds or len(known) < len(thresholds):
         return None
-    return min(thresholds)
+    return min(known)
 
 
 def calibrate_threshold(digit_scores: np.ndarray | torch.Tensor, accept: float = 0.99) -> float:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -279,7 +280,7 @@ def read_number(image: Image.Image | np.ndarray, models: Sequence[nn.Module],
 
     pieces, ink, inverted = segment(image, cut_proba, source)
     probabilities = proba(torch.stack([field(ink, p) for p in pieces]))
-    digits = []
+    digits: list[dict[str, Any]] = []
     looks_like_digits = [digit and not is_block(piece) for digit, piece in
                          zip(is_digit(probabilities, digit_threshold).tolist(), pieces)]
     for piece, p, looks_like_digit in zip(pieces, probabilities, looks_like_digits):

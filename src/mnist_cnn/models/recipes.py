@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeGuard, get_args
 
 from ..errors import MnistCnnError
 from .catalog import AUGMENT_PRESETS as PRESETS  # augment.PRESETS' names, without torch
@@ -18,6 +18,11 @@ Precision = Literal["fp32", "bf16"]
 OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
 SCHEDULES: tuple[str, ...] = get_args(Schedule)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
+
+
+def is_precision(name: str) -> TypeGuard[Precision]:
+    """Whether `name` is one of PRECISIONS (and so a Precision, to the type checker)."""
+    return name in PRECISIONS
 
 
 @dataclass(frozen=True)

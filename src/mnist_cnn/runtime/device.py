@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import MnistCnnError
-from ..models.recipes import PRECISIONS, Precision
+from ..models.recipes import PRECISIONS, Precision, is_precision
 from .threads import ThreadTuner, cpu_count, tune_cpu_allocator
 
 
@@ -98,8 +98,9 @@ def setup(device: str = "auto", precision: str = "fp32", threads: int | None = N
     """
     from . import distributed as dist  # torch.distributed loads only where it is needed
 
-    if precision not in PRECISIONS:
+    if not is_precision(precision):
         raise MnistCnnError(f"unknown precision {precision!r}: use {' or '.join(PRECISIONS)}")
+    chosen: Precision = precision
     launch = dist.launch_from_env() if distributed else dist.Launch()
     dev = choose_device(device)
     if launch.world_size > 1:
@@ -114,9 +115,9 @@ def setup(device: str = "auto", precision: str = "fp32", threads: int | None = N
         if dev.type == "cpu" and not threads:
             threads = max(1, cpu_count() // launch.local_world_size)
         dist.start(dev, launch)
-    if precision == "bf16" and not bf16_supported(dev):
+    if chosen == "bf16" and not bf16_supported(dev):
         print(f"note: {dev} has no native bfloat16 arithmetic; using fp32", file=sys.stderr)
-        precision = "fp32"
+        chosen = "fp32"
     tuner = None
     if dev.type == "cpu":
         if tune_allocator:
@@ -129,4 +130,4 @@ def setup(device: str = "auto", precision: str = "fp32", threads: int | None = N
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32; bf16 is the fast option
         torch.backends.cudnn.allow_tf32 = False
-    return Runtime(dev, precision, tuner=tuner, rank=launch.rank, world_size=launch.world_size)
+    return Runtime(dev, chosen, tuner=tuner, rank=launch.rank, world_size=launch.world_size)

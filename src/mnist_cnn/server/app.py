@@ -83,7 +83,8 @@ async def read_body(request: Request, limit: int, timeout: float) -> bytes:
         raise Refusal(413, "too_large", f"upload too large: {int(declared):,} bytes "
                       f"(limit {limit:,})")
     deadline = time.monotonic() + timeout
-    chunks, size = [], 0
+    chunks: list[bytes] = []
+    size = 0
     stream = request.stream().__aiter__()
     while True:
         try:

@@ -23,6 +23,6 @@ def check_limits(max_upload_bytes: int, max_pixels: int, max_concurrent: int,
                         ("--max-concurrent", max_concurrent)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise MnistCnnError(f"{name} must be a whole number >= 1, not {value!r}")
-    for name, value in (("--queue-timeout", queue_timeout), ("--request-timeout", request_timeout)):
-        if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            raise MnistCnnError(f"{name} must be a number of seconds > 0, not {value!r}")
+    for name, seconds in (("--queue-timeout", queue_timeout), ("--request-timeout", request_timeout)):
+        if not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds <= 0:
+            raise MnistCnnError(f"{name} must be a number of seconds > 0, not {seconds!r}")

@@ -37,7 +37,8 @@ class HeaderDeadlineProtocol(H11Protocol):
 
     def _arm_header_deadline(self) -> None:
         self._cancel_header_deadline()
-        self._header_deadline = self.loop.call_later(self.request_timeout, self._headers_overdue)
+        self._header_deadline: asyncio.TimerHandle | None = self.loop.call_later(
+            self.request_timeout, self._headers_overdue)
 
     def _cancel_header_deadline(self) -> None:
         deadline = getattr(self, "_header_deadline", None)

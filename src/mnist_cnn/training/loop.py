@@ -133,7 +133,8 @@ def epoch_permutation(seed: int, epoch: int, n: int, device: torch.device) -> to
 
 
 def check_resumable(saved: Recipe, recipe: Recipe, data: Dataset, meta: CheckpointMeta,
-                    source: str) -> None:
+                    source: str) -> int:
+    """The step to resume from, or a MnistCnnError saying why this run cannot resume."""
     differs = [f"{k} ({a} -> {b})" for k, a in saved.to_dict().items()
                if k not in RESUMABLE_CHANGES and (b := recipe.to_dict()[k]) != a]
     if differs:
@@ -150,6 +151,7 @@ def check_resumable(saved: Recipe, recipe: Recipe, data: Dataset, meta: Checkpoi
                             f"not on {len(data.train):,} (another --validation)")
     if meta.epoch is None or meta.step is None:
         raise MnistCnnError(f"{source}: cannot resume: the checkpoint records no epoch and step")
+    return meta.step
 
 
 def checkpoint_bytes(model: nn.Module) -> int:
@@ -189,10 +191,10 @@ def train(model: nn.Module, data: Dataset, recipe: Recipe, runtime: Runtime,  # 
                                                      CHECKPOINT_NAME, again or overwrite))
                 return [again]
 
-            (resume,) = distributed.on_rank0(claim_folder, 1, runtime, f"{out}: rank 0 could "
-                                             "not use the run folder (its message says why)")
+            (claimed,) = distributed.on_rank0(claim_folder, 1, runtime, f"{out}: rank 0 could "
+                                              "not use the run folder (its message says why)")
             return Trainer(model, data, recipe, runtime, out, progress, log, result).fit(
-                bool(resume))
+                bool(claimed))
     except KeyboardInterrupt:  # Ctrl-C: the caller learns what the folder holds
         raise TrainingInterrupted(result.checkpoint, result.epoch) from None
 
@@ -241,7 +243,8 @@ class Trainer:
                                 f"of {world}")
         self.model, self.data, self.recipe, self.runtime = model, data, recipe, runtime
         self.out, self.progress, self.log, self.result = out, progress, log, result
-        model.to(runtime.device, memory_format=runtime.memory_format)
+        # (torch's stub of Module.to lacks the memory_format keyword that the method accepts)
+        model.to(runtime.device, memory_format=runtime.memory_format)  # type: ignore[call-overload]
         self.optimizer = make_optimizer(recipe, model)
         self.plan = StepPlan.of(recipe, len(data.train))
         self.history: list[dict[str, Any]] = []  # one record per epoch
@@ -356,7 +359,7 @@ class Trainer:
         history, recipe, runtime = self.history, self.recipe, self.runtime
         if history and history[-1]["epoch"] == epoch + 1:
             history.pop()  # the partial epoch's record gives way to the completed one
-        record = {"epoch": epoch + 1, "step": done, "cost": cost}
+        record: dict[str, Any] = {"epoch": epoch + 1, "step": done, "cost": cost}
         if len(self.data.val):
             val = evaluate(self.model, self.data.val, recipe.eval_batch_size, runtime)
             record.update(val_accuracy=val.accuracy, val_loss=val.loss)
@@ -496,17 +499,17 @@ def resume_from(out: Path | None, model: nn.Module, optimizer: torch.optim.Optim
                 runtime: Runtime) -> tuple[int, list[dict[str, Any]]]:
     raw = None if out is None else distributed.read_on_rank0(out / CHECKPOINT_NAME, runtime,
                                                              read_bytes)
-    if raw is None:  # under torchrun every rank gets rank 0's file, so all stop here alike
+    if out is None or raw is None:  # under torchrun every rank gets rank 0's file: all stop alike
         raise MnistCnnError(f"--resume: no {CHECKPOINT_NAME} in {out} to resume from")
     path = out / CHECKPOINT_NAME
     tensors, meta = parse_checkpoint(raw, path)  # checked as a whole, against the network too
-    check_resumable(meta.recipe, recipe, data, meta, str(path))
+    step = check_resumable(meta.recipe, recipe, data, meta, str(path))
     load_weights(model, tensors, str(path))
     load_optimizer_state(optimizer, tensors, meta, str(path))
     if RNG_KEY in tensors:
         torch.set_rng_state(tensors[RNG_KEY])
-    history = [dict(r) for r in meta.history]
+    history: list[dict[str, Any]] = [dict(r) for r in meta.history]
     if runtime.is_main:  # a kill between the checkpoint's write and its log's lost the log
         write_metrics(out, history)
     log(f"resuming {path} after epoch {meta.epoch} (step {meta.step})")
-    return meta.step, history
+    return step, history
