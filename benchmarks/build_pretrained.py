@@ -18,8 +18,8 @@ Last, calibration on held-out data: the temperature that makes the shown probabi
 (calibration.py), fitted on MNIST's validation digits and notebook photos of them; and the
 threshold on the calibrated confidence that accepts 97.5% of 3,000 photos of the tuning split's
 digits (benchmarks/photos.py: MNIST validation, pen and calibration-font digits, every
-condition), stored as the checkpoint's temperature and digit_threshold. It prints the file's SHA-256, to pin as PRETRAINED_SHA256 in
-src/mnist_cnn/models/checkpoint.py.
+condition), stored as the checkpoint's temperature and digit_threshold. It prints the file's
+SHA-256, to pin as PRETRAINED_SHA256 in src/mnist_cnn/models/checkpoint.py.
 
 Usage: .venv/bin/python benchmarks/build_pretrained.py [--start CHECKPOINT]
   --start: fine-tune for photos from this checkpoint's weights instead of training the base
