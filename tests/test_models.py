@@ -242,14 +242,14 @@ def test_a_network_missing_from_the_catalog_cannot_be_registered():
     from mnist_cnn.models.registry import register
 
     with pytest.raises(ValueError, match="missing from catalog.NETWORKS"):
-        register("mystery", Recipe(model="simple"))(lambda: None)
+        register(Recipe(model="mystery"))(lambda: None)
 
 
 def test_a_name_cannot_be_registered_twice():
     from mnist_cnn.models.registry import MODELS, register
 
     with pytest.raises(ValueError, match="'simple' is registered already"):
-        register("simple", MODELS["simple"].recipe)(lambda: None)
+        register(MODELS["simple"].recipe)(lambda: None)
     assert MODELS["simple"].description.startswith("the lecture's simple CNN")
 
 

@@ -17,7 +17,7 @@ def best_recipe(name: str) -> Recipe:
                   precision="bf16")
 
 
-@register("best", best_recipe("best"))
+@register(best_recipe("best"))
 def best_cnn(dropout: float = 0.25, width: int = 32, channels: int = 1) -> nn.Module:
     w = width
     return nn.Sequential(
@@ -35,12 +35,12 @@ def best_cnn(dropout: float = 0.25, width: int = 32, channels: int = 1) -> nn.Mo
 
 # Ensemble members that differ from `best` in more than their seed: members that make the same
 # mistakes cannot correct each other (issue 13: five `best` seeds scored no better than one).
-@register("wide", best_recipe("wide"))
+@register(best_recipe("wide"))
 def wide_cnn(dropout: float = 0.25, width: int = 48) -> nn.Module:
     return best_cnn(dropout, width)
 
 
-@register("five", best_recipe("five"))
+@register(best_recipe("five"))
 def five_cnn(dropout: float = 0.25, width: int = 32) -> nn.Module:
     w = width
     return nn.Sequential(

@@ -21,7 +21,7 @@ def lecture_init(model: nn.Module) -> None:
             nn.init.normal_(m.bias, 0.0, 1.0)
 
 
-@register("simple", Recipe(model="simple"))
+@register(Recipe(model="simple"))
 def simple_cnn(dropout: float = 0.0) -> nn.Module:
     model = nn.Sequential(
         *conv_block(1, 32, dropout),   # (?, 14, 14, 32)
@@ -33,7 +33,7 @@ def simple_cnn(dropout: float = 0.0) -> nn.Module:
     return model
 
 
-@register("deep", Recipe(model="deep", dropout=0.3))
+@register(Recipe(model="deep", dropout=0.3))
 def deep_cnn(dropout: float = 0.3) -> nn.Module:
     model = nn.Sequential(
         *conv_block(1, 32, dropout),    # (?, 14, 14, 32)

@@ -32,7 +32,12 @@ class ModelEntry:
 MODELS: dict[str, ModelEntry] = {}
 
 
-def register(name: str, recipe: Recipe, dataset_model_args: dict[str, dict] | None = None):
+def register(recipe: Recipe, dataset_model_args: dict[str, dict] | None = None):
+    """Register the decorated builder as the network its default recipe names (`recipe.model`:
+    the name is written once), after checking the recipe as a user's would be checked."""
+    name = recipe.model
+    recipe.validate()
+
     def decorator(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in MODELS:  # a second network under one name would replace the first unseen
             raise ValueError(f"a model named {name!r} is registered already")

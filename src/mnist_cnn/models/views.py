@@ -55,7 +55,7 @@ class Deskew(nn.Module):
         return f"max_shear={self.max_shear}"
 
 
-@register("upright", best_recipe("upright"))
+@register(best_recipe("upright"))
 def upright_cnn(dropout: float = 0.25, width: int = 32) -> nn.Module:
     return nn.Sequential(Deskew(), *best_cnn(dropout, width))
 
@@ -87,7 +87,7 @@ class WidthNormalize(nn.Module):
         return f"width={self.width}"
 
 
-@register("widthnorm", best_recipe("widthnorm"))
+@register(best_recipe("widthnorm"))
 def widthnorm_cnn(dropout: float = 0.25, width: int = 32) -> nn.Module:
     return nn.Sequential(WidthNormalize(), *best_cnn(dropout, width))
 
@@ -103,11 +103,11 @@ class Views(nn.Module):
         return torch.cat([x, self.deskew(x), self.width_normalize(x)], dim=1)
 
 
-@register("views", best_recipe("views"))
+@register(best_recipe("views"))
 def views_cnn(dropout: float = 0.25, width: int = 32) -> nn.Module:
     return nn.Sequential(Views(), *best_cnn(dropout, width, channels=3))
 
 
-@register("upright-widthnorm", best_recipe("upright-widthnorm"))
+@register(best_recipe("upright-widthnorm"))
 def upright_widthnorm_cnn(dropout: float = 0.25, width: int = 32) -> nn.Module:
     return nn.Sequential(Deskew(), WidthNormalize(), *best_cnn(dropout, width))

@@ -238,6 +238,27 @@ class Reader:
             self.slots.release()
 
 
+def add_status_routes(app: FastAPI, reader: Reader, info: dict, metrics: Metrics) -> None:
+    """Which network answers, liveness, readiness and the Prometheus metrics (HEAD too)."""
+    @app.api_route("/api/model", methods=["GET", "HEAD"])
+    def model_info() -> dict:
+        return info
+
+    @app.api_route("/healthz", methods=["GET", "HEAD"])
+    def healthz() -> dict:
+        return {"status": "alive"}
+
+    @app.api_route("/readyz", methods=["GET", "HEAD"])
+    def readyz() -> JSONResponse:
+        if not reader.ready:
+            return JSONResponse({"status": "starting"}, 503)
+        return JSONResponse({"status": "ready", "models": info["models"]})
+
+    @app.api_route("/metrics", methods=["GET", "HEAD"])
+    def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
 def create_app(checkpoints: Sequence[str | os.PathLike], runtime: Runtime = CPU,
                max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_PIXELS,
                max_concurrent: int = MAX_CONCURRENT, queue_timeout: float = QUEUE_TIMEOUT,
@@ -276,23 +297,7 @@ def create_app(checkpoints: Sequence[str | os.PathLike], runtime: Runtime = CPU,
     def index() -> str:
         return page
 
-    @app.api_route("/api/model", methods=["GET", "HEAD"])
-    def model_info() -> dict:
-        return info
-
-    @app.api_route("/healthz", methods=["GET", "HEAD"])
-    def healthz() -> dict:
-        return {"status": "alive"}
-
-    @app.api_route("/readyz", methods=["GET", "HEAD"])
-    def readyz() -> JSONResponse:
-        if not reader.ready:
-            return JSONResponse({"status": "starting"}, 503)
-        return JSONResponse({"status": "ready", "models": info["models"]})
-
-    @app.api_route("/metrics", methods=["GET", "HEAD"])
-    def prometheus() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    add_status_routes(app, reader, info, metrics)
 
     @app.post("/api/predict")
     async def predict(request: Request, number: bool = False) -> dict:
