@@ -90,7 +90,8 @@ class Preprocessed:
 # Loading
 
 
-def _name(source: str | os.PathLike | bytes) -> str:
+def source_name(source: str | os.PathLike | bytes) -> str:
+    """How messages name an image: its path, or "<bytes>"."""
     return "<bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
 
 
@@ -104,7 +105,7 @@ def load_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS,
     1/4 or 1/8 size directly (libjpeg's DCT scaling), so it may have more than `max_pixels` to
     begin with.
     """
-    name = name or _name(source)
+    name = name or source_name(source)
     fp = _readable(source, name)
     too_many = f"{name}: too many pixels (the limit is {max_pixels:,}); shrink it first"
     with warnings.catch_warnings():
@@ -675,7 +676,7 @@ def load_and_preprocess(
     source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS, name: str | None = None,
     work_pixels: int | None = WORK_PIXELS,
 ) -> Preprocessed:
-    name = name or _name(source)
+    name = name or source_name(source)
     return preprocess(load_image(source, max_pixels, name, work_pixels), source=name)
 
 

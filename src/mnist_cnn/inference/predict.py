@@ -30,16 +30,17 @@ from ..images.preprocess import (
     load_image,
     png_bytes,
     shrink_factor,
+    source_name,
     to_tensor,
 )
 from ..models.checkpoint import CheckpointMeta, pretrained_path
 from ..runtime.device import Runtime
-
-if TYPE_CHECKING:
-    from .numbers import NumberReading
 from .ensemble import ensemble_proba, load_members
 from .evaluation import CPU, ranked
 from .novelty import ensemble_threshold, is_digit
+
+if TYPE_CHECKING:
+    from .numbers import NumberReading
 
 CHECKPOINT_SUFFIX = ".safetensors"
 
@@ -122,7 +123,7 @@ class Predictor:
         """One image of a row of digits, shrunk as the server shrinks it; boxes in its pixels."""
         from .numbers import read_number  # scipy.ndimage: imported by numbers alone (start-up)
 
-        name = name or ("<bytes>" if isinstance(source, (bytes, bytearray)) else str(source))
+        name = name or source_name(source)
         image = load_image(source, max_pixels, name, work_pixels)
         return read_number(image, self.models, self.classes, self.runtime, top_k, name,
                            shrink_factor(source, image),
