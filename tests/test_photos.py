@@ -130,9 +130,9 @@ def test_visible_ink_is_never_refused_as_blank(digit, font, paper, contrast, siz
 
 
 def test_touching_digits_on_a_page_are_cut_apart(shipped):
-    # rows of three handwritten digits that all touch their neighbours, photographed: the cut
-    # is chosen on softened calibrated probabilities (22 of 40 read exactly; 10 when
-    # the cut was chosen on the raw ones)
+    # rows of three handwritten digits that all touch their neighbours, photographed: the cuts
+    # are weighed together, on softened calibrated probabilities (27 of 40 read exactly; 23 when
+    # each cut was chosen on its own, 10 when on the raw probabilities)
     from mnist_cnn.images.synthetic import compose_row, crop_ink
 
     models, classes, threshold = shipped
@@ -147,4 +147,26 @@ def test_touching_digits_on_a_page_are_cut_apart(shipped):
         reading = read_number(load_image(jpeg_bytes(photo)), models, classes,
                               digit_threshold=threshold)
         exact += reading.number == number
-    assert exact >= 18, f"{exact} of 40 rows of touching digits read exactly"
+    assert exact >= 24, f"{exact} of 40 rows of touching digits read exactly"
+
+
+def test_an_underlined_number_is_read(shipped):
+    # a line drawn under the digits, wider than any of them: it is no 5's bar to merge with the
+    # digit above it (8 of 10 read exactly; 2 when it was merged)
+    models, classes, threshold = shipped
+    rng = np.random.default_rng(3)
+    exact = 0
+    for _ in range(10):
+        number = "".join(str(d) for d in rng.integers(0, 10, 5))
+        ink = row_ink([pen.draw(d, rng) for d in number], rng)
+        height, width = ink.shape
+        ink = np.pad(ink, ((0, height // 3), (0, 0)))
+        ink[height + height // 6:height + height // 6 + max(2, height // 14),
+            width // 10:9 * width // 10] = 255
+        photo = photograph_page(ink, rng, Condition(paper="plain", pen="blue", stroke=0.1,
+                                                    shadow=False, desk=False, tilt=0.0,
+                                                    height=200, digit_share=0.5))
+        reading = read_number(load_image(jpeg_bytes(photo)), models, classes,
+                              digit_threshold=threshold)
+        exact += reading.number == number
+    assert exact >= 6, f"{exact} of 10 underlined numbers read exactly"

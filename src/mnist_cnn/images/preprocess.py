@@ -51,7 +51,9 @@ SPECK_SHARE = 0.05  # a separate blob with less ink than this share of the large
 NEAR = 0.6  # blobs this share of the digit's size away from it still belong to it
 TAIL = 1.5  # a tail of gray levels this many times longer than the other is the ink's
 ANALYSIS_SIDE = 512  # the paper's level is estimated at most this many pixels across
-PAPER_WINDOW = 0.3  # ... with a window this share of the image: wider than any stroke
+PAPER_WINDOW = 0.3  # ... with a window this share of the image's shorter side: wider than any
+# stroke, and no wider (in a long row of digits the paper still changes from top to bottom,
+# which a window as long as the row would not follow)
 LINE_SPAN = 0.8  # a straight line this long, as a share of the image's side, is a ruling
 LINE_SLOPE = 0.36  # tan(20 degrees): a page photographed turned by up to that
 LINE_MARGIN = 0.15  # ink on a ruling is at least this much darker than the ruling
@@ -452,7 +454,7 @@ def paper_level(work: np.ndarray) -> np.ndarray:
     small = work if scale == 1.0 else cv2.resize(work, (max(1, round(width * scale)),
                                                        max(1, round(height * scale))),
                                                  interpolation=cv2.INTER_AREA)
-    side = max(3, round(PAPER_WINDOW * max(small.shape))) | 1
+    side = max(3, round(PAPER_WINDOW * min(small.shape))) | 1
     window = cv2.getStructuringElement(cv2.MORPH_RECT, (side, side))
     opened = cv2.morphologyEx(small, cv2.MORPH_OPEN, window, borderType=cv2.BORDER_REPLICATE)
     if scale == 1.0:

@@ -1,10 +1,11 @@
 """A row of handwritten digits -> a number: the ink split into digits, each read as one.
 
 Steps: the image goes through imaging.py's first steps (grayscale, polarity, background
-suppression); the solid ink is cut into connected components (soft edge pixels go to the
-component beside them), specks are dropped, pieces whose columns mostly overlap are merged (a "5"
-or a "7" written in two strokes), and a piece too wide for the row's digit height is cut in two
-where the network reads both halves most confidently (again on each half: three touching digits).
+suppression); lines drawn under the digits are taken out; the solid ink is cut into connected
+components (soft edge pixels go to the component beside them), specks are dropped, pieces whose
+columns mostly overlap are merged (a "5" or a "7" written in two strokes), dots and dashes are
+dropped, and a piece too wide for the row's digit height is cut where the network reads its parts
+most confidently as digits (all the ways to cut it weighed together: three touching digits).
 Each piece, left to right, is then brought into the MNIST field like a single digit
 (imaging.mnist_field) and read by the same network(s).
 
@@ -14,6 +15,7 @@ getbbox).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -46,15 +48,17 @@ MAX_DIGITS = 32  # a longer row is refused: it is no number anybody writes by ha
 MAX_PIECES = 4 * MAX_DIGITS  # separate blobs (after specks) looked at, at most
 MERGE_OVERLAP = 0.5  # pieces sharing this share of the narrower one's columns are one digit...
 FRAGMENT = 0.7  # ... when one of them is shorter than this share of the row's digit height
-SMALL = 0.3  # a piece lower and narrower than this share of the digit height is no digit (a dot)
+SMALL = 0.3  # a piece lower than this share of the digit height is no digit (a dot, a dash, an
+# underline, what is left of a desk's or a page's edge)
+UNDERLINE = 1.2  # a stroke that flat and this many times wider than the digit height underlines
 SPLIT_ASPECT = 0.7  # a piece wider than this share of its height may hold touching digits...
 FORCE_ASPECT = 2.2  # ... and one wider than this is cut whatever the network says
-# Cut when log p(left) + log p(right) > log p(whole) - SPLIT_SLOPE * (aspect - 1): the wider the
-# piece, the likelier it holds two digits (tuned on rows of MNIST validation digits)
-SPLIT_SLOPE = 0.3
+# A way to cut a piece scores the sum over its parts of log p(part), less WIDTH_COST * (aspect - 1)
+# for each part wider than tall: the wider a part, the likelier it holds two digits (tuned on the
+# photos' tuning split; 0 to 1 read as many numbers)
+WIDTH_COST = 0.3
 MIN_PART = 0.12  # each side of a cut is at least this share of the height wide
-CUTS_TRIED = 6  # cut columns tried per piece: the lowest minima of the ink's column profile
-MAX_DEPTH = 4  # cuts within cuts: up to five touching digits read apart
+CUTS_TRIED = 8  # cut columns tried per piece: the lowest minima of the ink's column profile
 JOIN = 0.6  # blobs closer than this many stroke widths are one piece
 CUT_SOFTENING = 2.0  # cuts are chosen at this many times the calibrated temperature (tuned on
 # rows of MNIST validation digits, of font digits and on the photos' tuning split)
@@ -132,9 +136,26 @@ def field(ink: np.ndarray, piece: Piece) -> torch.Tensor:
 # Finding the pieces
 
 
+def without_underlines(solid: np.ndarray) -> np.ndarray:
+    """The solid ink without the strokes that underline the number: flatter than SMALL of the
+    digit height and UNDERLINE times wider. Joined to the digits above it (as a 5's bar is to
+    its 5), such a line would make one piece of them all."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(solid.astype(np.uint8),
+                                                                connectivity=8)
+    heights, widths = stats[1:, cv2.CC_STAT_HEIGHT], stats[1:, cv2.CC_STAT_WIDTH]
+    if count <= 2:
+        return solid
+    height = float(np.median(heights[heights >= 0.5 * heights.max()]))
+    line = (heights < SMALL * height) & (widths >= UNDERLINE * height)
+    if not line.any() or line.all():
+        return solid
+    return solid & ~np.concatenate([[False], line])[labels]
+
+
 def components(ink: np.ndarray, solid: np.ndarray, source: str) -> list[Piece]:
     """Connected blobs of solid ink with their soft edges, specks dropped. Blobs less than
     about a stroke's width apart are one (a pencil's grain or a light pen breaks strokes)."""
+    solid = without_underlines(solid)
     reach = max(1, round(JOIN * stroke_width(ink)))
     joined = cv2.dilate(solid.astype(np.uint8), np.ones((2 * reach + 1, 2 * reach + 1), np.uint8))
     labels, count = ndimage.label(joined, structure=np.ones((3, 3), dtype=bool))
@@ -191,37 +212,56 @@ def cut_columns(piece: Piece, ink: np.ndarray, height: float) -> list[int]:
     minima = inside[profile[inside] <= ndimage.minimum_filter1d(profile, 5)[inside]]
     if minima.size == 0:
         minima = inside
-    return [int(c) for c in minima[np.argsort(profile[minima], kind="stable")][:CUTS_TRIED]]
+    # the lowest first, each at least a part's width from those already taken (a gap's flat
+    # bottom is one place to cut, not many)
+    chosen: list[int] = []
+    for c in minima[np.argsort(profile[minima], kind="stable")]:
+        if all(abs(int(c) - k) >= margin for k in chosen):
+            chosen.append(int(c))
+            if len(chosen) == CUTS_TRIED:
+                break
+    return chosen
 
 
-def split_wide(piece: Piece, ink: np.ndarray, height: float, proba: Proba,
-               depth: int = 0) -> list[Piece]:
-    """The piece, or its parts if it reads better as touching digits."""
-    height = max(height, piece.height)
-    if piece.width <= SPLIT_ASPECT * height or depth >= MAX_DEPTH or is_block(piece):
+def split_wide(piece: Piece, ink: np.ndarray, height: float, proba: Proba) -> list[Piece]:
+    """The piece, or the digits it holds when they touch: of every way to cut it at the
+    candidate columns, the one whose parts read best as digits of a digit's width (dynamic
+    programming over the cuts, so that three or more touching digits are weighed as such, not
+    as a digit beside a pair that reads as nothing)."""
+    if piece.width <= SPLIT_ASPECT * height or is_block(piece):
         return [piece]  # a solid block is no row of ones: it stays whole, and no digit
-    options = []
-    for c in cut_columns(piece, ink, height):
-        left = tight(piece.top, piece.left, piece.mask[:, :c])
-        right = tight(piece.top, piece.left + c, piece.mask[:, c:])
-        # a cut leaving a fragment (a curl's tip, a bar's end) on one side parts no two digits
-        if (left is not None and right is not None
-                and min(left.height, right.height) >= FRAGMENT * height):
-            options.append((left, right))
-    if not options:
+    edges = [0, *sorted(cut_columns(piece, ink, height)), piece.width]
+    spans: dict[tuple[int, int], Piece] = {}
+    for i, j in itertools.combinations(range(len(edges)), 2):
+        part = tight(piece.top, piece.left + edges[i], piece.mask[:, edges[i]:edges[j]])
+        whole = (i, j) == (0, len(edges) - 1)
+        # a part that is only a fragment (a curl's tip, a bar's end) is no digit of its own,
+        # and a piece far wider than a digit holds more than one
+        if part is not None and (whole and piece.width <= FORCE_ASPECT * height
+                                 or not whole and part.height >= FRAGMENT * height):
+            spans[i, j] = part
+    if len(spans) <= 1:
         return [piece]
-    images = [field(ink, piece)] + [field(ink, p) for pair in options for p in pair]
-    confidence = proba(torch.stack(images)).max(dim=1).values.double()
-    whole = float(confidence[0])
-    pairs = confidence[1:].view(-1, 2).log().sum(dim=1)
-    best = int(pairs.argmax())
-    aspect = piece.width / height
-    if (aspect <= FORCE_ASPECT
-            and float(pairs[best]) <= np.log(whole) - SPLIT_SLOPE * (aspect - 1)):
+    keys = list(spans)
+    confidence = proba(torch.stack([field(ink, spans[k]) for k in keys])).max(dim=1).values
+    score = {k: float(np.log(float(c))) - WIDTH_COST * max(0.0, spans[k].width / height - 1.0)
+             for k, c in zip(keys, confidence.double())}
+    # best[j]: the best score of the columns up to edges[j] read as digits, and its last part
+    best: list[tuple[float, int]] = [(0.0, -1)] + [(-np.inf, -1)] * (len(edges) - 1)
+    for j in range(1, len(edges)):
+        for i in range(j):
+            if (i, j) in score and best[i][0] > -np.inf:
+                total = best[i][0] + score[i, j]
+                if total > best[j][0]:
+                    best[j] = (total, i)
+    if best[-1][0] == -np.inf:
         return [piece]
-    left, right = options[best]
-    return (split_wide(left, ink, height, proba, depth + 1)
-            + split_wide(right, ink, height, proba, depth + 1))
+    parts, j = [], len(edges) - 1
+    while j > 0:
+        i = best[j][1]
+        parts.append(spans[i, j])
+        j = i
+    return parts[::-1]
 
 
 def segment(image: Image.Image | np.ndarray, proba: Proba, source: str = "<image>"
@@ -229,6 +269,10 @@ def segment(image: Image.Image | np.ndarray, proba: Proba, source: str = "<image
     """The digits' pieces, left to right; the ink (white on black) they cover; and whether the
     image was inverted. `proba` reads 28x28 images, to choose where touching digits are cut."""
     gray = as_gray(image, source)
+    # a strip this low has no paper above or below its marks (a uniform one has no ink: below)
+    if gray.shape[0] < MIN_INK_SIDE and gray.min() != gray.max():
+        raise ImageError(f"{source}: image too flat to hold digits ({gray.shape[0]} px high, "
+                         f"needed: {MIN_INK_SIDE} px)")
     ink, solid, inverted, _ = extract_ink(gray, source)
     pieces = components(ink, solid, source)
     span = max(max(p.bottom for p in pieces) - min(p.top for p in pieces),
@@ -242,7 +286,7 @@ def segment(image: Image.Image | np.ndarray, proba: Proba, source: str = "<image
         raise ImageError(f"{source}: ink too flat to be digits ({height:.0f} px high, needed: "
                          f"{MIN_INK_SIDE} px)")
     pieces = merge_fragments(pieces, height)
-    pieces = [p for p in pieces if max(p.height, p.width) >= SMALL * height]
+    pieces = [p for p in pieces if p.height >= SMALL * height]
     if len(pieces) > MAX_DIGITS:
         raise ImageError(f"{source}: {len(pieces)} pieces of ink; at most {MAX_DIGITS} digits "
                          "are read")
