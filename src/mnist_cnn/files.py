@@ -13,7 +13,7 @@ from pathlib import Path
 from .errors import CannotWrite, MnistCnnError
 
 
-def write_atomically(path: str | os.PathLike, data: bytes) -> None:
+def write_atomically(path: str | os.PathLike, data: bytes | bytearray) -> None:
     """Write to a temporary file beside `path`, flush it to disk, then rename it over `path`.
 
     A failure (a full disk, a read-only folder) is one line naming the file and the cause; the

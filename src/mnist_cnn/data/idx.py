@@ -29,7 +29,7 @@ FIRST_FEED = 256  # bytes of compressed input first given to zlib for each gzip 
 MAX_GZIP_MEMBERS = 10_000
 
 
-def parse_idx(raw: bytes, expected_ndim: int, source: str = "<bytes>") -> np.ndarray:
+def parse_idx(raw: bytes | bytearray, expected_ndim: int, source: str = "<bytes>") -> np.ndarray:
     """Parse one uncompressed IDX file of unsigned bytes; `source` names it in errors."""
     if len(raw) < 4:
         raise MnistCnnError(f"{source}: truncated: {len(raw)} bytes, too short for an IDX header")
@@ -132,7 +132,7 @@ class Gunzip:
         return b"".join(parts)
 
 
-def read_idx_stream(stream: Readable, source: str, cap: int = MAX_IDX_BYTES) -> bytes:
+def read_idx_stream(stream: Readable, source: str, cap: int = MAX_IDX_BYTES) -> bytearray:
     """Read one IDX file from a (perhaps decompressing) stream, never past the size its header
     announces, nor past `cap` when the header is not a valid one (parse_idx then says why)."""
     head = stream.read(4)
@@ -149,13 +149,24 @@ def read_idx_stream(stream: Readable, source: str, cap: int = MAX_IDX_BYTES) -> 
                                         f"(dimensions {dims}), more than the {cap:,} allowed")
                 limit = size
     rest = CappedReader(stream, limit, source, already_read=len(head))
-    chunks = [head]
+    if limit == cap:  # no valid header (or one announcing the cap): read what there is
+        chunks = [head]
+        while chunk := rest.read(CHUNK):
+            chunks.append(chunk)
+        return bytearray(b"".join(chunks))
+    # the size is known: filled in place, it is neither joined from pieces nor copied again
+    # (a writable buffer: the arrays parsed from it need no copy of their own)
+    content = bytearray(limit)
+    content[:len(head)] = head
+    filled = len(head)
     while chunk := rest.read(CHUNK):
-        chunks.append(chunk)
-    return b"".join(chunks)
+        content[filled:filled + len(chunk)] = chunk
+        filled += len(chunk)
+    del content[filled:]  # a file shorter than its header says: parse_idx refuses it
+    return content
 
 
-def read_file_bytes(path: Path) -> bytes:
+def read_file_bytes(path: Path) -> bytearray:
     """The decompressed content of `path` (gzip detected by its magic bytes, not its name),
     decompressed incrementally and never past what the IDX header announces."""
     try:
@@ -175,5 +186,5 @@ def read_file_bytes(path: Path) -> bytes:
         raise MnistCnnError(f"{path}: cannot read: {e.strerror or e}") from None
 
 
-def sha256(raw: bytes) -> str:
+def sha256(raw: bytes | bytearray) -> str:
     return hashlib.sha256(raw).hexdigest()

@@ -134,7 +134,7 @@ def env_var(name: str) -> str:
     return name.upper().replace("-", "_") + "_DATA_DIR"  # mnist -> MNIST_DATA_DIR
 
 
-def _store_verified(files: dict[str, bytes], info: DatasetInfo, target: Path) -> None:
+def _store_verified(files: dict[str, bytearray], info: DatasetInfo, target: Path) -> None:
     """Check every decompressed file, then write them (raw IDX) into `target`, each atomically."""
     for stem, raw in files.items():
         if sha256(raw) != info.sha256[stem]:
