@@ -16,6 +16,7 @@ getbbox).
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -52,13 +53,15 @@ SMALL = 0.3  # a piece lower than this share of the digit height is no digit (a 
 # underline, what is left of a desk's or a page's edge)
 UNDERLINE = 1.2  # a stroke that flat and this many times wider than the digit height underlines
 SPLIT_ASPECT = 0.7  # a piece wider than this share of its height may hold touching digits...
-FORCE_ASPECT = 2.2  # ... and one wider than this is cut whatever the network says
+FORCE_ASPECT = 2.2  # ... and no part wider than this is read as one digit, whatever the network says
 # A way to cut a piece scores the sum over its parts of log p(part), less WIDTH_COST * (aspect - 1)
 # for each part wider than tall: the wider a part, the likelier it holds two digits (tuned on the
-# photos' tuning split; 0 to 1 read as many numbers)
-WIDTH_COST = 0.3
+# photos' tuning split: 0 to 2 read as many of them; 2 parts rows of touching digits best)
+WIDTH_COST = 2.0
 MIN_PART = 0.12  # each side of a cut is at least this share of the height wide
-CUTS_TRIED = 8  # cut columns tried per piece: the lowest minima of the ink's column profile
+CUTS_TRIED = 8  # cut columns tried per piece: the lowest minima of the ink's column profile, or
+# two per digit height of its width, up to MAX_CUTS (all parts between two cuts are read: 300 then)
+MAX_CUTS = 24
 JOIN = 0.6  # blobs closer than this many stroke widths are one piece
 CUT_SOFTENING = 2.0  # cuts are chosen at this many times the calibrated temperature (tuned on
 # rows of MNIST validation digits, of font digits and on the photos' tuning split)
@@ -214,11 +217,12 @@ def cut_columns(piece: Piece, ink: np.ndarray, height: float) -> list[int]:
         minima = inside
     # the lowest first, each at least a part's width from those already taken (a gap's flat
     # bottom is one place to cut, not many)
+    wanted = min(MAX_CUTS, max(CUTS_TRIED, math.ceil(2 * piece.width / height)))
     chosen: list[int] = []
     for c in minima[np.argsort(profile[minima], kind="stable")]:
         if all(abs(int(c) - k) >= margin for k in chosen):
             chosen.append(int(c))
-            if len(chosen) == CUTS_TRIED:
+            if len(chosen) == wanted:
                 break
     return chosen
 
@@ -235,10 +239,10 @@ def split_wide(piece: Piece, ink: np.ndarray, height: float, proba: Proba) -> li
     for i, j in itertools.combinations(range(len(edges)), 2):
         part = tight(piece.top, piece.left + edges[i], piece.mask[:, edges[i]:edges[j]])
         whole = (i, j) == (0, len(edges) - 1)
-        # a part that is only a fragment (a curl's tip, a bar's end) is no digit of its own,
-        # and a piece far wider than a digit holds more than one
-        if part is not None and (whole and piece.width <= FORCE_ASPECT * height
-                                 or not whole and part.height >= FRAGMENT * height):
+        # a part far wider than a digit holds more than one, and a part that is only a fragment
+        # (a curl's tip, a bar's end) is no digit of its own
+        if (part is not None and part.width <= FORCE_ASPECT * height
+                and (whole or part.height >= FRAGMENT * height)):
             spans[i, j] = part
     if len(spans) <= 1:
         return [piece]
