@@ -129,44 +129,46 @@ def test_visible_ink_is_never_refused_as_blank(digit, font, paper, contrast, siz
     preprocess(np.clip(np.rint(image), 0, 255).astype(np.uint8))  # raises ImageError if refused
 
 
+def rows_read_exactly(shipped, ink_of, count: int, length: int, seed: int, colour: str) -> int:
+    """How many of `count` photographed rows of `length` random pen digits are read exactly;
+    `ink_of(digits, rng)` draws a row's ink (white on black) from its digits' glyphs."""
+    models, classes, threshold = shipped
+    rng = np.random.default_rng(seed)
+    exact = 0
+    for _ in range(count):
+        number = "".join(str(d) for d in rng.integers(0, 10, length))
+        photo = photograph_page(ink_of([pen.draw(d, rng) for d in number], rng), rng, Condition(
+            paper="plain", pen=colour, stroke=0.1, shadow=False, desk=False, tilt=0.0,
+            height=200, digit_share=0.5))
+        reading = read_number(load_image(jpeg_bytes(photo)), models, classes,
+                              digit_threshold=threshold)
+        exact += reading.number == number
+    return exact
+
+
 def test_touching_digits_on_a_page_are_cut_apart(shipped):
     # rows of three handwritten digits that all touch their neighbours, photographed: the cuts
     # are weighed together, on softened calibrated probabilities (27 of 40 read exactly; 23 when
     # each cut was chosen on its own, 10 when on the raw probabilities)
     from mnist_cnn.images.synthetic import compose_row, crop_ink
 
-    models, classes, threshold = shipped
-    rng = np.random.default_rng(1)
-    exact = 0
-    for _ in range(40):
-        number = "".join(str(d) for d in rng.integers(0, 10, 3))
-        row, _ = compose_row([pen.draw(d, rng) for d in number], rng, height=96, touching=1.0)
-        photo = photograph_page(crop_ink(255 - row), rng, Condition(
-            paper="plain", pen="black", stroke=0.1, shadow=False, desk=False, tilt=0.0,
-            height=200, digit_share=0.5))
-        reading = read_number(load_image(jpeg_bytes(photo)), models, classes,
-                              digit_threshold=threshold)
-        exact += reading.number == number
+    def touching(glyphs, rng):
+        return crop_ink(255 - compose_row(glyphs, rng, height=96, touching=1.0)[0])
+
+    exact = rows_read_exactly(shipped, touching, 40, 3, seed=1, colour="black")
     assert exact >= 24, f"{exact} of 40 rows of touching digits read exactly"
 
 
 def test_an_underlined_number_is_read(shipped):
     # a line drawn under the digits, wider than any of them: it is no 5's bar to merge with the
     # digit above it (8 of 10 read exactly; 2 when it was merged)
-    models, classes, threshold = shipped
-    rng = np.random.default_rng(3)
-    exact = 0
-    for _ in range(10):
-        number = "".join(str(d) for d in rng.integers(0, 10, 5))
-        ink = row_ink([pen.draw(d, rng) for d in number], rng)
+    def underlined(glyphs, rng):
+        ink = row_ink(glyphs, rng)
         height, width = ink.shape
         ink = np.pad(ink, ((0, height // 3), (0, 0)))
         ink[height + height // 6:height + height // 6 + max(2, height // 14),
             width // 10:9 * width // 10] = 255
-        photo = photograph_page(ink, rng, Condition(paper="plain", pen="blue", stroke=0.1,
-                                                    shadow=False, desk=False, tilt=0.0,
-                                                    height=200, digit_share=0.5))
-        reading = read_number(load_image(jpeg_bytes(photo)), models, classes,
-                              digit_threshold=threshold)
-        exact += reading.number == number
+        return ink
+
+    exact = rows_read_exactly(shipped, underlined, 10, 5, seed=3, colour="blue")
     assert exact >= 6, f"{exact} of 10 underlined numbers read exactly"
