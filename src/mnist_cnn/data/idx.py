@@ -149,20 +149,11 @@ def read_idx_stream(stream: Readable, source: str, cap: int = MAX_IDX_BYTES) -> 
                                         f"(dimensions {dims}), more than the {cap:,} allowed")
                 limit = size
     rest = CappedReader(stream, limit, source, already_read=len(head))
-    if limit == cap:  # no valid header (or one announcing the cap): read what there is
-        chunks = [head]
-        while chunk := rest.read(CHUNK):
-            chunks.append(chunk)
-        return bytearray(b"".join(chunks))
-    # the size is known: filled in place, it is neither joined from pieces nor copied again
-    # (a writable buffer: the arrays parsed from it need no copy of their own)
-    content = bytearray(limit)
-    content[:len(head)] = head
-    filled = len(head)
+    # one growing, writable buffer: no join of the pieces, and the arrays parsed from it need no
+    # copy of their own
+    content = bytearray(head)
     while chunk := rest.read(CHUNK):
-        content[filled:filled + len(chunk)] = chunk
-        filled += len(chunk)
-    del content[filled:]  # a file shorter than its header says: parse_idx refuses it
+        content += chunk
     return content
 
 

@@ -149,7 +149,7 @@ def without_underlines(solid: np.ndarray) -> np.ndarray:
     heights, widths = stats[1:, cv2.CC_STAT_HEIGHT], stats[1:, cv2.CC_STAT_WIDTH]
     if count <= 2:
         return solid
-    height = float(np.median(heights[heights >= 0.5 * heights.max()]))
+    height = digit_height(heights)
     line = (heights < SMALL * height) & (widths >= UNDERLINE * height)
     if not line.any() or line.all():
         return solid
@@ -177,10 +177,10 @@ def components(ink: np.ndarray, solid: np.ndarray, source: str) -> list[Piece]:
             for i in keep]
 
 
-def digit_height(pieces: Sequence[Piece]) -> float:
-    """The row's digit height: the median height of the pieces at least half as tall as the
-    tallest (fragments of broken digits left out)."""
-    heights = np.array([p.height for p in pieces])
+def digit_height(heights: Sequence[int] | np.ndarray) -> float:
+    """The row's digit height from its pieces' heights: the median of those at least half as
+    tall as the tallest (fragments of broken digits left out)."""
+    heights = np.asarray(heights)
     return float(np.median(heights[heights >= 0.5 * heights.max()]))
 
 
@@ -249,8 +249,8 @@ def split_wide(piece: Piece, ink: np.ndarray, height: float, proba: Proba) -> li
         return [piece]
     keys = list(spans)
     confidence = proba(torch.stack([field(ink, spans[k]) for k in keys])).max(dim=1).values
-    score = {k: float(np.log(float(c))) - WIDTH_COST * max(0.0, spans[k].width / height - 1.0)
-             for k, c in zip(keys, confidence.double())}
+    score = {k: math.log(c) - WIDTH_COST * max(0.0, spans[k].width / height - 1.0)
+             for k, c in zip(keys, confidence.tolist())}
     # best[j]: the best score of the columns up to edges[j] read as digits, and its last part
     best: list[tuple[float, int]] = [(0.0, -1)] + [(-np.inf, -1)] * (len(edges) - 1)
     for j in range(1, len(edges)):
@@ -286,7 +286,7 @@ def segment(image: Image.Image | np.ndarray, proba: Proba, source: str = "<image
     if span < smallest:
         raise ImageError(f"{source}: ink too small to be digits ({span} px in a "
                          f"{gray.shape[1]}x{gray.shape[0]} image, needed: {smallest:.0f} px)")
-    height = digit_height(pieces)
+    height = digit_height([p.height for p in pieces])
     if height < MIN_INK_SIDE:  # a line, a 1-pixel-high image: no digit is this flat
         raise ImageError(f"{source}: ink too flat to be digits ({height:.0f} px high, needed: "
                          f"{MIN_INK_SIDE} px)")
