@@ -208,8 +208,10 @@ def main() -> None:
           f"and right, {totals['blank']} refused as blank, of {n} "
           f"({time.perf_counter() - started:.0f} s)")
 
+    # letters under one condition at a time ("mixed" too, when it is the only one asked for)
+    single = [c for c in conditions if c != "mixed"] or conditions
     letters = [jpeg_bytes(photograph_page(glyphs.letter(), glyphs.rng,
-                                          condition_for(str(glyphs.rng.choice(conditions[:-1])),
+                                          condition_for(str(glyphs.rng.choice(single)),
                                                         glyphs.rng)))
                for _ in range(args.per_cell * 4)]
     probs, ok = read_photos(letters, models)
