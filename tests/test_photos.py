@@ -176,8 +176,9 @@ def test_an_underlined_number_is_read(shipped):
 
 def test_a_desk_in_a_corner_is_not_taken_for_ink(shipped):
     # a dark desk beside a tilted page, its edge ragged with the paper's grain where the paper's
-    # level follows the desk: the wedge is dropped with its rim (56 of 60 read; 51 when a wedge
-    # joined to specks along the border was kept as ink and read instead of the digit)
+    # level follows the desk, ruled lines running into it: the wedge is dropped with its rim
+    # (58 of 60 read; 51 when a wedge joined to specks along the border or to the lines was kept
+    # as ink and read instead of the digit)
     photos, labels = [], []
     for seed in range(240, 300):
         rng = np.random.default_rng(seed)
@@ -188,4 +189,4 @@ def test_a_desk_in_a_corner_is_not_taken_for_ink(shipped):
                               digit_share=float(rng.uniform(0.3, 0.6)))
         photos.append(photograph_page(pen.draw(str(labels[-1]), rng), rng, condition))
     right = sum(a == y for a, y in zip(read(photos, shipped), labels))
-    assert right >= 54, f"{right} of 60 photos beside a desk read right"
+    assert right >= 56, f"{right} of 60 photos beside a desk read right"

@@ -61,6 +61,7 @@ BORDER_RUN = 0.2  # a filled blob touching this share of the border is a page's 
 FILLED = 0.4  # ... when it fills this share of its box (a stroke fills far less)
 CONVEX = 0.85  # ... and this share of its convex hull
 ALONG = 0.6  # ... or touches the border along this share of its own longer side
+THIN_SHARE = 0.03  # ... judged also without lines and strokes thinner than this share of the side
 # MNIST's strokes are 1.9 to 5.0 px wide in the 28x28 field (2nd and 98th percentiles of its
 # training digits, measured as stroke_width does); a little beyond that, strokes are redrawn
 THINNEST, THICKEST = 1.7, 5.6
@@ -530,12 +531,25 @@ def _drop_border_edges(solid: np.ndarray) -> np.ndarray:
     touches the border at most at a stroke's end, and strokes fill little of their box."""
     if min(solid.shape) < 16:  # a strip of an image is all border
         return solid
-    # the paper's grain along a desk's edge would join it to specks and make it ragged: the
-    # blobs are judged without what a 3x3 opening removes, and dropped with their rim
-    core = cv2.morphologyEx(solid.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    # Blobs are judged without what an opening removes, and dropped with their rim: a 3x3 one
+    # takes away the paper's grain along a desk's edge, which would join it to specks and make
+    # it ragged; a wider one the ruled lines and the strokes that run into a desk and join it
+    mask = solid.astype(np.uint8)
+    wide = max(5, round(THIN_SHARE * min(solid.shape)) | 1)
+    drop = np.zeros(solid.shape, bool)
+    for side in (3, wide):
+        drop |= _edge_blobs(cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((side, side), np.uint8)))
+    if not drop.any():
+        return solid
+    edges = cv2.dilate(drop.astype(np.uint8), np.ones((5, 5), np.uint8))
+    return solid & (edges == 0)
+
+
+def _edge_blobs(core: np.ndarray) -> np.ndarray:
+    """The pixels of `core`'s blobs that are a desk's or a page's edge (see _drop_border_edges)."""
     count, labels, stats, _ = cv2.connectedComponentsWithStats(core, connectivity=8)
     if count <= 1:
-        return solid
+        return np.zeros(core.shape, bool)
     contact = (np.bincount(labels[0], minlength=count) + np.bincount(labels[-1], minlength=count)
                + np.bincount(labels[:, 0], minlength=count)
                + np.bincount(labels[:, -1], minlength=count))
@@ -543,11 +557,11 @@ def _drop_border_edges(solid: np.ndarray) -> np.ndarray:
     filled = stats[:, cv2.CC_STAT_AREA] / (width * height)
     # a desk's corner: a wedge in a corner of the picture, touching two sides that meet there
     left, top = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
-    right = left + width == solid.shape[1]
-    bottom = top + height == solid.shape[0]
+    right = left + width == core.shape[1]
+    bottom = top + height == core.shape[0]
     corner = ((left == 0) | right) & ((top == 0) | bottom)
     along = contact >= ALONG * np.maximum(width, height)
-    drop = ((contact > BORDER_RUN * min(solid.shape)) | corner | along) & (filled >= FILLED)
+    drop = ((contact > BORDER_RUN * min(core.shape)) | corner | along) & (filled >= FILLED)
     # ... and they are convex, as a desk's or a shadow's straight edges make them: a digit in
     # a corner of a tight crop is not
     for label in np.flatnonzero(drop[1:]) + 1:
@@ -557,10 +571,7 @@ def _drop_border_edges(solid: np.ndarray) -> np.ndarray:
         hull = cv2.contourArea(cv2.convexHull(np.vstack(contours)))
         drop[label] = stats[label, cv2.CC_STAT_AREA] >= CONVEX * hull
     drop[0] = False
-    if not drop.any():
-        return solid
-    edges = cv2.dilate(drop[labels].astype(np.uint8), np.ones((5, 5), np.uint8))
-    return solid & (edges == 0)
+    return drop[labels]
 
 
 def pick_digit(ink: np.ndarray) -> np.ndarray:
