@@ -49,6 +49,7 @@ VISIBLE = 40  # ... or by this many, which anyone sees: such ink is always read
 EDGE_RADIUS = 2  # soft edge pixels kept around the solid strokes
 SPECK_SHARE = 0.05  # a separate blob with less ink than this share of the largest one is a speck
 NEAR = 0.6  # blobs this share of the digit's size away from it still belong to it
+DARK_PAGE = 48  # a picture whose median is darker than this is a dark page
 TAIL = 1.5  # a tail of gray levels this many times longer than the other is the ink's
 ANALYSIS_SIDE = 512  # the paper's level is estimated at most this many pixels across
 PAPER_WINDOW = 0.3  # ... with a window this share of the image's shorter side: wider than any
@@ -433,9 +434,12 @@ def light_paper(gray: np.ndarray) -> bool:
     scale = min(1.0, 128 / max(height, width))
     small = cv2.resize(gray, (max(1, round(width * scale)), max(1, round(height * scale))),
                        interpolation=cv2.INTER_AREA).astype(np.float32)
-    # (+32: on dark paper the division would make its noise as bright as lit paper)
-    lighting = cv2.GaussianBlur(small, (0, 0), 0.15 * max(small.shape)) + 32.0
-    flat = np.clip(np.rint(small / lighting * 128), 0, 255).astype(np.uint8)
+    lighting = cv2.GaussianBlur(small, (0, 0), 0.15 * max(small.shape))
+    if float(np.median(small)) >= DARK_PAGE:
+        # (+32: on dark paper the division would make its noise as bright as lit paper)
+        flat = np.clip(np.rint(small / (lighting + 32.0) * 128), 0, 255).astype(np.uint8)
+    else:  # on a dark page the lighting's ramp is subtracted: a division keeps most of it
+        flat = np.clip(np.rint(small - lighting + 128), 0, 255).astype(np.uint8)
     hist = np.bincount(flat.ravel(), minlength=256)
     # the ink is the long tail away from the paper: a few dark pixels far below it, or bright
     # ones far above; where neither tail is clearly longer, the paper is the majority's side
