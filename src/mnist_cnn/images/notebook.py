@@ -41,6 +41,8 @@ class Condition:
     tilt: float | None = None  # degrees the page is turned
     height: int | None = None  # the photo's height in pixels
     digit_share: float | None = None  # the digit's height as a share of the photo's height
+    blur: float | None = None  # the camera's blur as a share of the digit's height (None: about
+    # 1-4 px at 300 px, growing with the photo's size)
 
 
 @dataclass
@@ -55,6 +57,7 @@ class Resolved:
     tilt: float
     height: int
     digit_share: float
+    blur: float | None
 
 
 _T = TypeVar("_T")
@@ -76,6 +79,7 @@ def resolve(condition: Condition, rng: np.random.Generator) -> Resolved:
         tilt=_pick(c.tilt, lambda: float(rng.normal(0, 4))),
         height=_pick(c.height, lambda: int(np.exp(rng.uniform(np.log(24), np.log(400))))),
         digit_share=_pick(c.digit_share, lambda: float(rng.uniform(0.35, 0.8))),
+        blur=c.blur,
     )
 
 
@@ -197,7 +201,10 @@ def photograph_page(ink: np.ndarray, rng: np.random.Generator,
     out_width = max(1, round(shape[1] * out_height / shape[0]))
     interpolation = cv2.INTER_AREA if out_height < shape[0] else cv2.INTER_CUBIC
     photo = cv2.resize(photo, (out_width, out_height), interpolation=interpolation)
-    photo = cv2.GaussianBlur(photo, (0, 0), rng.uniform(0.3, 1.2) * max(1.0, out_height / 300))
+    sigma = rng.uniform(0.3, 1.2) * max(1.0, out_height / 300)
+    if c.blur is not None:
+        sigma = c.blur * c.digit_share * out_height
+    photo = cv2.GaussianBlur(photo, (0, 0), sigma)
     photo += rng.normal(0, rng.uniform(0.003, 0.025), photo.shape).astype(np.float32)
     rgb = np.clip(photo * 255, 0, 255).astype(np.uint8)
     quality = int(rng.integers(45, 95))
@@ -253,6 +260,22 @@ def jpeg_bytes(rgb: np.ndarray, quality: int = 92) -> bytes:
     return encoded.tobytes()
 
 
+FAR_SHARE = 0.12  # of the training photos, those taken from afar (training_condition)
+
+
+def training_condition(rng: np.random.Generator) -> Condition:
+    """What a training photo shows: anything at random, or (FAR_SHARE of them) a digit as a
+    12 MP photo of it from afar shows it once `predict` has shrunk the photo: blurred by 1.5-6% of
+    its height (a camera's blur is some pixels of the photo, which are many for a small digit).
+    "Not a digit" must refuse letters blurred so too, as round as digits. Drawn at a few hundred
+    pixels, as fast as any other photo, not at 12 MP."""
+    if rng.random() < FAR_SHARE:
+        return Condition(height=int(rng.integers(200, 450)),
+                         digit_share=float(rng.uniform(0.15, 0.35)),
+                         blur=float(rng.uniform(0.015, 0.06)))
+    return Condition()
+
+
 def photo_fields(images: np.ndarray, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """`count` photos of digits drawn from `images` (N x 28 x 28, MNIST's convention) on
     notebook pages, each through the same decoding and preprocessing as `mnist-cnn predict`:
@@ -263,7 +286,7 @@ def photo_fields(images: np.ndarray, count: int, seed: int) -> tuple[np.ndarray,
     rng = np.random.default_rng(seed)
     fields, sources = [], []
     for index in rng.integers(0, len(images), count):
-        photo = photograph_page(mnist_glyph(images[index]), rng)
+        photo = photograph_page(mnist_glyph(images[index]), rng, training_condition(rng))
         try:
             fields.append(load_and_preprocess(jpeg_bytes(photo, int(rng.integers(70, 95)))).final)
         except ImageError:

@@ -183,7 +183,7 @@ def outlier_pool(count: int, seed: int) -> np.ndarray:
     """Non-digits for outlier exposure, as predict sees them: (count, 28, 28) uint8 photos of
     letters (the last third of the fonts: the others are kept for calibration and the report),
     shapes, scribbles and textured silhouettes, preprocessed."""
-    from .notebook import jpeg_bytes, photograph_page
+    from .notebook import jpeg_bytes, photograph_page, training_condition
     from .preprocess import ImageError, load_and_preprocess, preprocess  # not needed to draw
 
     rng = np.random.default_rng(seed)
@@ -206,7 +206,8 @@ def outlier_pool(count: int, seed: int) -> np.ndarray:
             if rng.random() < (1 / 3 if kind == 0 else 0.5):
                 pool.append(preprocess(photograph(ink, rng)).final)
             else:
-                pool.append(load_and_preprocess(jpeg_bytes(photograph_page(ink, rng))).final)
+                pool.append(load_and_preprocess(jpeg_bytes(photograph_page(
+                    ink, rng, training_condition(rng)))).final)
         except ImageError:
             continue
     return np.stack(pool)
