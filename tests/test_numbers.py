@@ -15,7 +15,7 @@ from scipy import ndimage
 from mnist_cnn.images import synthetic
 from mnist_cnn.images.preprocess import ImageError
 from mnist_cnn.inference.ensemble import ensemble_proba
-from mnist_cnn.inference.numbers import MAX_DIGITS, read_number, segment
+from mnist_cnn.inference.numbers import MAX_DIGITS, Piece, blobs, read_number, segment
 from mnist_cnn.models.checkpoint import load_pretrained, pretrained_path
 from mnist_cnn.server import create_app
 
@@ -226,3 +226,48 @@ def test_one_huge_smear_gives_a_bounded_answer(network, runtime):
     reading = read_number(paper, *network, runtime)
     assert 1 <= len(reading.number) <= MAX_DIGITS
     assert all(0 <= d["box"][0] < d["box"][2] <= 1200 for d in reading.digits)
+
+
+# of 100 pairs of test digits a few pixels apart, the second over the first's last 16 columns:
+# read exactly 66 with the blobs' groupings weighed beside the column cuts, 57 with cuts only
+NEAR_PAIRS_READ = 62
+
+
+def test_digits_a_few_pixels_apart_are_read_apart(test_digits, network, runtime):
+    # closer than a stroke's width, the two are joined into one piece (as a pencil's broken
+    # stroke is); their columns overlap, so no vertical cut parts them, but their blobs do
+    images, labels = test_digits
+
+    def glyph(digit: int, skip: int) -> np.ndarray:
+        g = synthetic.crop_ink(images[first_of(labels, digit, skip)])
+        return np.asarray(Image.fromarray(g).resize((round(g.shape[1] * 60 / g.shape[0]), 60),
+                                                    Image.Resampling.BICUBIC))
+
+    rng = np.random.default_rng(0)
+    read = 0
+    for k in range(100):
+        a, b = int(rng.integers(10)), int(rng.integers(10))
+        left, right = glyph(a, k), glyph(b, k + 1)
+        ink = np.zeros((80, left.shape[1] + right.shape[1] + 4), dtype=np.uint8)
+        ink[10:70, 10:10 + left.shape[1]] = left
+        second = np.zeros_like(ink)
+        second[10:70, left.shape[1] - 6:left.shape[1] - 6 + right.shape[1]] = right
+        apart = ~ndimage.binary_dilation(second > 40, iterations=3)  # 3 px of paper between
+        row = 255 - np.maximum(np.where(apart, ink, 0), second)
+        read += read_number(row, *network, runtime).number == f"{a}{b}"
+    assert read >= NEAR_PAIRS_READ, f"{read} of 100 pairs read"
+
+
+def test_a_piece_is_parted_among_its_blobs_left_to_right():
+    mask = np.zeros((40, 60), dtype=bool)
+    mask[5:35, 30:36] = True  # the right blob, listed first
+    mask[5:35, 5:11] = True
+    soft = mask.copy()
+    soft[20, 11:14] = True  # a soft edge beside the left blob
+    solid = np.zeros((50, 70), dtype=bool)
+    solid[5:45, 5:65] = mask
+    parts = blobs(Piece(5, 5, soft), solid)
+    assert len(parts) == 2
+    assert parts[0][:, :20].sum() == parts[0].sum() and parts[1][:, 25:].sum() == parts[1].sum()
+    assert parts[0][20, 11:14].all()  # the soft edge goes to the blob beside it
+    assert (parts[0] | parts[1]).sum() == soft.sum() and not (parts[0] & parts[1]).any()

@@ -5,7 +5,8 @@ suppression); lines drawn under the digits are taken out; the solid ink is cut i
 components (soft edge pixels go to the component beside them), specks are dropped, pieces whose
 columns mostly overlap are merged (a "5" or a "7" written in two strokes), dots and dashes are
 dropped, and a piece too wide for the row's digit height is cut where the network reads its parts
-most confidently as digits (all the ways to cut it weighed together: three touching digits).
+most confidently as digits (all the ways to cut it weighed together: three touching digits), or
+parted among the blobs it was joined from (digits a few pixels apart whose columns overlap).
 Each piece, left to right, is then brought into the MNIST field like a single digit
 (imaging.mnist_field) and read by the same network(s).
 
@@ -64,6 +65,7 @@ CUTS_TRIED = 8  # cut columns tried per piece: the lowest minima of the ink's co
 # two per digit height of its width, up to MAX_CUTS (all parts between two cuts are read: 300 then)
 MAX_CUTS = 24
 JOIN = 0.6  # blobs closer than this many stroke widths are one piece
+MAX_BLOBS = 8  # a wide piece joined from more blobs than this is cut at columns only
 CUT_SOFTENING = 2.0  # cuts are chosen at this many times the calibrated temperature (tuned on
 # rows of MNIST validation digits, of font digits and on the photos' tuning split)
 BLOCK = 0.85  # a piece filling this share of its box is a filled shape, not a digit
@@ -228,45 +230,87 @@ def cut_columns(piece: Piece, ink: np.ndarray, height: float) -> list[int]:
     return chosen
 
 
-def split_wide(piece: Piece, ink: np.ndarray, height: float, proba: Proba) -> list[Piece]:
-    """The piece, or the digits it holds when they touch: of every way to cut it at the
-    candidate columns, the one whose parts read best as digits of a digit's width (dynamic
-    programming over the cuts, so that three or more touching digits are weighed as such, not
-    as a digit beside a pair that reads as nothing)."""
-    if piece.width <= SPLIT_ASPECT * height or is_block(piece):
-        return [piece]  # a solid block is no row of ones: it stays whole, and no digit
-    edges = [0, *sorted(cut_columns(piece, ink, height)), piece.width]
-    spans: dict[tuple[int, int], Piece] = {}
-    for i, j in itertools.combinations(range(len(edges)), 2):
-        part = tight(piece.top, piece.left + edges[i], piece.mask[:, edges[i]:edges[j]])
-        whole = (i, j) == (0, len(edges) - 1)
-        # a part far wider than a digit holds more than one, and a part that is only a fragment
-        # (a curl's tip, a bar's end) is no digit of its own
-        if (part is not None and part.width <= FORCE_ASPECT * height
-                and (whole or part.height >= FRAGMENT * height)):
-            spans[i, j] = part
-    if len(spans) <= 1:
-        return [piece]
+def readable(part: Piece | None, whole: bool, height: float) -> bool:
+    """Whether a part of a wide piece may be read as one digit: a part far wider than a digit
+    holds more than one, and a part that is only a fragment (a curl's tip, a bar's end) is no
+    digit of its own."""
+    return (part is not None and part.width <= FORCE_ASPECT * height
+            and (whole or part.height >= FRAGMENT * height))
+
+
+def best_partition(spans: dict[tuple[int, int], Piece], count: int, ink: np.ndarray,
+                   height: float, proba: Proba) -> tuple[float, list[Piece]]:
+    """Of the ways to cover atoms 0..count (columns between cuts, or blobs left to right) with
+    the parts in `spans` (atoms i to j -> part), the one whose parts read best as digits of a
+    digit's width, and its score: dynamic programming, so that three or more touching digits are
+    weighed as such, not as a digit beside a pair that reads as nothing."""
+    if not spans:
+        return -math.inf, []
     keys = list(spans)
     confidence = proba(torch.stack([field(ink, spans[k]) for k in keys])).max(dim=1).values
     score = {k: math.log(c) - WIDTH_COST * max(0.0, spans[k].width / height - 1.0)
              for k, c in zip(keys, confidence.tolist())}
-    # best[j]: the best score of the columns up to edges[j] read as digits, and its last part
-    best: list[tuple[float, int]] = [(0.0, -1)] + [(-np.inf, -1)] * (len(edges) - 1)
-    for j in range(1, len(edges)):
+    # best[j]: the best score of atoms up to j read as digits, and where its last part starts
+    best: list[tuple[float, int]] = [(0.0, -1)] + [(-math.inf, -1)] * count
+    for j in range(1, count + 1):
         for i in range(j):
-            if (i, j) in score and best[i][0] > -np.inf:
+            if (i, j) in score and best[i][0] > -math.inf:
                 total = best[i][0] + score[i, j]
                 if total > best[j][0]:
                     best[j] = (total, i)
-    if best[-1][0] == -np.inf:
-        return [piece]
-    parts, j = [], len(edges) - 1
+    if best[count][0] == -math.inf:
+        return -math.inf, []
+    parts, j = [], count
     while j > 0:
         i = best[j][1]
         parts.append(spans[i, j])
         j = i
-    return parts[::-1]
+    return best[count][0], parts[::-1]
+
+
+def blobs(piece: Piece, solid: np.ndarray) -> list[np.ndarray]:
+    """The piece's pixels split among the solid blobs it was joined from (components joins
+    blobs a stroke's width apart: a broken stroke, or two digits that nearly touch), left to
+    right; blobs with less than SPECK_SHARE of the largest one's pixels, and the soft edges,
+    go to the blob nearest them. At most MAX_BLOBS (none when there are more)."""
+    inside = solid[piece.top:piece.bottom, piece.left:piece.right] & piece.mask
+    labels, count = ndimage.label(inside, structure=np.ones((3, 3), dtype=bool))
+    if count < 2:
+        return []
+    sizes = ndimage.sum_labels(inside, labels, index=np.arange(1, count + 1))
+    big = np.flatnonzero(sizes >= SPECK_SHARE * sizes.max()) + 1
+    if not 2 <= len(big) <= MAX_BLOBS:
+        return []
+    seeds = np.where(np.isin(labels, big), labels, 0)
+    _, (rows, cols) = ndimage.distance_transform_edt(seeds == 0, return_indices=True)
+    nearest = np.where(piece.mask, seeds[rows, cols], 0)
+    centres = ndimage.center_of_mass(inside, nearest, big)
+    return [nearest == big[k] for k in np.argsort([c[1] for c in centres], kind="stable")]
+
+
+def split_wide(piece: Piece, ink: np.ndarray, solid: np.ndarray, height: float,
+               proba: Proba) -> list[Piece]:
+    """The piece, or the digits it holds when they touch or nearly touch: of every way to cut
+    it at the candidate columns, and of every way to group the blobs it was joined from, the
+    one whose parts read best as digits (best_partition)."""
+    if piece.width <= SPLIT_ASPECT * height or is_block(piece):
+        return [piece]  # a solid block is no row of ones: it stays whole, and no digit
+    edges = [0, *sorted(cut_columns(piece, ink, height)), piece.width]
+    by_columns: dict[tuple[int, int], Piece] = {}
+    for i, j in itertools.combinations(range(len(edges)), 2):
+        part = tight(piece.top, piece.left + edges[i], piece.mask[:, edges[i]:edges[j]])
+        if readable(part, (i, j) == (0, len(edges) - 1), height):
+            by_columns[i, j] = part
+    groups = blobs(piece, solid)
+    by_blobs: dict[tuple[int, int], Piece] = {}
+    for i, j in itertools.combinations(range(len(groups) + 1), 2):
+        part = tight(piece.top, piece.left, np.logical_or.reduce(groups[i:j]))
+        if readable(part, (i, j) == (0, len(groups)), height):
+            by_blobs[i, j] = part
+    best = max(best_partition(by_columns, len(edges) - 1, ink, height, proba),
+               best_partition(by_blobs, len(groups), ink, height, proba),
+               key=lambda scored: scored[0])
+    return best[1] or [piece]
 
 
 def segment(image: Image.Image | np.ndarray, proba: Proba, source: str = "<image>"
@@ -297,7 +341,7 @@ def segment(image: Image.Image | np.ndarray, proba: Proba, source: str = "<image
                          "are read")
     found: list[Piece] = []
     for piece in pieces:
-        found.extend(split_wide(piece, ink, height, proba))
+        found.extend(split_wide(piece, ink, solid, height, proba))
         if len(found) > MAX_DIGITS:
             raise ImageError(f"{source}: more than {MAX_DIGITS} digits; at most {MAX_DIGITS} "
                              "are read")
