@@ -65,6 +65,8 @@ CUTS_TRIED = 8  # cut columns tried per piece: the lowest minima of the ink's co
 # two per digit height of its width, up to MAX_CUTS (all parts between two cuts are read: 300 then)
 MAX_CUTS = 24
 JOIN = 0.6  # blobs closer than this many stroke widths are one piece
+LONG_ROW = 2.5  # a row this many times longer than its ink is high may be levelled...
+LEVEL, STEEP = 4.0, 20.0  # ... when it slopes by this many degrees or more, up to these
 MAX_BLOBS = 8  # a wide piece joined from more blobs than this is cut at columns only
 CUT_SOFTENING = 2.0  # cuts are chosen at this many times the calibrated temperature (tuned on
 # rows of MNIST validation digits, of font digits and on the photos' tuning split)
@@ -230,12 +232,11 @@ def cut_columns(piece: Piece, ink: np.ndarray, height: float) -> list[int]:
     return chosen
 
 
-def readable(part: Piece | None, whole: bool, height: float) -> bool:
+def readable(part: Piece, whole: bool, height: float) -> bool:
     """Whether a part of a wide piece may be read as one digit: a part far wider than a digit
     holds more than one, and a part that is only a fragment (a curl's tip, a bar's end) is no
     digit of its own."""
-    return (part is not None and part.width <= FORCE_ASPECT * height
-            and (whole or part.height >= FRAGMENT * height))
+    return part.width <= FORCE_ASPECT * height and (whole or part.height >= FRAGMENT * height)
 
 
 def best_partition(spans: dict[tuple[int, int], Piece], count: int, ink: np.ndarray,
@@ -299,13 +300,13 @@ def split_wide(piece: Piece, ink: np.ndarray, solid: np.ndarray, height: float,
     by_columns: dict[tuple[int, int], Piece] = {}
     for i, j in itertools.combinations(range(len(edges)), 2):
         part = tight(piece.top, piece.left + edges[i], piece.mask[:, edges[i]:edges[j]])
-        if readable(part, (i, j) == (0, len(edges) - 1), height):
+        if part is not None and readable(part, (i, j) == (0, len(edges) - 1), height):
             by_columns[i, j] = part
     groups = blobs(piece, solid)
     by_blobs: dict[tuple[int, int], Piece] = {}
     for i, j in itertools.combinations(range(len(groups) + 1), 2):
         part = tight(piece.top, piece.left, np.logical_or.reduce(groups[i:j]))
-        if readable(part, (i, j) == (0, len(groups)), height):
+        if part is not None and readable(part, (i, j) == (0, len(groups)), height):
             by_blobs[i, j] = part
     best = max(best_partition(by_columns, len(edges) - 1, ink, height, proba),
                best_partition(by_blobs, len(groups), ink, height, proba),
@@ -313,16 +314,70 @@ def split_wide(piece: Piece, ink: np.ndarray, solid: np.ndarray, height: float,
     return best[1] or [piece]
 
 
+def row_angle(solid: np.ndarray) -> float:
+    """The row's slope in degrees (positive: falling to the right), from a line fitted through
+    the centre of each column's ink, weighted by its ink; 0 for a row too short to tell (its
+    digits' shapes would decide the fit) or turned by less than LEVEL or more than STEEP."""
+    columns = solid.sum(axis=0, dtype=np.float64)
+    xs = np.flatnonzero(columns)
+    if xs.size < 2:
+        return 0.0
+    rows = np.arange(solid.shape[0], dtype=np.float64)[:, None]
+    centres = (solid * rows).sum(axis=0)[xs] / columns[xs]
+    tops, bottoms = solid.argmax(axis=0), solid.shape[0] - solid[::-1].argmax(axis=0)
+    if np.ptp(xs) + 1 < LONG_ROW * float(np.median((bottoms - tops)[xs])):
+        return 0.0
+    weights = columns[xs]
+    dx = xs - np.average(xs, weights=weights)
+    slope = np.average(dx * (centres - np.average(centres, weights=weights)), weights=weights) \
+        / np.average(dx ** 2, weights=weights)
+    angle = math.degrees(math.atan(slope))
+    return angle if LEVEL <= abs(angle) <= STEEP else 0.0
+
+
+def level_row(gray: np.ndarray, angle: float) -> tuple[np.ndarray, np.ndarray]:
+    """The picture turned by `angle` degrees so that the row runs level (on a canvas large
+    enough to hold all of it, filled with the picture's own border), and the 2x3 matrix that
+    takes the turned picture's pixels back to the picture's."""
+    height, width = gray.shape
+    turn = cv2.getRotationMatrix2D((width / 2, height / 2), angle, 1.0)
+    cos, sin = abs(turn[0, 0]), abs(turn[0, 1])
+    size = (math.ceil(width * cos + height * sin), math.ceil(width * sin + height * cos))
+    turn[:, 2] += (size[0] - width) / 2, (size[1] - height) / 2
+    level = cv2.warpAffine(gray, turn, size, flags=cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_REPLICATE)
+    return level, cv2.invertAffineTransform(turn)
+
+
+def image_box(piece: Piece, back: np.ndarray | None, shape: tuple[int, int]) -> list[int]:
+    """The piece's box in the picture's pixels (it was found in the levelled picture when
+    `back` is given: the box around its turned corners, within the picture)."""
+    if back is None:
+        return piece.box()
+    corners = np.array([[piece.left, piece.top], [piece.right, piece.top],
+                        [piece.left, piece.bottom], [piece.right, piece.bottom]], np.float64)
+    x, y = (corners @ back[:, :2].T + back[:, 2]).T
+    return [max(0, math.floor(x.min())), max(0, math.floor(y.min())),
+            min(shape[1], math.ceil(x.max())), min(shape[0], math.ceil(y.max()))]
+
+
 def segment(image: Image.Image | np.ndarray, proba: Proba, source: str = "<image>"
-            ) -> tuple[list[Piece], np.ndarray, bool]:
-    """The digits' pieces, left to right; the ink (white on black) they cover; and whether the
-    image was inverted. `proba` reads 28x28 images, to choose where touching digits are cut."""
+            ) -> tuple[list[Piece], np.ndarray, bool, np.ndarray | None]:
+    """The digits' pieces, left to right; the ink (white on black) they cover; whether the
+    image was inverted; and, when a sloping row was levelled first, the matrix that takes the
+    ink's pixels back to the image's (image_box). `proba` reads 28x28 images, to choose where
+    touching digits are cut."""
     gray = as_gray(image, source)
     # a strip this low has no paper above or below its marks (a uniform one has no ink: below)
     if gray.shape[0] < MIN_INK_SIDE and gray.min() != gray.max():
         raise ImageError(f"{source}: image too flat to hold digits ({gray.shape[0]} px high, "
                          f"needed: {MIN_INK_SIDE} px)")
     ink, solid, inverted, _ = extract_ink(gray, source)
+    back = None
+    angle = row_angle(solid)
+    if angle:  # a sloping row's digits are read upright, and its touching ones cut upright
+        level, back = level_row(gray, angle)
+        ink, solid, inverted, _ = extract_ink(level, source)
     pieces = components(ink, solid, source)
     span = max(max(p.bottom for p in pieces) - min(p.top for p in pieces),
                max(p.right for p in pieces) - min(p.left for p in pieces))
@@ -345,7 +400,7 @@ def segment(image: Image.Image | np.ndarray, proba: Proba, source: str = "<image
         if len(found) > MAX_DIGITS:
             raise ImageError(f"{source}: more than {MAX_DIGITS} digits; at most {MAX_DIGITS} "
                              "are read")
-    return sorted(found, key=lambda p: (p.left + p.right)), ink, inverted
+    return sorted(found, key=lambda p: (p.left + p.right)), ink, inverted, back
 
 
 # --------------------------------------------------------------------------------------------
@@ -371,7 +426,8 @@ def read_number(image: Image.Image | np.ndarray, models: Sequence[nn.Module],
     def cut_proba(images: torch.Tensor) -> torch.Tensor:
         return ensemble_proba(cutting, images, runtime=runtime)
 
-    pieces, ink, inverted = segment(image, cut_proba, source)
+    pieces, ink, inverted, back = segment(image, cut_proba, source)
+    shape = (image.height, image.width) if isinstance(image, Image.Image) else image.shape[:2]
     probabilities = proba(torch.stack([field(ink, p) for p in pieces]))
     digits: list[dict[str, Any]] = []
     looks_like_digits = [digit and not is_block(piece) for digit, piece in
@@ -383,7 +439,7 @@ def read_number(image: Image.Image | np.ndarray, models: Sequence[nn.Module],
             "index": best,
             "probability": float(p[best]),
             "is_digit": looks_like_digit,
-            "box": [round(v * scale) for v in piece.box()],
+            "box": [round(v * scale) for v in image_box(piece, back, shape)],
             "top_k": ranked(p, classes, top_k),
         })
     return NumberReading("".join(d["digit"] for d in digits), digits, inverted,
