@@ -376,8 +376,12 @@ def segment(image: Image.Image | np.ndarray, proba: Proba, source: str = "<image
     back = None
     angle = row_angle(solid)
     if angle:  # a sloping row's digits are read upright, and its touching ones cut upright
-        level, back = level_row(gray, angle)
-        ink, solid, inverted, _ = extract_ink(level, source)
+        level, turned_back = level_row(gray, angle)
+        try:
+            ink, solid, inverted, _ = extract_ink(level, source)
+            back = turned_back
+        except ImageError:  # the corners filled in took the ink's place: read it as it is
+            pass
     pieces = components(ink, solid, source)
     span = max(max(p.bottom for p in pieces) - min(p.top for p in pieces),
                max(p.right for p in pieces) - min(p.left for p in pieces))
