@@ -47,6 +47,7 @@ MIN_CONTRAST = 24  # ink must differ from the background by at least this many g
 NOISE_FACTOR = 8  # ... and by this many times the background's noise,
 VISIBLE = 40  # ... or by this many, which anyone sees: such ink is always read
 EDGE_RADIUS = 2  # soft edge pixels kept around the solid strokes
+FAINT = 0.5  # a stroke's pixels this share as dark as its darkest are ink
 SPECK_SHARE = 0.05  # a separate blob with less ink than this share of the largest one is a speck
 NEAR = 0.6  # blobs this share of the digit's size away from it still belong to it
 DARK_PAGE = 48  # a picture whose median is darker than this is a dark page
@@ -360,6 +361,7 @@ def extract_ink(gray: np.ndarray, source: str = "<image>"
         weak = kept
     strong, strong_level = _strong_ink(weak, relative, contrast, noise, source)
     solid = _connected_to(weak, strong)
+    strong = _faint_strokes(solid, strong, relative, contrast, noise)
     ink = _stretched(relative, paper, solid, strong, strong_level, noise)
     return ink, solid & (ink > 0), inverted, float(threshold)
 
@@ -408,6 +410,23 @@ def _strong_ink(weak: np.ndarray, relative: np.ndarray, contrast: np.ndarray, no
             f"levels, needed: {strong_contrast:.0f}; noise {noise:.1f}): a blank or nearly uniform "
             "image, or write with a darker pen")
     return strong, strong_level
+
+
+def _faint_strokes(solid: np.ndarray, strong: np.ndarray, relative: np.ndarray,
+                   contrast: np.ndarray, noise: float) -> np.ndarray:
+    """The sure ink, with the pixels of each stroke that are at least FAINT as dark as its own
+    darkest (a light digit beside a dark one: one split for all would leave it as dots)."""
+    count, labels = cv2.connectedComponents(solid.astype(np.uint8), connectivity=8)
+    if count <= 1:
+        return strong
+    # each stroke's darkness: its 99th percentile (sorted by stroke, then by darkness)
+    order = np.lexsort((relative.ravel(), labels.ravel()))
+    sizes = np.bincount(labels.ravel(), minlength=count)
+    darkest = relative.ravel()[order][np.clip(np.cumsum(sizes) - 1 - sizes // 100, 0, None)]
+    level = (FAINT * darkest).astype(np.float32)
+    level[0] = np.inf  # the paper
+    strong_contrast = min(VISIBLE, max(MIN_CONTRAST, NOISE_FACTOR * noise))
+    return strong | ((relative > level[labels]) & (contrast >= strong_contrast))
 
 
 def _stretched(relative: np.ndarray, paper: np.ndarray, solid: np.ndarray, strong: np.ndarray,
