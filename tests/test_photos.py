@@ -13,13 +13,14 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from mnist_cnn.images import pen
-from mnist_cnn.images.notebook import Condition, jpeg_bytes, photograph_page, row_ink
-from mnist_cnn.images.preprocess import load_and_preprocess, load_image, preprocess, to_tensor
+from mnist_cnn.images.notebook import Condition, _desk, jpeg_bytes, photograph_page, row_ink
+from mnist_cnn.images.preprocess import extract_ink, load_and_preprocess, load_image, preprocess, to_tensor
 from mnist_cnn.images.synthetic import font_paths, render_glyph
 from mnist_cnn.inference.ensemble import ensemble_proba
 from mnist_cnn.inference.numbers import read_number
 from mnist_cnn.inference.predict import load_predictor
 from mnist_cnn.models.checkpoint import pretrained_path
+from mnist_cnn.opencv import cv2
 
 PHOTOS = 10  # per condition; a test passes with at most one misread
 LEGIBLE = 12  # px: a smaller digit with hairline strokes is more guessed at than read
@@ -251,3 +252,29 @@ def test_a_number_on_a_tilted_page_is_read(shipped):
                               digit_threshold=threshold)
         exact += reading.number == number
     assert exact >= TILTED_ROWS_READ, f"{exact} of 30 tilted rows read"
+
+
+def test_a_stroke_fading_beside_a_dark_digit_is_kept_whole():
+    # a dark ring beside a bar that fades from dark to light along its length (a pen running
+    # dry): the bar is ink wherever it is half as dark as its own darkest, not only near the
+    # pixels that pass one split made for the whole picture (which left its dark end alone)
+    gray = np.full((120, 200), 230, np.uint8)
+    cv2.circle(gray, (55, 60), 28, 20, 9)
+    for row in range(20, 100):
+        gray[row, 140:148] = round(40 + 130 * (row - 20) / 80)  # contrast 190 down to 60
+    _, solid, _, _ = extract_ink(gray)
+    rows = np.flatnonzero(solid[:, 130:160].any(axis=1))
+    assert rows.size and rows.max() - rows.min() >= 0.75 * 80, \
+        f"the fading bar is ink over rows {rows.min() if rows.size else None}-" \
+        f"{rows.max() if rows.size else None} of 20-100"
+
+
+def test_the_desk_keeps_off_the_writing():
+    rng = np.random.default_rng(0)
+    written = np.zeros((300, 400), np.float32)
+    written[100:200, 60:340] = 1.0
+    for _ in range(50):
+        page = _desk(written.shape, written, rng)
+        assert page is None or page[written > 0].min() > 0.99
+    everywhere = np.ones((300, 400), np.float32)
+    assert _desk(everywhere.shape, everywhere, rng) is None

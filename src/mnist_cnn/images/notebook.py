@@ -22,6 +22,8 @@ from ..opencv import cv2
 from .preprocess import set_stroke_width
 
 PAPERS = ("plain", "ruled", "squared")
+DESK_TRIES = 8  # page edges drawn at most, for one that keeps off the writing...
+DESK_GAP = 0.02  # ... by this share of the page's height
 PENS = ("black", "blue", "red", "green", "pencil", "marker")
 # ink colours in RGB: what ballpoints and a graphite pencil leave on white paper
 PEN_RGB = {"black": (35, 35, 45), "blue": (30, 50, 150), "red": (170, 30, 40),
@@ -128,27 +130,35 @@ def _lighting(shape: tuple[int, int], shadow: bool, rng: np.random.Generator) ->
     return light.astype(np.float32)
 
 
-def _desk(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+def _desk(shape: tuple[int, int], strength: np.ndarray, rng: np.random.Generator
+          ) -> np.ndarray | None:
     """Where the page is (1) and where the desk shows (0): a straight page edge near one side
-    or across one corner."""
+    or across one corner, never over the writing (which is on the page) nor within DESK_GAP of
+    the page's height of it; None when no edge tried in DESK_TRIES keeps off it."""
     height, width = shape
-    mask = np.ones((height, width), np.float32)
+    reach = max(1, round(DESK_GAP * height))
+    written = cv2.dilate((strength > 0.05).astype(np.uint8),
+                         np.ones((2 * reach + 1, 2 * reach + 1), np.uint8)) > 0
     w, h = width, height
-    if rng.random() < 0.5:  # along one side
-        depth = rng.uniform(0.05, 0.2)
-        side = rng.integers(4)
-        corners = {0: [(0, 0), (w * depth * rng.uniform(0.6, 1.4), 0),
-                       (w * depth * rng.uniform(0.6, 1.4), h), (0, h)],
-                   1: [(w, 0), (w * (1 - depth), 0), (w * (1 - depth * rng.uniform(0.6, 1.4)), h),
-                       (w, h)],
-                   2: [(0, 0), (w, 0), (w, h * depth), (0, h * depth * rng.uniform(0.6, 1.4))],
-                   3: [(0, h), (w, h), (w, h * (1 - depth)), (0, h * (1 - depth))]}[int(side)]
-    else:  # across a corner
-        a, b = rng.uniform(0.15, 0.45) * w, rng.uniform(0.15, 0.45) * h
-        x0, y0 = (0, w)[rng.integers(2)], (0, h)[rng.integers(2)]
-        corners = [(x0, y0), (abs(x0 - a), y0), (x0, abs(y0 - b))]
-    cv2.fillPoly(mask, [np.round(np.array(corners)).astype(np.int32)], 0.0)
-    return cv2.GaussianBlur(mask, (0, 0), 0.7)
+    for _ in range(DESK_TRIES):
+        mask = np.ones((height, width), np.float32)
+        if rng.random() < 0.5:  # along one side
+            depth = rng.uniform(0.05, 0.2)
+            side = rng.integers(4)
+            corners = {0: [(0, 0), (w * depth * rng.uniform(0.6, 1.4), 0),
+                           (w * depth * rng.uniform(0.6, 1.4), h), (0, h)],
+                       1: [(w, 0), (w * (1 - depth), 0),
+                           (w * (1 - depth * rng.uniform(0.6, 1.4)), h), (w, h)],
+                       2: [(0, 0), (w, 0), (w, h * depth), (0, h * depth * rng.uniform(0.6, 1.4))],
+                       3: [(0, h), (w, h), (w, h * (1 - depth)), (0, h * (1 - depth))]}[int(side)]
+        else:  # across a corner
+            a, b = rng.uniform(0.15, 0.45) * w, rng.uniform(0.15, 0.45) * h
+            x0, y0 = (0, w)[rng.integers(2)], (0, h)[rng.integers(2)]
+            corners = [(x0, y0), (abs(x0 - a), y0), (x0, abs(y0 - b))]
+        cv2.fillPoly(mask, [np.round(np.array(corners)).astype(np.int32)], 0.0)
+        if mask[written].min(initial=1.0) == 1.0:
+            return cv2.GaussianBlur(mask, (0, 0), 0.7)
+    return None
 
 
 def photograph_page(ink: np.ndarray, rng: np.random.Generator,
@@ -189,12 +199,12 @@ def photograph_page(ink: np.ndarray, rng: np.random.Generator,
     photo = page * (1 - strength[..., None]) + np.clip(pen, 0, 1) * page * strength[..., None]
 
     # The page turned and seen slightly from the side, then lit, then the desk around it
-    photo = _perspective(photo, c.tilt, rng)
+    photo, strength = _perspective(photo, strength, c.tilt, rng)
     photo *= _lighting(shape, c.shadow, rng)[..., None]
-    if c.desk:
-        page_mask = _desk(shape, rng)[..., None]
+    page_mask = _desk(shape, strength, rng) if c.desk else None
+    if page_mask is not None:
         desk = np.array([rng.uniform(0.05, 0.35)] * 3, np.float32) * rng.uniform(0.7, 1.3, 3)
-        photo = photo * page_mask + desk.astype(np.float32) * (1 - page_mask)
+        photo = photo * page_mask[..., None] + desk.astype(np.float32) * (1 - page_mask[..., None])
 
     # The camera: the photo's size, blur, noise, JPEG
     out_height = c.height
@@ -214,9 +224,11 @@ def photograph_page(ink: np.ndarray, rng: np.random.Generator,
     return decoded[..., ::-1].copy()
 
 
-def _perspective(photo: np.ndarray, tilt: float, rng: np.random.Generator) -> np.ndarray:
+def _perspective(photo: np.ndarray, strength: np.ndarray, tilt: float, rng: np.random.Generator
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """The photo turned by `tilt` degrees and its corners moved by up to 4% (a phone held not
-    quite square to the page); the paper beyond the page's edge is the page's own colour."""
+    quite square to the page); the paper beyond the page's edge is the page's own colour. The
+    ink's strength is moved with it (to keep the desk off the writing)."""
     height, width = photo.shape[:2]
     centre = (width / 2, height / 2)
     turn = cv2.getRotationMatrix2D(centre, tilt, 1.0)
@@ -225,10 +237,12 @@ def _perspective(photo: np.ndarray, tilt: float, rng: np.random.Generator) -> np
     moved = turned + rng.uniform(-0.04, 0.04, (4, 2)).astype(np.float32) * [width, height]
     matrix = cv2.getPerspectiveTransform(corners, moved.astype(np.float32))
     fill = [float(v) for v in np.median(photo.reshape(-1, 3), axis=0)]
-    return cv2.warpPerspective(photo, matrix, (width, height), flags=cv2.INTER_LINEAR,
-                               borderMode=cv2.BORDER_REPLICATE if rng.random() < 0.5 else
-                               cv2.BORDER_CONSTANT, borderValue=fill)
-
+    border = cv2.BORDER_REPLICATE if rng.random() < 0.5 else cv2.BORDER_CONSTANT
+    photo = cv2.warpPerspective(photo, matrix, (width, height), flags=cv2.INTER_LINEAR,
+                                borderMode=border, borderValue=fill)
+    strength = cv2.warpPerspective(strength, matrix, (width, height), flags=cv2.INTER_LINEAR,
+                                   borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return photo, strength
 
 
 # --------------------------------------------------------------------------------------------
