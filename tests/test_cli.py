@@ -339,6 +339,15 @@ def test_predict_imports_only_what_it_needs(tmp_path):
     assert not loaded & slow
 
 
+def test_training_does_not_import_the_compiler(mnist_data_dir, tmp_path):
+    # torch.optim's optimizers import torch._dynamo (over a second) on first use; ours do not
+    loaded = modules_loaded_by(["train", "--model", "fast", "--epochs", "0.01", "--no-progress",
+                                "--data-dir", str(mnist_data_dir), "--out", str(tmp_path / "run"),
+                                "--threads", "1"])
+    assert "mnist_cnn.training.loop" in loaded
+    assert not loaded & {"torch._dynamo", "sympy"}
+
+
 def test_a_diverging_run_exits_non_zero_saying_what_to_change(mnist_data_dir, tmp_path):
     """Once: "cost = nan", "Accuracy: 0.0980", exit 0, and a last.safetensors nothing could load."""
     code, printed, errors = run_main(

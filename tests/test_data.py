@@ -23,6 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mnist_cnn.cli import main
+from mnist_cnn.data import dataset as dataset_module
 from mnist_cnn.data import idx, sources
 from mnist_cnn.data.dataset import load_dataset, load_directory, make_dataset
 from mnist_cnn.data.idx import parse_idx, read_file_bytes, sha256
@@ -275,6 +276,68 @@ def test_mnist_pixel_statistics(mnist):
     std = float(((counts * (values - mean) ** 2).sum() / counts.sum()).sqrt())
     assert mean == pytest.approx(0.1307, abs=5e-5)
     assert std == pytest.approx(0.3081, abs=5e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# the decompressed copy of gzip files, kept in the cache
+
+
+def copy_of_gz_folder(mnist_gz_dir: Path, target: Path) -> Path:
+    target.mkdir()
+    for stem in FILES.values():
+        shutil.copy(mnist_gz_dir / f"{stem}.gz", target / f"{stem}.gz")
+    return target
+
+
+def test_gzip_files_are_read_once_then_from_their_checked_copy(monkeypatch, no_env, tmp_path,
+                                                                mnist_gz_dir):
+    folder = copy_of_gz_folder(mnist_gz_dir, tmp_path / "gz")
+    first = load_directory(folder, MNIST)
+    copies = sorted((no_env / "mnist" / "decoded").iterdir())
+    assert len(copies) == 4 and not any(p.name.endswith(".tmp") for p in copies)
+
+    def no_gunzip(path):
+        raise AssertionError(f"{path} decompressed again")
+
+    monkeypatch.setattr(dataset_module, "read_file_bytes", no_gunzip)
+    again = load_directory(folder, MNIST)
+    for key in first:
+        assert np.array_equal(first[key], again[key])
+        assert again[key].flags.writeable  # used in place, without a copy
+    assert find_files(no_env / "mnist") is None  # not taken for a filled download cache
+
+
+def test_a_damaged_copy_is_not_used_and_is_rewritten(no_env, tmp_path, mnist_gz_dir):
+    folder = copy_of_gz_folder(mnist_gz_dir, tmp_path / "gz")
+    load_directory(folder, MNIST)
+    copy = next((no_env / "mnist" / "decoded").glob("train-images-idx3-ubyte.*"))
+    damaged = bytearray(copy.read_bytes())
+    damaged[5000] ^= 0xFF
+    copy.write_bytes(damaged)
+    arrays = load_directory(folder, MNIST)
+    assert sha256(idx_bytes(arrays["train_images"])) == MNIST.sha256["train-images-idx3-ubyte"]
+    assert sha256(copy.read_bytes()) == MNIST.sha256["train-images-idx3-ubyte"]
+
+
+def test_a_replaced_gzip_file_is_read_and_checked_again(no_env, tmp_path, mnist_gz_dir):
+    # a copy must not hide that the folder's own file went bad
+    folder = copy_of_gz_folder(mnist_gz_dir, tmp_path / "gz")
+    load_directory(folder, MNIST)
+    labels = folder / "t10k-labels-idx1-ubyte.gz"
+    wrong = bytearray(gzip.decompress(labels.read_bytes()))
+    wrong[-1] = (wrong[-1] + 1) % 10
+    labels.write_bytes(gzip.compress(bytes(wrong)))
+    with pytest.raises(MnistCnnError, match="checksum mismatch"):
+        load_directory(folder, MNIST)
+
+
+def test_an_unwritable_cache_only_makes_loading_slower(monkeypatch, tmp_path, mnist_gz_dir):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("MNIST_CNN_CACHE", str(blocker / "cache"))
+    folder = copy_of_gz_folder(mnist_gz_dir, tmp_path / "gz")
+    arrays = load_directory(folder, MNIST)
+    assert arrays["test_labels"].shape == (10_000,)
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ import torch
 from mnist_cnn.errors import MnistCnnError
 from mnist_cnn.models.checkpoint import load_checkpoint, read_checkpoint
 from mnist_cnn.models.registry import build_model, recipe_for
-from mnist_cnn.training.loop import lr_factor, start_optimizer_import, train
+from mnist_cnn.training.loop import lr_factor, train
+from mnist_cnn.training.optim import SGD, Adam, AdamW
 
 TIMING = {"train_seconds", "images_per_second"}
 
@@ -236,11 +237,56 @@ def test_onecycle_schedule():
     assert lr_factor(SIMPLE.replace(schedule="onecycle"), 100, 100) == pytest.approx(1e-3)
 
 
-def test_optimizer_import_runs_in_the_background():
-    thread = start_optimizer_import()
-    thread.join(timeout=120)
-    assert not thread.is_alive()
-    assert "torch._dynamo" in sys.modules
+@pytest.mark.parametrize("ours, theirs", [
+    (lambda p: Adam(p, lr=0.01, betas=(0.8, 0.99), eps=1e-7, weight_decay=0.01),
+     lambda p: torch.optim.Adam(p, lr=0.01, betas=(0.8, 0.99), eps=1e-7, weight_decay=0.01,
+                                fused=True)),
+    (lambda p: AdamW(p, lr=0.01, weight_decay=0.05),
+     lambda p: torch.optim.AdamW(p, lr=0.01, weight_decay=0.05, fused=True)),
+    (lambda p: SGD(p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3),
+     lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)),
+])
+def test_the_optimizers_step_and_save_as_torch_optims_do(ours, theirs):
+    # the same steps on the same weights as torch.optim's (changing lr between steps, as the
+    # loop does, and a parameter without a gradient), and the same state_dict
+    torch.manual_seed(0)
+    weights = [torch.randn(4, 3), torch.randn(3), torch.randn(2)]
+    mine, reference = [w.clone() for w in weights], [w.clone() for w in weights]
+    a, b = ours(mine), theirs(reference)
+    for _ in range(6):
+        for group in a.param_groups + b.param_groups:
+            group["lr"] *= 0.8
+        grads = [torch.randn_like(w) for w in weights[:2]]  # the last one is frozen
+        for params, opt in ((mine, a), (reference, b)):
+            opt.zero_grad(set_to_none=True)
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            opt.step()
+    for m, r in zip(mine, reference):
+        torch.testing.assert_close(m, r)
+    ours_state, their_state = a.state_dict(), b.state_dict()
+    assert ours_state["param_groups"][0]["params"] == their_state["param_groups"][0]["params"]
+    assert ours_state["state"].keys() == their_state["state"].keys() == {0, 1}
+    for index, state in their_state["state"].items():
+        assert ours_state["state"][index].keys() == state.keys()
+        for key, value in state.items():
+            torch.testing.assert_close(ours_state["state"][index][key], value)
+
+
+def test_an_optimizer_resumes_from_its_state_dict():
+    torch.manual_seed(0)
+    first, second = [torch.randn(5)], [torch.randn(5)]
+    second[0].copy_(first[0])
+    a, b = Adam(first, lr=0.1), Adam(second, lr=0.1)
+    for opt, params in ((a, first), (b, second)):
+        params[0].grad = torch.ones(5)
+        opt.step()
+    b.load_state_dict(a.state_dict())
+    for opt, params in ((a, first), (b, second)):
+        params[0].grad = torch.full((5,), -2.0)
+        opt.step()
+    torch.testing.assert_close(first[0], second[0])
+    assert float(b.state_dict()["state"][0]["step"]) == 2
 
 
 # --------------------------------------------------------------------------------------------

@@ -261,10 +261,8 @@ def start_runtime_and_data(args: argparse.Namespace, precision: str) -> tuple[Ru
     """The runtime and data of a training command."""
     from .data.dataset import load_dataset
     from .runtime.device import setup
-    from .training.loop import start_optimizer_import
 
     runtime = setup(args.device, precision, args.threads, tune_allocator=True, distributed=True)
-    start_optimizer_import()  # overlaps the data loading
     return runtime, load_dataset(args.dataset, args.data_dir, val_size=args.validation)
 
 

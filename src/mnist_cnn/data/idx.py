@@ -85,8 +85,8 @@ class Gunzip:
 
     Each read is one zlib call, which releases the GIL for its whole length. gzip.GzipFile
     inflates 8 KB of input per call instead, about 1,500 calls for the training images, and with
-    another thread running (`mnist-cnn train` imports torch._dynamo on one meanwhile) every
-    call waits to get the GIL back: that made loading 4 times slower.
+    another thread running (a server's, a test's) every call waits to get the GIL back: that made
+    loading 4 times slower.
 
     Input is given to zlib in pieces that start small and double while a member lasts: zlib
     copies what follows a member's end (its unused_data), so feeding all the rest at once made

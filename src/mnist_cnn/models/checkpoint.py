@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from safetensors import SafetensorError
@@ -32,6 +32,19 @@ from ..errors import MnistCnnError
 from ..files import write_atomically
 from .recipes import Recipe, is_number
 from .registry import build_model, model_entry
+
+
+class Optimizer(Protocol):
+    """What a checkpoint keeps of an optimizer, in torch.optim's layout (training/optim.py's
+    optimizers, or torch.optim's own)."""
+
+    param_groups: list[dict[str, Any]]
+    state: dict[torch.Tensor, dict[str, Any]]
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None: ...
+
 
 FORMAT = "mnist-cnn-checkpoint"
 VERSION = 1
@@ -218,7 +231,7 @@ def one_line(e: BaseException) -> str:
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module,
                     meta: CheckpointMeta | dict[str, Any],
-                    optimizer: torch.optim.Optimizer | None = None,
+                    optimizer: Optimizer | None = None,
                     rng_state: torch.Tensor | None = None) -> None:
     """Write weights + metadata (+ optimizer state and RNG state for resuming), atomically.
 
@@ -234,7 +247,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module,
 
 
 def encode_checkpoint(model: nn.Module, meta: CheckpointMeta | dict[str, Any],
-                      optimizer: torch.optim.Optimizer | None = None,
+                      optimizer: Optimizer | None = None,
                       rng_state: torch.Tensor | None = None) -> bytes:
     """The bytes of save_checkpoint's file, checked as read_checkpoint checks a file (an error
     says what is wrong, without a file name)."""
@@ -543,7 +556,7 @@ def load_pretrained(device: torch.device | str = "cpu") -> tuple[nn.Module, Chec
     return (model if meta.temperature is None else Calibrated(model, meta.temperature)), meta
 
 
-def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+def load_optimizer_state(optimizer: Optimizer, tensors: dict[str, torch.Tensor],
                          meta: CheckpointMeta, source: str) -> None:
     """Give `optimizer` the checkpoint's state, after checking it against the optimizer itself."""
     fresh = optimizer.state_dict()["param_groups"]

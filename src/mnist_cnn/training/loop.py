@@ -9,7 +9,6 @@ uninterrupted one.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import math
 import signal
@@ -43,6 +42,7 @@ from ..models.recipes import Recipe
 from ..models.registry import as_input
 from ..runtime import distributed
 from ..runtime.device import Runtime
+from .optim import SGD, Adam, AdamW, Optimizer
 
 CHECKPOINT_NAME = "last.safetensors"
 METRICS_NAME = "metrics.jsonl"
@@ -76,32 +76,14 @@ class Diverged(Exception):
 CHECK_EVERY = 32
 
 
-def start_optimizer_import() -> threading.Thread:
-    """Import what torch.optim loads on first use, on a background thread.
-
-    Making the first optimizer imports torch._dynamo: about a second of pure Python, a quarter of
-    a whole `fast` run. Started before the data loads (0.3 s, mostly in zlib and hashlib, which
-    release the GIL), that much of it is hidden. The optimizer's own import then finds the module
-    loaded, or waits for it.
-    """
-    def run() -> None:
-        with contextlib.suppress(Exception):  # a failure is raised again, in the main thread
-            importlib.import_module("torch._dynamo")
-
-    thread = threading.Thread(target=run, name="import torch._dynamo", daemon=True)
-    thread.start()
-    return thread
-
-
-def make_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
+def make_optimizer(recipe: Recipe, model: nn.Module) -> Optimizer:
     params = model.parameters()
-    # fused kernels do the whole update in one pass per tensor (about 10% of a CPU step here)
     if recipe.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, nesterov=True,
-                               weight_decay=recipe.weight_decay)
-    adam = torch.optim.AdamW if recipe.optimizer == "adamw" else torch.optim.Adam
+        return SGD(params, lr=recipe.lr, momentum=recipe.momentum, nesterov=True,
+                   weight_decay=recipe.weight_decay)
+    adam = AdamW if recipe.optimizer == "adamw" else Adam
     return adam(params, lr=recipe.lr, betas=recipe.betas, eps=recipe.eps,
-                weight_decay=recipe.weight_decay, fused=True)
+                weight_decay=recipe.weight_decay)
 
 
 def lr_factor(recipe: Recipe, step: int, total_steps: int) -> float:
@@ -472,7 +454,7 @@ def ctrl_c_deferred() -> Iterator[None]:
         previous(*caught[0])  # Python's own handler raises KeyboardInterrupt
 
 
-def write_epoch(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer, recipe: Recipe,
+def write_epoch(out: Path, model: nn.Module, optimizer: Optimizer, recipe: Recipe,
                 data: Dataset, history: list[dict[str, Any]]) -> Path:
     path = out / CHECKPOINT_NAME
     meta = {"recipe": recipe.to_dict(), "dataset": data.name, "checksums": data.checksums,
@@ -494,7 +476,7 @@ def write_metrics(out: Path, history: list[dict[str, Any]]) -> None:
     write_atomically(out / METRICS_NAME, "".join(json.dumps(r) + "\n" for r in history).encode())
 
 
-def resume_from(out: Path | None, model: nn.Module, optimizer: torch.optim.Optimizer,
+def resume_from(out: Path | None, model: nn.Module, optimizer: Optimizer,
                 recipe: Recipe, data: Dataset, log: Callable[[str], None],
                 runtime: Runtime) -> tuple[int, list[dict[str, Any]]]:
     raw = None if out is None else distributed.read_on_rank0(out / CHECKPOINT_NAME, runtime,
