@@ -6,7 +6,9 @@ components (soft edge pixels go to the component beside them), specks are droppe
 columns mostly overlap are merged (a "5" or a "7" written in two strokes), dots and dashes are
 dropped, and a piece too wide for the row's digit height is cut where the network reads its parts
 most confidently as digits (all the ways to cut it weighed together: three touching digits), or
-parted among the blobs it was joined from (digits a few pixels apart whose columns overlap).
+parted among the blobs it was joined from (digits a few pixels apart whose columns overlap); when
+a part of the best of those reads as no digit, the cuts may also bend around the ink (touching
+digits whose columns overlap).
 Each piece, left to right, is then brought into the MNIST field like a single digit
 (imaging.mnist_field) and read by the same network(s).
 
@@ -71,6 +73,13 @@ MAX_BLOBS = 8  # a wide piece joined from more blobs than this is cut at columns
 CUT_SOFTENING = 2.0  # cuts are chosen at this many times the calibrated temperature (tuned on
 # rows of MNIST validation digits, of font digits and on the photos' tuning split)
 BLOCK = 0.85  # a piece filling this share of its box is a filled shape, not a digit
+# When some part of the best straight cut reads as no digit (under UNSURE, softened), the cuts
+# may bend: each follows the path from top to bottom that crosses the least ink within
+# BEND of the height of its column, each step sideways costing BEND_COST gray levels (tuned on
+# the photos' tuning split: 329 and 353 of two sets of 400 rows against 326 and 350)
+UNSURE = 0.5
+BEND = 0.2
+BEND_COST = 40.0
 
 Proba = Callable[[torch.Tensor], torch.Tensor]  # uint8 (N, 1, 28, 28) -> probabilities (N, C)
 
@@ -232,6 +241,48 @@ def cut_columns(piece: Piece, ink: np.ndarray, height: float) -> list[int]:
     return chosen
 
 
+def bent_cuts(piece: Piece, ink: np.ndarray, edges: list[int], height: float
+              ) -> list[np.ndarray]:
+    """For each cut column in `edges` (the first and last are the piece's sides), the column the
+    cut takes in each row: the path crossing the least ink (seam carving's dynamic programming),
+    within BEND of the height of the column and never left of the cut before it."""
+    rows, reach = piece.height, max(1, round(BEND * height))
+    crop = np.where(piece.mask, ink[piece.top:piece.bottom, piece.left:piece.right], 0)
+    paths = [np.zeros(rows, np.int64)]
+    for column in edges[1:-1]:
+        lo, hi = max(1, column - reach), min(piece.width - 1, column + reach + 1)
+        offset = np.abs(np.arange(lo, hi) - column)
+        cost = crop[:, lo:hi].astype(np.float64) + BEND_COST * offset / reach
+        came = np.zeros(cost.shape, np.int64)  # -1, 0, +1: the column step from the row above
+        for y in range(1, rows):
+            above = cost[y - 1]
+            options = np.stack([np.r_[np.inf, above[:-1]] + BEND_COST, above,
+                                np.r_[above[1:], np.inf] + BEND_COST])
+            step = options.argmin(axis=0)
+            cost[y] += options[step, np.arange(hi - lo)]
+            came[y] = step - 1
+        path, x = np.empty(rows, np.int64), int(cost[-1].argmin())
+        for y in range(rows - 1, -1, -1):
+            path[y] = x + lo
+            x += came[y, x]
+        paths.append(np.maximum(path, paths[-1]))
+    paths.append(np.full(rows, piece.width))
+    return paths
+
+
+def parts_between(piece: Piece, paths: list[np.ndarray], height: float
+                  ) -> dict[tuple[int, int], Piece]:
+    """The readable parts between every two cuts (each a column per row), by their indices."""
+    columns = np.arange(piece.width)
+    spans: dict[tuple[int, int], Piece] = {}
+    for i, j in itertools.combinations(range(len(paths)), 2):
+        between = (columns >= paths[i][:, None]) & (columns < paths[j][:, None])
+        part = tight(piece.top, piece.left, piece.mask & between)
+        if part is not None and readable(part, (i, j) == (0, len(paths) - 1), height):
+            spans[i, j] = part
+    return spans
+
+
 def readable(part: Piece, whole: bool, height: float) -> bool:
     """Whether a part of a wide piece may be read as one digit: a part far wider than a digit
     holds more than one, and a part that is only a fragment (a curl's tip, a bar's end) is no
@@ -297,20 +348,22 @@ def split_wide(piece: Piece, ink: np.ndarray, solid: np.ndarray, height: float,
     if piece.width <= SPLIT_ASPECT * height or is_block(piece):
         return [piece]  # a solid block is no row of ones: it stays whole, and no digit
     edges = [0, *sorted(cut_columns(piece, ink, height)), piece.width]
-    by_columns: dict[tuple[int, int], Piece] = {}
-    for i, j in itertools.combinations(range(len(edges)), 2):
-        part = tight(piece.top, piece.left + edges[i], piece.mask[:, edges[i]:edges[j]])
-        if part is not None and readable(part, (i, j) == (0, len(edges) - 1), height):
-            by_columns[i, j] = part
+    straight = parts_between(piece, [np.full(piece.height, e) for e in edges], height)
     groups = blobs(piece, solid)
     by_blobs: dict[tuple[int, int], Piece] = {}
     for i, j in itertools.combinations(range(len(groups) + 1), 2):
         part = tight(piece.top, piece.left, np.logical_or.reduce(groups[i:j]))
         if part is not None and readable(part, (i, j) == (0, len(groups)), height):
             by_blobs[i, j] = part
-    best = max(best_partition(by_columns, len(edges) - 1, ink, height, proba),
+    best = max(best_partition(straight, len(edges) - 1, ink, height, proba),
                best_partition(by_blobs, len(groups), ink, height, proba),
                key=lambda scored: scored[0])
+    if len(edges) > 2 and best[1] and float(proba(torch.stack(
+            [field(ink, part) for part in best[1]])).max(dim=1).values.min()) < UNSURE:
+        # touching digits whose columns overlap: no straight cut parts them
+        bent = parts_between(piece, bent_cuts(piece, ink, edges, height), height)
+        best = max(best, best_partition(bent, len(edges) - 1, ink, height, proba),
+                   key=lambda scored: scored[0])
     return best[1] or [piece]
 
 
