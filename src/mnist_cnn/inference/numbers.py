@@ -270,17 +270,24 @@ def bent_cuts(piece: Piece, ink: np.ndarray, edges: list[int], height: float
     return paths
 
 
+def readable_parts(piece: Piece, count: int, mask: Callable[[int, int], np.ndarray],
+                   height: float) -> dict[tuple[int, int], Piece]:
+    """The readable parts of a piece split into `count` atoms, by the atoms they span: `mask(i,
+    j)` is the piece's pixels of atoms i to j (within its box)."""
+    spans: dict[tuple[int, int], Piece] = {}
+    for i, j in itertools.combinations(range(count + 1), 2):
+        part = tight(piece.top, piece.left, mask(i, j))
+        if part is not None and readable(part, (i, j) == (0, count), height):
+            spans[i, j] = part
+    return spans
+
+
 def parts_between(piece: Piece, paths: list[np.ndarray], height: float
                   ) -> dict[tuple[int, int], Piece]:
     """The readable parts between every two cuts (each a column per row), by their indices."""
     columns = np.arange(piece.width)
-    spans: dict[tuple[int, int], Piece] = {}
-    for i, j in itertools.combinations(range(len(paths)), 2):
-        between = (columns >= paths[i][:, None]) & (columns < paths[j][:, None])
-        part = tight(piece.top, piece.left, piece.mask & between)
-        if part is not None and readable(part, (i, j) == (0, len(paths) - 1), height):
-            spans[i, j] = part
-    return spans
+    return readable_parts(piece, len(paths) - 1, lambda i, j: piece.mask & (
+        columns >= paths[i][:, None]) & (columns < paths[j][:, None]), height)
 
 
 def readable(part: Piece, whole: bool, height: float) -> bool:
@@ -291,17 +298,19 @@ def readable(part: Piece, whole: bool, height: float) -> bool:
 
 
 def best_partition(spans: dict[tuple[int, int], Piece], count: int, ink: np.ndarray,
-                   height: float, proba: Proba) -> tuple[float, list[Piece]]:
+                   height: float, proba: Proba) -> tuple[float, list[Piece], float]:
     """Of the ways to cover atoms 0..count (columns between cuts, or blobs left to right) with
     the parts in `spans` (atoms i to j -> part), the one whose parts read best as digits of a
-    digit's width, and its score: dynamic programming, so that three or more touching digits are
-    weighed as such, not as a digit beside a pair that reads as nothing."""
+    digit's width, its score, and how sure the network is of its least sure part: dynamic
+    programming, so that three or more touching digits are weighed as such, not as a digit
+    beside a pair that reads as nothing."""
     if not spans:
-        return -math.inf, []
+        return -math.inf, [], 0.0
     keys = list(spans)
-    confidence = proba(torch.stack([field(ink, spans[k]) for k in keys])).max(dim=1).values
+    confidence = dict(zip(keys, proba(torch.stack([field(ink, spans[k]) for k in keys]))
+                          .max(dim=1).values.tolist()))
     score = {k: math.log(c) - WIDTH_COST * max(0.0, spans[k].width / height - 1.0)
-             for k, c in zip(keys, confidence.tolist())}
+             for k, c in confidence.items()}
     # best[j]: the best score of atoms up to j read as digits, and where its last part starts
     best: list[tuple[float, int]] = [(0.0, -1)] + [(-math.inf, -1)] * count
     for j in range(1, count + 1):
@@ -311,13 +320,14 @@ def best_partition(spans: dict[tuple[int, int], Piece], count: int, ink: np.ndar
                 if total > best[j][0]:
                     best[j] = (total, i)
     if best[count][0] == -math.inf:
-        return -math.inf, []
-    parts, j = [], count
+        return -math.inf, [], 0.0
+    parts, weakest, j = [], 1.0, count
     while j > 0:
         i = best[j][1]
         parts.append(spans[i, j])
+        weakest = min(weakest, confidence[i, j])
         j = i
-    return best[count][0], parts[::-1]
+    return best[count][0], parts[::-1], weakest
 
 
 def blobs(piece: Piece, solid: np.ndarray) -> list[np.ndarray]:
@@ -350,16 +360,12 @@ def split_wide(piece: Piece, ink: np.ndarray, solid: np.ndarray, height: float,
     edges = [0, *sorted(cut_columns(piece, ink, height)), piece.width]
     straight = parts_between(piece, [np.full(piece.height, e) for e in edges], height)
     groups = blobs(piece, solid)
-    by_blobs: dict[tuple[int, int], Piece] = {}
-    for i, j in itertools.combinations(range(len(groups) + 1), 2):
-        part = tight(piece.top, piece.left, np.logical_or.reduce(groups[i:j]))
-        if part is not None and readable(part, (i, j) == (0, len(groups)), height):
-            by_blobs[i, j] = part
+    by_blobs = readable_parts(piece, len(groups),
+                              lambda i, j: np.logical_or.reduce(groups[i:j]), height)
     best = max(best_partition(straight, len(edges) - 1, ink, height, proba),
                best_partition(by_blobs, len(groups), ink, height, proba),
                key=lambda scored: scored[0])
-    if len(edges) > 2 and best[1] and float(proba(torch.stack(
-            [field(ink, part) for part in best[1]])).max(dim=1).values.min()) < UNSURE:
+    if len(edges) > 2 and best[1] and best[2] < UNSURE:
         # touching digits whose columns overlap: no straight cut parts them
         bent = parts_between(piece, bent_cuts(piece, ink, edges, height), height)
         best = max(best, best_partition(bent, len(edges) - 1, ink, height, proba),
