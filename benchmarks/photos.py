@@ -158,6 +158,8 @@ def main() -> None:
     parser.add_argument("--numbers", type=int, default=120, help="rows of 2-6 digits")
     parser.add_argument("--plot", type=Path, help="draw the reliability diagram to this PNG")
     parser.add_argument("--save-failures", type=Path, help="write misread photos here")
+    parser.add_argument("--without-whole-digit", action="store_true",
+                        help="cut touching digits by the digit network alone (to compare)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(format_environment(), flush=True)
@@ -233,8 +235,8 @@ def main() -> None:
         condition.digit_share = glyphs.rng.uniform(0.3, 0.7)
         data = jpeg_bytes(photograph_page(ink, glyphs.rng, condition))
         try:
-            reading = read_number(load_image(data), models, classes,
-                                  digit_threshold=threshold)
+            reading = read_number(load_image(data), models, classes, digit_threshold=threshold,
+                                  whole_digit=not args.without_whole_digit)
             exact += reading.number == "".join(map(str, digits))
         except ImageError:
             pass

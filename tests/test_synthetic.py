@@ -8,6 +8,7 @@ import pytest
 from mnist_cnn.images.synthetic import (
     NOT_DIGIT_LETTERS,
     SHAPES,
+    compose_layers,
     compose_row,
     crop_ink,
     font_paths,
@@ -70,6 +71,22 @@ def test_compose_row_boxes_hold_each_glyph_on_light_paper():
     for left, top, right, bottom in boxes:
         assert 0 <= left < right <= row.shape[1] and 0 <= top < bottom <= row.shape[0]
         assert (row[top:bottom, left:right] == 0).any()  # dark ink inside its box
+
+
+def test_compose_layers_keep_each_glyph_apart_where_they_overlap():
+    glyphs = [np.full((20, 10), 255, dtype=np.uint8) for _ in range(3)]
+    layers, boxes = compose_layers(glyphs, np.random.default_rng(0), height=40, touching=1.0,
+                                   overlap=(-0.2, -0.1))
+    row, same_boxes = compose_row(glyphs, np.random.default_rng(0), height=40, touching=1.0)
+    assert layers.shape[0] == 3 and boxes[0] == same_boxes[0]
+    for layer, (left, top, right, bottom) in zip(layers, boxes):
+        inside = np.zeros(layer.shape, bool)
+        inside[top:bottom, left:right] = True
+        assert layer[inside].min() == 255 and layer[~inside].max() == 0  # its own glyph only
+    assert boxes[1][0] < boxes[0][2]  # the glyphs overlap, and no layer holds another's ink
+    # compose_row is the layers' ink together, for the same draws
+    layers, _ = compose_layers(glyphs, np.random.default_rng(0), height=40, touching=1.0)
+    assert np.array_equal(row, 255 - layers.max(axis=0))
 
 
 def test_mnist_row_and_font_row_say_their_digits():

@@ -231,6 +231,16 @@ def compose_row(glyphs: list[np.ndarray], rng: np.random.Generator, height: int 
     to 12% of the height, otherwise 5% to 60% of the height lies between them. Returns the uint8
     image and each glyph's box [left, top, right, bottom] (right and bottom exclusive).
     """
+    layers, boxes = compose_layers(glyphs, rng, height, touching)
+    return (255 - layers.max(axis=0)).astype(np.uint8), boxes
+
+
+def compose_layers(glyphs: list[np.ndarray], rng: np.random.Generator, height: int = 48,
+                   touching: float = 0.2, overlap: tuple[float, float] = (-0.12, 0.0)
+                   ) -> tuple[np.ndarray, list[list[int]]]:
+    """compose_row's glyphs each on a canvas of its own (white on black, N x H x W, one per
+    glyph), so that whose ink a pixel is stays known where glyphs touch; `overlap`: the range
+    of a touching pair's gap, as a share of the height (negative: overlapping)."""
     scaled = []
     for glyph in glyphs:
         glyph = crop_ink(glyph)
@@ -239,22 +249,20 @@ def compose_row(glyphs: list[np.ndarray], rng: np.random.Generator, height: int 
         scaled.append(np.asarray(Image.fromarray(glyph).resize((w, h), Image.Resampling.BICUBIC)))
     margin = height // 2
     shifts = rng.uniform(-0.08, 0.08, len(glyphs)) * height
-    gaps = np.where(rng.random(len(glyphs)) < touching, rng.uniform(-0.12, 0.0, len(glyphs)),
+    gaps = np.where(rng.random(len(glyphs)) < touching, rng.uniform(*overlap, len(glyphs)),
                     rng.uniform(0.05, 0.6, len(glyphs))) * height
     width = sum(g.shape[1] for g in scaled) + int(np.clip(gaps, 0, None).sum()) + 2 * margin
-    canvas = np.zeros((round(1.4 * height) + 2 * margin, width), dtype=np.uint8)
+    layers = np.zeros((len(glyphs), round(1.4 * height) + 2 * margin, width), dtype=np.uint8)
     boxes, x = [], margin
-    for glyph, shift, gap in zip(scaled, shifts, gaps):
+    for layer, glyph, shift, gap in zip(layers, scaled, shifts, gaps):
         h, w = glyph.shape
         # glyphs stand on a common baseline, as written digits do
         bottom = margin + round(1.2 * height + shift)
         top = bottom - h
-        region = canvas[top:bottom, x:x + w]
-        np.maximum(region, glyph, out=region)
+        layer[top:bottom, x:x + w] = glyph
         boxes.append([x, top, x + w, bottom])
         x += w + round(gap)
-    ink = canvas[:, :max(b[2] for b in boxes) + margin]
-    return (255 - ink).astype(np.uint8), boxes
+    return layers[:, :, :max(b[2] for b in boxes) + margin], boxes
 
 
 def mnist_row(images: np.ndarray, labels: np.ndarray, length: int, rng: np.random.Generator,

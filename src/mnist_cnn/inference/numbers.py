@@ -8,7 +8,9 @@ dropped, and a piece too wide for the row's digit height is cut where the networ
 most confidently as digits (all the ways to cut it weighed together: three touching digits), or
 parted among the blobs it was joined from (digits a few pixels apart whose columns overlap); when
 a part of the best of those reads as no digit, the cuts may also bend around the ink (touching
-digits whose columns overlap).
+digits whose columns overlap). Each way is weighed by how well its parts read as digits and by how
+sure a second, small network is that each part holds one whole digit (the whole-digit check:
+the digit network alone reads "31" as a sure 3, and half of a 0 as a sure 1).
 Each piece, left to right, is then brought into the MNIST field like a single digit
 (imaging.mnist_field) and read by the same network(s).
 
@@ -18,6 +20,7 @@ getbbox).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -41,6 +44,7 @@ from ..images.preprocess import (
     smallest_ink,
     stroke_width,
 )
+from ..models.checkpoint import load_whole_digit
 from ..opencv import cv2
 from ..runtime.device import Runtime
 from .calibration import Calibrated
@@ -66,6 +70,12 @@ MIN_PART = 0.12  # each side of a cut is at least this share of the height wide
 CUTS_TRIED = 8  # cut columns tried per piece: the lowest minima of the ink's column profile, or
 # two per digit height of its width, up to MAX_CUTS (all parts between two cuts are read: 300 then)
 MAX_CUTS = 24
+GRID = 8  # ... and this many columns evenly spaced across the piece: digits whose columns overlap
+# leave no minimum where they touch (tuned on the photos' tuning split with the whole-digit check)
+SURE_WHOLE = 0.9  # a piece the whole-digit check is this sure of is not cut (0.8-0.98 read alike)
+NOT_WHOLE = 0.01  # a part the check gives less is no whole digit: the digit network skips it
+NO_DIGIT = 0.1  # ... and counts as read this surely (the least a best class of ten can be)
+MIN_WHOLE = 1e-4  # the whole-digit check's probability counts for at least this (log: -9.2)
 JOIN = 0.6  # blobs closer than this many stroke widths are one piece
 LONG_ROW = 2.5  # a row this many times longer than its ink is high may be levelled...
 LEVEL, STEEP = 4.0, 20.0  # ... when it slopes by this many degrees or more, up to these
@@ -82,6 +92,8 @@ BEND = 0.2
 BEND_COST = 40.0
 
 Proba = Callable[[torch.Tensor], torch.Tensor]  # uint8 (N, 1, 28, 28) -> probabilities (N, C)
+# The whole-digit check's classes, in the order of its outputs
+WHOLE_DIGIT_CLASSES = ("not one whole digit", "one whole digit")
 
 
 @dataclass
@@ -218,8 +230,10 @@ def merge_fragments(pieces: list[Piece], height: float) -> list[Piece]:
     return pieces
 
 
-def cut_columns(piece: Piece, ink: np.ndarray, height: float) -> list[int]:
-    """Where to try a cut: the lowest local minima of the piece's column ink profile."""
+def cut_columns(piece: Piece, ink: np.ndarray, height: float, grid: bool = True) -> list[int]:
+    """Where to try a cut: the lowest local minima of the piece's column ink profile and, with
+    `grid`, GRID evenly spaced columns (overlapping digits leave no minimum where one ends; the
+    whole-digit check tells a cut there from one through a digit, the digit network alone not)."""
     crop = np.where(piece.mask, ink[piece.top:piece.bottom, piece.left:piece.right], 0)
     profile = ndimage.uniform_filter1d(crop.sum(axis=0, dtype=np.float64), 3)
     margin = max(1, round(MIN_PART * height))
@@ -238,6 +252,12 @@ def cut_columns(piece: Piece, ink: np.ndarray, height: float) -> list[int]:
             chosen.append(int(c))
             if len(chosen) == wanted:
                 break
+    if not grid:
+        return chosen
+    step = max(margin, piece.width / GRID)
+    for c in np.round(np.arange(margin, piece.width - margin + 1, step)).astype(int).tolist():
+        if all(abs(c - k) >= max(1, margin // 2) for k in chosen):
+            chosen.append(c)
     return chosen
 
 
@@ -251,6 +271,9 @@ def bent_cuts(piece: Piece, ink: np.ndarray, edges: list[int], height: float
     paths = [np.zeros(rows, np.int64)]
     for column in edges[1:-1]:
         lo, hi = max(1, column - reach), min(piece.width - 1, column + reach + 1)
+        if hi <= lo:  # a sliver of a piece: nowhere to bend
+            paths.append(np.maximum(np.full(rows, column), paths[-1]))
+            continue
         offset = np.abs(np.arange(lo, hi) - column)
         cost = crop[:, lo:hi].astype(np.float64) + BEND_COST * offset / reach
         came = np.zeros(cost.shape, np.int64)  # -1, 0, +1: the column step from the row above
@@ -298,19 +321,33 @@ def readable(part: Piece, whole: bool, height: float) -> bool:
 
 
 def best_partition(spans: dict[tuple[int, int], Piece], count: int, ink: np.ndarray,
-                   height: float, proba: Proba) -> tuple[float, list[Piece], float]:
+                   height: float, proba: Proba, whole: Proba | None = None
+                   ) -> tuple[float, list[Piece], float]:
     """Of the ways to cover atoms 0..count (columns between cuts, or blobs left to right) with
     the parts in `spans` (atoms i to j -> part), the one whose parts read best as digits of a
-    digit's width, its score, and how sure the network is of its least sure part: dynamic
-    programming, so that three or more touching digits are weighed as such, not as a digit
-    beside a pair that reads as nothing."""
+    digit's width (and, with `whole`, the whole-digit check's probabilities, as whole digits),
+    its score, and how sure the networks are of its least sure part: dynamic programming, so
+    that three or more touching digits are weighed as such, not as a digit beside a pair that
+    reads as nothing."""
     if not spans:
         return -math.inf, [], 0.0
     keys = list(spans)
-    confidence = dict(zip(keys, proba(torch.stack([field(ink, spans[k]) for k in keys]))
-                          .max(dim=1).values.tolist()))
-    score = {k: math.log(c) - WIDTH_COST * max(0.0, spans[k].width / height - 1.0)
-             for k, c in confidence.items()}
+    fields = torch.stack([field(ink, spans[k]) for k in keys])
+    if whole is None:
+        digit = proba(fields).max(dim=1).values
+        one = torch.ones_like(digit)
+    else:
+        # the digit network (the slower one) reads only the parts that may be whole digits:
+        # the others count as read as no digit at all (a tenth for each class)
+        one = whole(fields)[:, 1].clamp_min(MIN_WHOLE)
+        digit = torch.full_like(one, NO_DIGIT)
+        maybe = one >= NOT_WHOLE
+        if bool(maybe.any()):
+            digit[maybe] = proba(fields[maybe]).max(dim=1).values
+    # how sure of a part: that it is one whole digit, and which
+    confidence = dict(zip(keys, torch.minimum(digit, one).tolist()))
+    score = {k: math.log(d) + math.log(o) - WIDTH_COST * max(0.0, spans[k].width / height - 1.0)
+             for k, d, o in zip(keys, digit.tolist(), one.tolist())}
     # best[j]: the best score of atoms up to j read as digits, and where its last part starts
     best: list[tuple[float, int]] = [(0.0, -1)] + [(-math.inf, -1)] * count
     for j in range(1, count + 1):
@@ -350,25 +387,59 @@ def blobs(piece: Piece, solid: np.ndarray) -> list[np.ndarray]:
     return [nearest == big[k] for k in np.argsort([c[1] for c in centres], kind="stable")]
 
 
+def may_hold_several(piece: Piece, height: float) -> bool:
+    """Whether a piece is wide enough to hold touching digits (a solid block is no row of ones:
+    it stays whole, and no digit)."""
+    return piece.width > SPLIT_ASPECT * height and not is_block(piece)
+
+
+@dataclass
+class Partitions:
+    """The parts a wide piece may be read as, in three families of atoms: the columns between
+    straight cuts (`edges`: the cut columns, with the piece's sides), the blobs it was joined
+    from (`blob_count` of them), and, made on demand (`bent`), the columns between the same
+    cuts bent around the ink."""
+
+    piece: Piece
+    edges: list[int]
+    straight: dict[tuple[int, int], Piece]
+    blob_count: int
+    by_blobs: dict[tuple[int, int], Piece]
+
+    @classmethod
+    def of(cls, piece: Piece, ink: np.ndarray, solid: np.ndarray, height: float,
+           grid: bool = True) -> Partitions:
+        edges = [0, *sorted(cut_columns(piece, ink, height, grid)), piece.width]
+        groups = blobs(piece, solid)
+        return cls(piece, edges, parts_between(piece, [np.full(piece.height, e) for e in edges],
+                                               height),
+                   len(groups), readable_parts(piece, len(groups),
+                                               lambda i, j: np.logical_or.reduce(groups[i:j]),
+                                               height))
+
+    def bent(self, ink: np.ndarray, height: float) -> dict[tuple[int, int], Piece]:
+        if len(self.edges) <= 2:
+            return {}
+        return parts_between(self.piece, bent_cuts(self.piece, ink, self.edges, height), height)
+
+
 def split_wide(piece: Piece, ink: np.ndarray, solid: np.ndarray, height: float,
-               proba: Proba) -> list[Piece]:
+               proba: Proba, whole: Proba | None = None) -> list[Piece]:
     """The piece, or the digits it holds when they touch or nearly touch: of every way to cut
     it at the candidate columns, and of every way to group the blobs it was joined from, the
-    one whose parts read best as digits (best_partition)."""
-    if piece.width <= SPLIT_ASPECT * height or is_block(piece):
-        return [piece]  # a solid block is no row of ones: it stays whole, and no digit
-    edges = [0, *sorted(cut_columns(piece, ink, height)), piece.width]
-    straight = parts_between(piece, [np.full(piece.height, e) for e in edges], height)
-    groups = blobs(piece, solid)
-    by_blobs = readable_parts(piece, len(groups),
-                              lambda i, j: np.logical_or.reduce(groups[i:j]), height)
-    best = max(best_partition(straight, len(edges) - 1, ink, height, proba),
-               best_partition(by_blobs, len(groups), ink, height, proba),
+    one whose parts read best as whole digits (best_partition)."""
+    if not may_hold_several(piece, height):
+        return [piece]
+    if whole is not None and float(whole(field(ink, piece)[None])[0, 1]) >= SURE_WHOLE:
+        return [piece]  # most pieces of a row: weighing their cuts would change nothing
+    ways = Partitions.of(piece, ink, solid, height, grid=whole is not None)
+    cuts = len(ways.edges) - 1
+    best = max(best_partition(ways.straight, cuts, ink, height, proba, whole),
+               best_partition(ways.by_blobs, ways.blob_count, ink, height, proba, whole),
                key=lambda scored: scored[0])
-    if len(edges) > 2 and best[1] and best[2] < UNSURE:
+    if best[1] and best[2] < UNSURE:
         # touching digits whose columns overlap: no straight cut parts them
-        bent = parts_between(piece, bent_cuts(piece, ink, edges, height), height)
-        best = max(best, best_partition(bent, len(edges) - 1, ink, height, proba),
+        best = max(best, best_partition(ways.bent(ink, height), cuts, ink, height, proba, whole),
                    key=lambda scored: scored[0])
     return best[1] or [piece]
 
@@ -420,34 +491,34 @@ def image_box(piece: Piece, back: np.ndarray | None, shape: tuple[int, int]) -> 
             min(shape[1], math.ceil(x.max())), min(shape[0], math.ceil(y.max()))]
 
 
-def segment(image: Image.Image | np.ndarray, proba: Proba, source: str = "<image>"
-            ) -> tuple[list[Piece], np.ndarray, bool, np.ndarray | None]:
-    """The digits' pieces, left to right; the ink (white on black) they cover; whether the
-    image was inverted; and, when a sloping row was levelled first, the matrix that takes the
-    ink's pixels back to the image's (image_box). `proba` reads 28x28 images, to choose where
-    touching digits are cut."""
-    gray = as_gray(image, source)
-    # a strip this low has no paper above or below its marks (a uniform one has no ink: below)
-    if gray.shape[0] < MIN_INK_SIDE and gray.min() != gray.max():
-        raise ImageError(f"{source}: image too flat to hold digits ({gray.shape[0]} px high, "
-                         f"needed: {MIN_INK_SIDE} px)")
+def level_ink(gray: np.ndarray, source: str = "<image>"
+              ) -> tuple[np.ndarray, np.ndarray, bool, np.ndarray | None]:
+    """The row's ink (extract_ink: ink, solid, inverted), found in the picture turned level when
+    the row slopes, and then the matrix that takes the ink's pixels back to the picture's (None
+    when it was not turned)."""
     ink, solid, inverted, _ = extract_ink(gray, source)
-    back = None
     angle = row_angle(solid)
     if angle:  # a sloping row's digits are read upright, and its touching ones cut upright
         level, turned_back = level_row(gray, angle)
         try:
             ink, solid, inverted, _ = extract_ink(level, source)
-            back = turned_back
+            return ink, solid, inverted, turned_back
         except ImageError:  # the corners filled in took the ink's place: read it as it is
             pass
+    return ink, solid, inverted, None
+
+
+def row_pieces(ink: np.ndarray, solid: np.ndarray, shape: tuple[int, int],
+               source: str = "<image>") -> tuple[list[Piece], float]:
+    """The row's pieces of ink, before the wide ones are split (components, fragments merged,
+    dots and dashes dropped), and its digit height. `shape`: the picture's."""
     pieces = components(ink, solid, source)
     span = max(max(p.bottom for p in pieces) - min(p.top for p in pieces),
                max(p.right for p in pieces) - min(p.left for p in pieces))
-    smallest = smallest_ink(gray.shape)
+    smallest = smallest_ink(shape)
     if span < smallest:
         raise ImageError(f"{source}: ink too small to be digits ({span} px in a "
-                         f"{gray.shape[1]}x{gray.shape[0]} image, needed: {smallest:.0f} px)")
+                         f"{shape[1]}x{shape[0]} image, needed: {smallest:.0f} px)")
     height = digit_height([p.height for p in pieces])
     if height < MIN_INK_SIDE:  # a line, a 1-pixel-high image: no digit is this flat
         raise ImageError(f"{source}: ink too flat to be digits ({height:.0f} px high, needed: "
@@ -457,9 +528,27 @@ def segment(image: Image.Image | np.ndarray, proba: Proba, source: str = "<image
     if len(pieces) > MAX_DIGITS:
         raise ImageError(f"{source}: {len(pieces)} pieces of ink; at most {MAX_DIGITS} digits "
                          "are read")
+    return pieces, height
+
+
+def segment(image: Image.Image | np.ndarray, proba: Proba, source: str = "<image>",
+            whole: Proba | None = None
+            ) -> tuple[list[Piece], np.ndarray, bool, np.ndarray | None]:
+    """The digits' pieces, left to right; the ink (white on black) they cover; whether the
+    image was inverted; and, when a sloping row was levelled first, the matrix that takes the
+    ink's pixels back to the image's (image_box). `proba` reads 28x28 images, and `whole` (the
+    whole-digit check, when given) tells whether each holds one whole digit, to choose where
+    touching digits are cut."""
+    gray = as_gray(image, source)
+    # a strip this low has no paper above or below its marks (a uniform one has no ink: below)
+    if gray.shape[0] < MIN_INK_SIDE and gray.min() != gray.max():
+        raise ImageError(f"{source}: image too flat to hold digits ({gray.shape[0]} px high, "
+                         f"needed: {MIN_INK_SIDE} px)")
+    ink, solid, inverted, back = level_ink(gray, source)
+    pieces, height = row_pieces(ink, solid, gray.shape, source)
     found: list[Piece] = []
     for piece in pieces:
-        found.extend(split_wide(piece, ink, solid, height, proba))
+        found.extend(split_wide(piece, ink, solid, height, proba, whole))
         if len(found) > MAX_DIGITS:
             raise ImageError(f"{source}: more than {MAX_DIGITS} digits; at most {MAX_DIGITS} "
                              "are read")
@@ -470,15 +559,23 @@ def segment(image: Image.Image | np.ndarray, proba: Proba, source: str = "<image
 # Reading
 
 
-def read_number(image: Image.Image | np.ndarray, models: Sequence[nn.Module],
+def read_number(image: Image.Image | np.ndarray, models: Sequence[nn.Module],  # noqa: PLR0913
                 classes: Sequence[str], runtime: Runtime = CPU, top_k: int = 3,
                 source: str = "<image>", scale: float = 1.0,
-                digit_threshold: float | None = None) -> NumberReading:
+                digit_threshold: float | None = None,
+                whole_digit: nn.Module | bool = True) -> NumberReading:
     """Read the row of digits in `image`. Boxes are multiplied by `scale` (for an image that was
     shrunk before reading: boxes in the original's pixels). A piece whose best probability is
-    under `digit_threshold` is marked as no digit (novelty.py)."""
+    under `digit_threshold` is marked as no digit (novelty.py). `whole_digit`: the whole-digit
+    check that helps choose where touching digits are cut (True: the one shipped with
+    mnist-cnn; False: none, the digit network alone chooses)."""
     def proba(images: torch.Tensor) -> torch.Tensor:
         return ensemble_proba(models, images, runtime=runtime)
+
+    check = load_whole_digit() if whole_digit is True else None if whole_digit is False \
+        else whole_digit
+    # small, so read on the CPU, where it was loaded
+    whole = None if check is None else functools.partial(ensemble_proba, [check])
 
     # where to cut touching digits is decided on softened calibrated probabilities: the
     # calibrated ones are so sharp that the halves of one digit read as two sure digits, and the
@@ -489,7 +586,7 @@ def read_number(image: Image.Image | np.ndarray, models: Sequence[nn.Module],
     def cut_proba(images: torch.Tensor) -> torch.Tensor:
         return ensemble_proba(cutting, images, runtime=runtime)
 
-    pieces, ink, inverted, back = segment(image, cut_proba, source)
+    pieces, ink, inverted, back = segment(image, cut_proba, source, whole)
     shape = (image.height, image.width) if isinstance(image, Image.Image) else image.shape[:2]
     probabilities = proba(torch.stack([field(ink, p) for p in pieces]))
     digits: list[dict[str, Any]] = []

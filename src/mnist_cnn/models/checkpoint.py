@@ -11,6 +11,7 @@ on the `meta` device, which allocates nothing), and every tensor's name, shape, 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import inspect
 import json
@@ -297,7 +298,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], C
     reported as one line naming the file."""
     path = Path(path)
     raw = read_bytes(path)
-    if path.resolve() == SHIPPED.resolve():
+    if path.resolve() in (SHIPPED.resolve(), SHIPPED_WHOLE_DIGIT.resolve()):
         check_shipped(raw, path)
     return parse_checkpoint(raw, path)
 
@@ -512,26 +513,35 @@ def load_checkpoint(path: str | os.PathLike, expect_model: str | None = None,
 PRETRAINED = "pretrained/mnist-best.safetensors"
 PRETRAINED_SHA256 = "bac71e187b055915912cacdee0a244b4eba40fc26636312e28037def8230bb21"
 SHIPPED = Path(__file__).parent.parent / PRETRAINED
+# The number reader's whole-digit check (inference/numbers.py): whether a piece of a row's ink is
+# one whole digit, or a part of one, or several; benchmarks/build_whole_digit.py rebuilds it
+WHOLE_DIGIT = "pretrained/whole-digit.safetensors"
+WHOLE_DIGIT_SHA256 = "cea5a0c4f249f5b84094605214dcd40a429a5a8cb71b32c4ebd8b0207815bd70"
+SHIPPED_WHOLE_DIGIT = Path(__file__).parent.parent / WHOLE_DIGIT
 
 
-def pretrained_path() -> Path:
-    """Where the shipped checkpoint lies (package data)."""
+def pretrained_path(shipped: Path | None = None) -> Path:
+    """Where the shipped checkpoint lies (package data): the digit network, or `shipped`
+    (SHIPPED_WHOLE_DIGIT)."""
+    path = SHIPPED if shipped is None else shipped
     try:
-        is_file = SHIPPED.is_file()
+        is_file = path.is_file()
     except OSError as e:  # the package's folder unreadable: is_file() raises for EACCES
-        raise MnistCnnError(f"{SHIPPED}: cannot read the model shipped with mnist-cnn "
+        raise MnistCnnError(f"{path}: cannot read the model shipped with mnist-cnn "
                             f"({e.strerror or e}); reinstall mnist-cnn, or name a checkpoint"
                             ) from None
     if not is_file:
-        raise MnistCnnError(f"{SHIPPED}: the model shipped with mnist-cnn is missing; reinstall "
+        raise MnistCnnError(f"{path}: the model shipped with mnist-cnn is missing; reinstall "
                             "mnist-cnn, or name a checkpoint")
-    return SHIPPED
+    return path
 
 
 def check_shipped(raw: bytes, path: Path) -> None:
-    """The shipped model is exactly the file mnist-cnn was built with: a damaged weight can stay
+    """A shipped model is exactly the file mnist-cnn was built with: a damaged weight can stay
     finite and in range, and still make it answer wrongly with confidence."""
-    if hashlib.sha256(raw).hexdigest() != PRETRAINED_SHA256:
+    pinned = (WHOLE_DIGIT_SHA256 if path.resolve() == SHIPPED_WHOLE_DIGIT.resolve()
+              else PRETRAINED_SHA256)
+    if hashlib.sha256(raw).hexdigest() != pinned:
         raise MnistCnnError(f"{path}: the model shipped with mnist-cnn is damaged (not the file "
                             "it was built with); reinstall mnist-cnn")
 
@@ -554,6 +564,13 @@ def load_pretrained(device: torch.device | str = "cpu") -> tuple[nn.Module, Chec
     "not a digit" threshold in its metadata expects."""
     model, meta = load_checkpoint(pretrained_path(), device=device)
     return (model if meta.temperature is None else Calibrated(model, meta.temperature)), meta
+
+
+@functools.cache
+def load_whole_digit() -> nn.Module:
+    """The whole-digit check shipped with mnist-cnn (loaded once: every number read uses it)."""
+    model, _ = load_checkpoint(pretrained_path(SHIPPED_WHOLE_DIGIT))
+    return model
 
 
 def load_optimizer_state(optimizer: Optimizer, tensors: dict[str, torch.Tensor],

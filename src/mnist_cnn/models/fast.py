@@ -16,9 +16,10 @@ from .registry import register
                          model_args={"crop": 24, "standardize": True}),
           dataset_model_args={"fashion-mnist": {"crop": 28}})
 def fast_cnn(dropout: float = 0.0, widths: tuple[int, int, int, int] = (16, 16, 32, 64),
-             crop: int = 24, standardize: bool = False) -> nn.Module:
+             crop: int = 24, standardize: bool = False, outputs: int = 10) -> nn.Module:
     # standardize defaults to off because checkpoints saved before it existed don't name it;
-    # the recipe (recorded in every checkpoint) turns it on
+    # the recipe (recorded in every checkpoint) turns it on; `outputs`: the classes it tells
+    # apart (the number reader's whole-digit check tells two)
     c1, c2, c3, c4 = widths  # multiples of 16: oneDNN's AVX-512 kernels are blocked by 16 channels
     side = crop
     for _ in range(3):  # the strided conv and two SAME pools each halve the side, rounding up
@@ -37,5 +38,5 @@ def fast_cnn(dropout: float = 0.0, widths: tuple[int, int, int, int] = (16, 16, 
         *bn_block(c2, c3),  # (?, 3, 3, c3)
         *conv_bn(c3, c4),   # (?, 3, 3, c4)
         FlattenNHWC(),
-        nn.Linear(side * side * c4, 10),
+        nn.Linear(side * side * c4, outputs),
     )

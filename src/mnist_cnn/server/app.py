@@ -44,7 +44,7 @@ from ..errors import MnistCnnError
 from ..images.preprocess import FIELD, WORK_PIXELS, ImageError, TooManyPixels, png_bytes
 from ..inference.evaluation import CPU
 from ..inference.predict import Predictor
-from ..models.checkpoint import CheckpointMeta
+from ..models.checkpoint import CheckpointMeta, load_whole_digit
 from ..runtime.device import Runtime
 from ..runtime.threads import glibc
 from .limits import (
@@ -270,6 +270,7 @@ def create_app(checkpoints: Sequence[str | os.PathLike], runtime: Runtime = CPU,
     """
     check_limits(max_upload_bytes, max_pixels, max_concurrent, queue_timeout, request_timeout)
     predictor = Predictor.load(checkpoints, runtime)
+    load_whole_digit()  # numbers are cut with it: a damaged install fails here, not when asked
     reader = Reader(predictor, max_pixels, max_concurrent, queue_timeout)
     info = {**describe_models(predictor.metas), "classes": list(predictor.classes)}
     page = resources.files(__package__).joinpath("static/index.html").read_text(encoding="utf-8")
