@@ -298,8 +298,9 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], C
     reported as one line naming the file."""
     path = Path(path)
     raw = read_bytes(path)
-    if path.resolve() in (SHIPPED.resolve(), SHIPPED_WHOLE_DIGIT.resolve()):
-        check_shipped(raw, path)
+    pinned = shipped_pin(path)
+    if pinned is not None:
+        check_shipped(raw, path, pinned)
     return parse_checkpoint(raw, path)
 
 
@@ -536,11 +537,15 @@ def pretrained_path(shipped: Path | None = None) -> Path:
     return path
 
 
-def check_shipped(raw: bytes, path: Path) -> None:
-    """A shipped model is exactly the file mnist-cnn was built with: a damaged weight can stay
-    finite and in range, and still make it answer wrongly with confidence."""
-    pinned = (WHOLE_DIGIT_SHA256 if path.resolve() == SHIPPED_WHOLE_DIGIT.resolve()
-              else PRETRAINED_SHA256)
+def shipped_pin(path: Path) -> str | None:
+    """The SHA-256 pinned for `path` when it is one of the files shipped with mnist-cnn."""
+    pins = {SHIPPED.resolve(): PRETRAINED_SHA256, SHIPPED_WHOLE_DIGIT.resolve(): WHOLE_DIGIT_SHA256}
+    return pins.get(path.resolve())
+
+
+def check_shipped(raw: bytes, path: Path, pinned: str) -> None:
+    """A shipped model is exactly the file mnist-cnn was built with (SHA-256 `pinned`): a damaged
+    weight can stay finite and in range, and still make it answer wrongly with confidence."""
     if hashlib.sha256(raw).hexdigest() != pinned:
         raise MnistCnnError(f"{path}: the model shipped with mnist-cnn is damaged (not the file "
                             "it was built with); reinstall mnist-cnn")
