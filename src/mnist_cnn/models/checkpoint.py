@@ -525,15 +525,15 @@ def pretrained_path(shipped: Path | None = None) -> Path:
     """Where the shipped checkpoint lies (package data): the digit network, or `shipped`
     (SHIPPED_WHOLE_DIGIT)."""
     path = SHIPPED if shipped is None else shipped
+    # a checkpoint named stands in for the digit network, not for the whole-digit check
+    remedy = "reinstall mnist-cnn" + (", or name a checkpoint" if shipped is None else "")
     try:
         is_file = path.is_file()
     except OSError as e:  # the package's folder unreadable: is_file() raises for EACCES
         raise MnistCnnError(f"{path}: cannot read the model shipped with mnist-cnn "
-                            f"({e.strerror or e}); reinstall mnist-cnn, or name a checkpoint"
-                            ) from None
+                            f"({e.strerror or e}); {remedy}") from None
     if not is_file:
-        raise MnistCnnError(f"{path}: the model shipped with mnist-cnn is missing; reinstall "
-                            "mnist-cnn, or name a checkpoint")
+        raise MnistCnnError(f"{path}: the model shipped with mnist-cnn is missing; {remedy}")
     return path
 
 
