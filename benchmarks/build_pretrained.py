@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -42,6 +43,7 @@ from photos import tune_fields
 
 from mnist_cnn import build_model, evaluate, load_dataset, recipe_for, setup, train
 from mnist_cnn.data.dataset import Split
+from mnist_cnn.files import write_atomically
 from mnist_cnn.images.notebook import photo_fields
 from mnist_cnn.inference.calibration import calibration_error, fit_temperature
 from mnist_cnn.inference.evaluation import iterate_logits
@@ -74,8 +76,9 @@ def photos_of(split: Split, count: int, seed: int, cache: Path) -> Split:
                               [seed, seed + 1]))
     fields = np.concatenate([f for f, _ in parts])
     labels = split.labels.numpy()[np.concatenate([i for _, i in parts])]
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(cache, images=fields, labels=labels)
+    buffer = io.BytesIO()  # written whole or not at all: an interrupted build makes it again
+    np.savez(buffer, images=fields, labels=labels)
+    write_atomically(cache, buffer.getvalue())
     return Split(torch.from_numpy(fields)[:, None], torch.from_numpy(labels))
 
 

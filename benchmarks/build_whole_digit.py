@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from photos import Glyphs
 
 from mnist_cnn import build_model, evaluate, load_dataset, recipe_for, setup, train
 from mnist_cnn.data.dataset import Dataset, Split
+from mnist_cnn.files import write_atomically
 from mnist_cnn.images import pen, synthetic
 from mnist_cnn.images.notebook import mnist_glyph
 from mnist_cnn.inference.numbers import WHOLE_DIGIT_CLASSES
@@ -75,9 +77,10 @@ def parts_of(split: str, rows: int, seed: int) -> Split:
         with ProcessPoolExecutor(2) as pool:
             made = list(pool.map(make, [split] * 2, [rows // 2, rows - rows // 2],
                                  [seed, seed + 1]))
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(cache, fields=np.concatenate([f for f, _ in made]),
+        buffer = io.BytesIO()  # written whole or not at all: an interrupted build makes it again
+        np.savez(buffer, fields=np.concatenate([f for f, _ in made]),
                  labels=np.concatenate([y for _, y in made]))
+        write_atomically(cache, buffer.getvalue())
     saved = np.load(cache)
     return Split(torch.from_numpy(saved["fields"])[:, None], torch.from_numpy(saved["labels"]))
 
