@@ -52,6 +52,7 @@ SPECK_SHARE = 0.05  # a separate blob with less ink than this share of the large
 NEAR = 0.6  # blobs this share of the digit's size away from it still belong to it
 DARK_PAGE = 48  # a picture whose median is darker than this is a dark page
 TAIL = 1.5  # a tail of gray levels this many times longer than the other is the ink's
+MEDIAN_LIGHTING = 0.25  # ... else the lighting is also estimated by a median this share across
 ANALYSIS_SIDE = 512  # the paper's level is estimated at most this many pixels across
 PAPER_WINDOW = 0.3  # ... with a window this share of the image's shorter side: wider than any
 # stroke, and no wider (in a long row of digits the paper still changes from top to bottom,
@@ -452,22 +453,46 @@ def light_paper(gray: np.ndarray) -> bool:
     height, width = gray.shape
     scale = min(1.0, 128 / max(height, width))
     small = cv2.resize(gray, (max(1, round(width * scale)), max(1, round(height * scale))),
-                       interpolation=cv2.INTER_AREA).astype(np.float32)
-    lighting = cv2.GaussianBlur(small, (0, 0), 0.15 * max(small.shape))
-    if float(np.median(small)) >= DARK_PAGE:
-        # (+32: on dark paper the division would make its noise as bright as lit paper)
-        flat = np.clip(np.rint(small / (lighting + 32.0) * 128), 0, 255).astype(np.uint8)
-    else:  # on a dark page the lighting's ramp is subtracted: a division keeps most of it
-        flat = np.clip(np.rint(small - lighting + 128), 0, 255).astype(np.uint8)
-    hist = np.bincount(flat.ravel(), minlength=256)
+                       interpolation=cv2.INTER_AREA)
+    blurred = cv2.GaussianBlur(small.astype(np.float32), (0, 0), 0.15 * max(small.shape))
+    hist, paper, dark, bright = _tails(small, blurred)
     # the ink is the long tail away from the paper: a few dark pixels far below it, or bright
-    # ones far above; where neither tail is clearly longer, the paper is the majority's side
-    paper = _quantile(hist, 0.5)
-    dark, bright = paper - _quantile(hist, 0.0005), _quantile(hist, 0.9995) - paper
+    # ones far above
     if max(dark, bright) >= TAIL * max(1, min(dark, bright)):
         return dark > bright
+    # Neither is clearly longer, as when a shadow's hard edge (which the blurred lighting does
+    # not follow) lengthens both: three weak verdicts vote (on the tuning photos this gave the
+    # wrong colour to 18 of 3,200 photos and their negatives, against 50 for the majority alone):
+    # the longer tail; the paper as the majority's side; and both again against a median-filtered
+    # lighting, which follows hard edges but takes thick strokes for paper
     split = otsu_threshold(hist)
-    return split is not None and paper > split
+    votes = [dark > bright, split is not None and paper > split]
+    side = max(3, round(MEDIAN_LIGHTING * max(small.shape))) | 1
+    padded = cv2.copyMakeBorder(small, side // 2, side // 2, side // 2, side // 2,
+                                cv2.BORDER_REFLECT)
+    median = cv2.medianBlur(padded, side)[side // 2:side // 2 + small.shape[0],
+                                          side // 2:side // 2 + small.shape[1]]
+    hist, paper, dark, bright = _tails(small, median.astype(np.float32))
+    if max(dark, bright) >= TAIL * max(1, min(dark, bright)):
+        votes.append(dark > bright)
+    else:
+        split = otsu_threshold(hist)
+        votes.append(split is not None and paper > split)
+    return sum(votes) >= 2
+
+
+def _tails(small: np.ndarray, lighting: np.ndarray) -> tuple[np.ndarray, int, int, int]:
+    """The histogram of `small` with `lighting` divided out, its paper level (the median), and
+    how far its darkest and brightest few pixels lie from the paper (the two tails)."""
+    work = small.astype(np.float32)
+    if float(np.median(work)) >= DARK_PAGE:
+        # (+32: on dark paper the division would make its noise as bright as lit paper)
+        flat = np.clip(np.rint(work / (lighting + 32.0) * 128), 0, 255).astype(np.uint8)
+    else:  # on a dark page the lighting's ramp is subtracted: a division keeps most of it
+        flat = np.clip(np.rint(work - lighting + 128), 0, 255).astype(np.uint8)
+    hist = np.bincount(flat.ravel(), minlength=256)
+    paper = _quantile(hist, 0.5)
+    return hist, paper, paper - _quantile(hist, 0.0005), _quantile(hist, 0.9995) - paper
 
 
 def paper_level(work: np.ndarray) -> np.ndarray:
