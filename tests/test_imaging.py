@@ -338,6 +338,24 @@ def test_blank_images_have_no_ink(tmp_path):
         preprocess(np.zeros((28, 28), dtype=np.uint8))
 
 
+def test_visible_ink_is_not_blank_beside_a_few_darker_relative_pixels():
+    # Pixels by a dark desk's edge lie on paper so dark that 25 gray levels make them darker
+    # relative to it than ink 88 levels darker than white paper: they once pulled the split
+    # between ink and faint marks above all the ink ("no ink found ... differs by 88 gray levels,
+    # needed: 40")
+    from mnist_cnn.images import preprocess as steps
+
+    rng = np.random.default_rng(0)
+    relative = np.concatenate([rng.uniform(0.18, 0.30, 130), rng.uniform(0.30, 0.39, 7),
+                               rng.uniform(0.10, 0.21, 245), rng.uniform(0.57, 0.72, 6)])
+    contrast = np.concatenate([rng.uniform(40, 50, 130), rng.uniform(70, 88, 7),
+                               rng.uniform(24, 39, 245), rng.uniform(25, 31, 6)])
+    relative, contrast = relative.astype(np.float32)[None, :], contrast.astype(np.float32)[None, :]
+    weak = np.ones_like(relative, dtype=bool)
+    strong, _ = steps._strong_ink(weak, relative, contrast, noise=5.9, source="desk.jpg")
+    assert strong[0, :137].any() and not strong[0, 137:].any()
+
+
 def test_image_error_is_the_project_error():
     assert issubclass(ImageError, MnistCnnError)
 

@@ -397,13 +397,17 @@ def _stand_out(work: np.ndarray, paper: np.ndarray, hist: np.ndarray, source: st
 def _strong_ink(weak: np.ndarray, relative: np.ndarray, contrast: np.ndarray, noise: float,
                 source: str) -> tuple[np.ndarray, float]:
     """The surely-ink pixels among the weak ones, and the relative darkness that splits them."""
-    # Ink and faint marks differ in darkness: Otsu among what is left splits them
-    values = np.clip(np.rint(relative[weak] * 255), 0, 255).astype(np.uint8)
-    split = otsu_threshold(np.bincount(values, minlength=256))
-    strong_level = (split + 0.5) / 255 if split is not None else float(relative[weak].min()) - 1e-6
     # ink that differs from its paper by VISIBLE gray levels is always read, whatever the noise
     strong_contrast = min(VISIBLE, max(MIN_CONTRAST, NOISE_FACTOR * noise))
+    # Ink and faint marks differ in darkness: Otsu among what is left splits them
+    strong_level = _darkness_split(relative, weak)
     strong = weak & (relative > strong_level) & (contrast >= strong_contrast)
+    visible = weak & (contrast >= strong_contrast)
+    if not strong.any() and visible.any():
+        # a few pixels by a dark desk's edge, faint but on paper nearly as dark, can be darker
+        # relative to it than all the ink: then the split is taken among the visible pixels
+        strong_level = _darkness_split(relative, visible)
+        strong = visible & (relative > strong_level)
     if not strong.any():
         best = float(contrast[weak].max())
         raise ImageError(
@@ -411,6 +415,14 @@ def _strong_ink(weak: np.ndarray, relative: np.ndarray, contrast: np.ndarray, no
             f"levels, needed: {strong_contrast:.0f}; noise {noise:.1f}): a blank or nearly uniform "
             "image, or write with a darker pen")
     return strong, strong_level
+
+
+def _darkness_split(relative: np.ndarray, pixels: np.ndarray) -> float:
+    """The relative darkness that Otsu's method puts between the darker and the lighter of
+    `pixels` (below all of them when they are all alike)."""
+    values = np.clip(np.rint(relative[pixels] * 255), 0, 255).astype(np.uint8)
+    split = otsu_threshold(np.bincount(values, minlength=256))
+    return (split + 0.5) / 255 if split is not None else float(relative[pixels].min()) - 1e-6
 
 
 def _faint_strokes(solid: np.ndarray, strong: np.ndarray, relative: np.ndarray,
