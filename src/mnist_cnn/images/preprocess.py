@@ -402,12 +402,13 @@ def _strong_ink(weak: np.ndarray, relative: np.ndarray, contrast: np.ndarray, no
     # Ink and faint marks differ in darkness: Otsu among what is left splits them
     strong_level = _darkness_split(relative, weak)
     strong = weak & (relative > strong_level) & (contrast >= strong_contrast)
-    visible = weak & (contrast >= strong_contrast)
-    if not strong.any() and visible.any():
+    if not strong.any():
         # a few pixels by a dark desk's edge, faint but on paper nearly as dark, can be darker
         # relative to it than all the ink: then the split is taken among the visible pixels
-        strong_level = _darkness_split(relative, visible)
-        strong = visible & (relative > strong_level)
+        visible = weak & (contrast >= strong_contrast)
+        if visible.any():
+            strong_level = _darkness_split(relative, visible)
+            strong = visible & (relative > strong_level)
     if not strong.any():
         best = float(contrast[weak].max())
         raise ImageError(
@@ -466,8 +467,10 @@ def light_paper(gray: np.ndarray) -> bool:
     scale = min(1.0, 128 / max(height, width))
     small = cv2.resize(gray, (max(1, round(width * scale)), max(1, round(height * scale))),
                        interpolation=cv2.INTER_AREA)
-    blurred = cv2.GaussianBlur(small.astype(np.float32), (0, 0), 0.15 * max(small.shape))
-    hist, paper, dark, bright = _tails(small, blurred)
+    work = small.astype(np.float32)
+    dark_page = float(np.median(work)) < DARK_PAGE
+    blurred = cv2.GaussianBlur(work, (0, 0), 0.15 * max(small.shape))
+    hist, paper, dark, bright = _tails(work, blurred, dark_page)
     # the ink is the long tail away from the paper: a few dark pixels far below it, or bright
     # ones far above
     clear = _longer_tail(dark, bright)
@@ -480,11 +483,12 @@ def light_paper(gray: np.ndarray) -> bool:
     # lighting, which follows hard edges but takes thick strokes for paper
     votes = [dark > bright, _paper_is_majority(hist, paper)]
     side = max(3, round(MEDIAN_LIGHTING * max(small.shape))) | 1
+    # (padded by reflection, as it was tuned: medianBlur itself only repeats the border's pixels)
     padded = cv2.copyMakeBorder(small, side // 2, side // 2, side // 2, side // 2,
                                 cv2.BORDER_REFLECT)
     median = cv2.medianBlur(padded, side)[side // 2:side // 2 + small.shape[0],
                                           side // 2:side // 2 + small.shape[1]]
-    hist, paper, dark, bright = _tails(small, median.astype(np.float32))
+    hist, paper, dark, bright = _tails(work, median.astype(np.float32), dark_page)
     clear = _longer_tail(dark, bright)
     votes.append(_paper_is_majority(hist, paper) if clear is None else clear)
     return sum(votes) >= 2
@@ -503,15 +507,14 @@ def _paper_is_majority(hist: np.ndarray, paper: int) -> bool:
     return split is not None and paper > split
 
 
-def _tails(small: np.ndarray, lighting: np.ndarray) -> tuple[np.ndarray, int, int, int]:
-    """The histogram of `small` with `lighting` divided out, its paper level (the median), and
-    how far its darkest and brightest few pixels lie from the paper (the two tails)."""
-    work = small.astype(np.float32)
-    if float(np.median(work)) >= DARK_PAGE:
-        # (+32: on dark paper the division would make its noise as bright as lit paper)
-        flat = np.clip(np.rint(work / (lighting + 32.0) * 128), 0, 255).astype(np.uint8)
-    else:  # on a dark page the lighting's ramp is subtracted: a division keeps most of it
+def _tails(work: np.ndarray, lighting: np.ndarray, dark_page: bool
+           ) -> tuple[np.ndarray, int, int, int]:
+    """The histogram of `work` (float32) with `lighting` taken out, its paper level (the median),
+    and how far its darkest and brightest few pixels lie from the paper (the two tails)."""
+    if dark_page:  # on a dark page the lighting's ramp is subtracted: a division keeps most of it
         flat = np.clip(np.rint(work - lighting + 128), 0, 255).astype(np.uint8)
+    else:  # (+32: on dark paper the division would make its noise as bright as lit paper)
+        flat = np.clip(np.rint(work / (lighting + 32.0) * 128), 0, 255).astype(np.uint8)
     hist = np.bincount(flat.ravel(), minlength=256)
     paper = _quantile(hist, 0.5)
     return hist, paper, paper - _quantile(hist, 0.0005), _quantile(hist, 0.9995) - paper
