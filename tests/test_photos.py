@@ -23,7 +23,7 @@ from mnist_cnn.images.preprocess import (
     preprocess,
     to_tensor,
 )
-from mnist_cnn.images.synthetic import font_paths, render_glyph
+from mnist_cnn.images.synthetic import font_paths, handwritten, render_glyph
 from mnist_cnn.inference.ensemble import ensemble_proba
 from mnist_cnn.inference.numbers import read_number
 from mnist_cnn.inference.predict import load_predictor
@@ -38,6 +38,9 @@ SMALLEST = 32
 # of 30 pen letters photographed from afar: the shipped network refuses 23 (21 and 22 with other
 # seeds), the one before it, trained without photos from afar, 17 (15, 14)
 FAR_LETTERS_REFUSED = 20
+# of 120 photos of printed 0s, 6s and 9s in hairline ink: the shipped network reads 115 right, the
+# one before it, trained on no font digits, 107 (with other seeds 112-118 against 106-114)
+PRINTED_READ = 111
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +88,21 @@ def test_photos_of_handwriting_are_read(name, shipped):
     answers = read(photos, shipped)
     right = sum(a == y for a, y in zip(answers, labels))
     assert right >= PHOTOS - 1, f"{name}: read {answers}, written {labels}"
+
+
+def test_printed_zeros_sixes_and_nines_in_thin_ink_are_read(shipped):
+    # print closes a 6's loop and opens a 9's as MNIST's writers seldom do: the network shipped
+    # before this one, trained on no font digits, read 6s as 0s and 0s as 1s here (PRINTED_READ)
+    rng = np.random.default_rng(2)
+    fonts = font_paths()[0::3]  # the calibration third: never trained on
+    labels = [d for d in (0, 6, 9) for _ in range(40)]
+    thin = Condition(paper="plain", pen="black", stroke=0.04, shadow=False, desk=False, tilt=0.0,
+                     height=120, digit_share=0.5)
+    photos = [photograph_page(handwritten(render_glyph(str(d), fonts[rng.integers(len(fonts))],
+                                                       96), rng), rng, thin) for d in labels]
+    answers = read(photos, shipped)
+    right = sum(a == y for a, y in zip(answers, labels))
+    assert right >= PRINTED_READ, f"{right} of {len(labels)} read right: {answers}"
 
 
 def test_a_number_on_ruled_paper_is_read(shipped):

@@ -12,7 +12,7 @@ to chance (training). The same seed gives the same photo everywhere.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -290,17 +290,20 @@ def training_condition(rng: np.random.Generator) -> Condition:
     return Condition()
 
 
-def photo_fields(images: np.ndarray, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """`count` photos of digits drawn from `images` (N x 28 x 28, MNIST's convention) on
-    notebook pages, each through the same decoding and preprocessing as `mnist-cnn predict`:
-    (the 28x28 fields the network sees, the index of the digit each came from). Photos that
-    preprocessing refuses are left out, so a few fewer than `count` may come back."""
+def photo_fields(images: Sequence[np.ndarray], count: int, seed: int,
+                 glyph: Callable[[np.ndarray], np.ndarray] = mnist_glyph
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """`count` photos of digits drawn from `images` (by default N x 28 x 28, MNIST's convention;
+    `glyph` makes each one's white-on-black ink) on notebook pages, each through the same
+    decoding and preprocessing as `mnist-cnn predict`: (the 28x28 fields the network sees, the
+    index of the digit each came from). Photos that preprocessing refuses are left out, so a few
+    fewer than `count` may come back."""
     from .preprocess import ImageError, load_and_preprocess  # the predictor's own path
 
     rng = np.random.default_rng(seed)
     fields, sources = [], []
     for index in rng.integers(0, len(images), count):
-        photo = photograph_page(mnist_glyph(images[index]), rng, training_condition(rng))
+        photo = photograph_page(glyph(images[index]), rng, training_condition(rng))
         try:
             fields.append(load_and_preprocess(jpeg_bytes(photo, int(rng.integers(70, 95)))).final)
         except ImageError:
