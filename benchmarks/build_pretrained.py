@@ -99,12 +99,12 @@ def photos_of(images: Sequence[np.ndarray], labels: np.ndarray, count: int, seed
 
 def font_digits(count: int, seed: int) -> tuple[list[np.ndarray], np.ndarray]:
     """`count` digits in the training third of the fonts, made to look written
-    (synthetic.handwritten): their white-on-black ink, and their labels."""
+    (synthetic.written_glyph): their white-on-black ink, and their labels."""
     rng = np.random.default_rng(seed)
     fonts = synthetic.font_paths()[2::3]
     labels = rng.choice(FONT_LABELS, count)
-    return [synthetic.handwritten(synthetic.render_glyph(str(label), fonts[rng.integers(
-        len(fonts))], 96), rng) for label in labels], labels
+    return [synthetic.written_glyph(str(label), fonts[rng.integers(len(fonts))], rng)
+            for label in labels], labels
 
 
 def as_fields(glyphs: Sequence[np.ndarray], labels: np.ndarray) -> Split:

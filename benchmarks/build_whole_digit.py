@@ -55,7 +55,7 @@ class TrainingGlyphs:
         if source == 1:
             return pen.draw(str(digit), rng)
         font = self.fonts[rng.integers(len(self.fonts))]
-        return synthetic.handwritten(synthetic.render_glyph(str(digit), font, 96), rng)
+        return synthetic.written_glyph(str(digit), font, rng)
 
 
 def make(split: str, rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

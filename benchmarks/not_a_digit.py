@@ -28,12 +28,11 @@ from mnist_cnn.images.synthetic import (
     NOT_DIGIT_LETTERS,
     SHAPES,
     font_paths,
-    handwritten,
     letter,
     photograph,
-    render_glyph,
     scribble,
     shape,
+    written_glyph,
 )
 from mnist_cnn.inference.evaluation import predict_proba
 from mnist_cnn.inference.novelty import confidence, is_digit
@@ -58,7 +57,7 @@ def build_sets(split: str, digits: Split, fashion: Split | None, count: int = 10
     sources: dict[str, list[tuple[np.ndarray, int | None]]] = {
         "mnist digits": [(photograph(digits.images[i, 0].numpy(), rng), int(digits.labels[i]))
                          for i in rng.choice(len(digits), count, replace=False)],
-        "font digits": [(photograph(handwritten(render_glyph(str(d), f), rng), rng), d)
+        "font digits": [(photograph(written_glyph(str(d), f, rng, 64), rng), d)
                         for f in fonts for d in range(10) for _ in range(6)],
         "letters": [(photograph(letter(c, f, rng), rng), None)
                     for f in fonts for c in NOT_DIGIT_LETTERS for _ in range(2)],

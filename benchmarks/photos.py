@@ -106,8 +106,7 @@ class Glyphs:
             return np.clip((big - 0.3) * 2.5 * 255, 0, 255).astype(np.uint8)
         if source == "pen":
             return pen.draw(str(label), rng)
-        return synthetic.handwritten(synthetic.render_glyph(str(label), self.fonts[
-            rng.integers(len(self.fonts))], 96), rng)
+        return synthetic.written_glyph(str(label), self.fonts[rng.integers(len(self.fonts))], rng)
 
     def letter(self) -> np.ndarray:
         rng = self.rng

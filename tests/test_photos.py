@@ -23,7 +23,7 @@ from mnist_cnn.images.preprocess import (
     preprocess,
     to_tensor,
 )
-from mnist_cnn.images.synthetic import font_paths, handwritten, render_glyph
+from mnist_cnn.images.synthetic import font_paths, render_glyph, written_glyph
 from mnist_cnn.inference.ensemble import ensemble_proba
 from mnist_cnn.inference.numbers import read_number
 from mnist_cnn.inference.predict import load_predictor
@@ -98,8 +98,8 @@ def test_printed_zeros_sixes_and_nines_in_thin_ink_are_read(shipped):
     labels = [d for d in (0, 6, 9) for _ in range(40)]
     thin = Condition(paper="plain", pen="black", stroke=0.04, shadow=False, desk=False, tilt=0.0,
                      height=120, digit_share=0.5)
-    photos = [photograph_page(handwritten(render_glyph(str(d), fonts[rng.integers(len(fonts))],
-                                                       96), rng), rng, thin) for d in labels]
+    photos = [photograph_page(written_glyph(str(d), fonts[rng.integers(len(fonts))], rng), rng,
+                              thin) for d in labels]
     answers = read(photos, shipped)
     right = sum(a == y for a, y in zip(answers, labels))
     assert right >= PRINTED_READ, f"{right} of {len(labels)} read right: {answers}"

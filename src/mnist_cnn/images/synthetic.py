@@ -95,8 +95,14 @@ def handwritten(ink: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.asarray(image)
 
 
+def written_glyph(text: str, font: str | os.PathLike, rng: np.random.Generator,
+                  height: int = 96) -> np.ndarray:
+    """`text` in `font` about `height` rows tall, made to look written (handwritten)."""
+    return handwritten(render_glyph(text, font, height), rng)
+
+
 def letter(char: str, font: str | os.PathLike, rng: np.random.Generator) -> np.ndarray:
-    return handwritten(render_glyph(char, font, 64), rng)
+    return written_glyph(char, font, rng, 64)
 
 
 def _jitter(points: np.ndarray, rng: np.random.Generator, amount: float = 3.0) -> list[tuple]:
