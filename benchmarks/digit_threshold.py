@@ -13,12 +13,8 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
-import torch
-from photos import CONDITIONS, Glyphs, condition_for, tune_fields
+from photos import Glyphs, photographed, tune_fields, tuning_digit
 
-from mnist_cnn.images.notebook import jpeg_bytes, photograph_page
-from mnist_cnn.images.preprocess import ImageError, load_and_preprocess
 from mnist_cnn.inference.ensemble import ensemble_proba
 from mnist_cnn.inference.novelty import calibrate_threshold, confidence
 from mnist_cnn.inference.predict import load_predictor
@@ -26,24 +22,6 @@ from mnist_cnn.models.checkpoint import pretrained_path
 from mnist_cnn.runtime.environment import format_environment
 
 ACCEPTS = (0.995, 0.99, 0.98, 0.975, 0.97)
-
-
-def photographed(glyphs: Glyphs, count: int, letters: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """`count` photos (digits, or letters labelled -1) under conditions drawn at random, as
-    predict sees them; those refused as blank are left out."""
-    fields, labels = [], []
-    for _ in range(count):
-        label = -1 if letters else int(glyphs.rng.integers(10))
-        ink = glyphs.letter() if letters else glyphs.digit(
-            str(glyphs.rng.choice(["mnist", "pen", "font"])), label)
-        condition = condition_for(str(glyphs.rng.choice(list(CONDITIONS))), glyphs.rng)
-        try:
-            photo = jpeg_bytes(photograph_page(ink, glyphs.rng, condition))
-            fields.append(load_and_preprocess(photo).final)
-        except ImageError:
-            continue
-        labels.append(label)
-    return torch.from_numpy(np.stack(fields))[:, None], torch.tensor(labels)
 
 
 def main() -> None:
@@ -56,8 +34,8 @@ def main() -> None:
     models, _, shipped = load_predictor([args.checkpoint])
     calibration = confidence(ensemble_proba(models, tune_fields(3000, seed=11))).numpy()
     glyphs = Glyphs("tune", 12)
-    digits, labels = photographed(glyphs, args.digits, letters=False)
-    letters, _ = photographed(glyphs, args.letters, letters=True)
+    digits, labels = photographed(glyphs, args.digits, tuning_digit)
+    letters, _ = photographed(glyphs, args.letters, lambda g: (g.letter(), -1))
     digit_proba = ensemble_proba(models, digits)
     digit_scores, right = confidence(digit_proba), digit_proba.argmax(dim=1) == labels
     letter_scores = confidence(ensemble_proba(models, letters))

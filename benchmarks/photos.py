@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -116,21 +117,35 @@ class Glyphs:
                                 self.fonts[rng.integers(len(self.fonts))], rng)
 
 
-def tune_fields(count: int, seed: int) -> torch.Tensor:
-    """`count` photos of the tuning split's digits (MNIST validation, pen and font digits),
-    each under one condition drawn at random, as predict sees them: (N, 1, 28, 28) uint8. Those
-    refused as blank are left out."""
-    glyphs, conditions, fields = Glyphs("tune", seed), list(CONDITIONS), []
+def photographed(glyphs: Glyphs, count: int, draw: Callable[[Glyphs], tuple[np.ndarray, int]]
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`count` photos of what `draw` gives (ink and its label), each under one condition drawn
+    at random, as predict sees them: (N, 1, 28, 28) uint8 and the labels. Those refused as blank
+    are left out and drawn again."""
+    conditions, fields, labels = list(CONDITIONS), [], []
     while len(fields) < count:
-        source = str(glyphs.rng.choice(["mnist", "pen", "font"]))
-        ink = glyphs.digit(source, int(glyphs.rng.integers(10)))
+        ink, label = draw(glyphs)
         condition = condition_for(str(glyphs.rng.choice(conditions)), glyphs.rng)
         try:
             fields.append(load_and_preprocess(jpeg_bytes(photograph_page(ink, glyphs.rng,
                                                                          condition))).final)
         except ImageError:
             continue
-    return torch.from_numpy(np.stack(fields))[:, None]
+        labels.append(label)
+    return torch.from_numpy(np.stack(fields))[:, None], torch.tensor(labels)
+
+
+def tuning_digit(glyphs: Glyphs) -> tuple[np.ndarray, int]:
+    """A digit of the tuning split's sources (MNIST validation, pen, calibration fonts)."""
+    source = str(glyphs.rng.choice(["mnist", "pen", "font"]))
+    label = int(glyphs.rng.integers(10))
+    return glyphs.digit(source, label), label
+
+
+def tune_fields(count: int, seed: int) -> torch.Tensor:
+    """`count` photos of the tuning split's digits, each under one condition drawn at random, as
+    predict sees them: (N, 1, 28, 28) uint8."""
+    return photographed(Glyphs("tune", seed), count, tuning_digit)[0]
 
 
 def read_photos(photos: list[bytes], models) -> tuple[torch.Tensor | None, list]:
