@@ -9,7 +9,7 @@ fonts: benchmarks/photos.py's Glyphs("tune")). Parts are made once and cached in
 recipe and seed, so anyone can rebuild it. It prints the file's SHA-256, to pin as
 WHOLE_DIGIT_SHA256 in src/mnist_cnn/models/checkpoint.py.
 
-Usage: .venv/bin/python benchmarks/build_whole_digit.py [--rows 6000]
+Usage: .venv/bin/python benchmarks/build_whole_digit.py [--rows 12000]
 MNIST comes from $MNIST_DATA_DIR, the cache or a download, as for every command.
 """
 
@@ -28,15 +28,18 @@ from photos import Glyphs
 from mnist_cnn import build_model, evaluate, load_dataset, recipe_for, setup, train
 from mnist_cnn.data.dataset import Dataset, Split
 from mnist_cnn.files import write_atomically
-from mnist_cnn.images import pen, synthetic
+from mnist_cnn.images import notebook, pen, preprocess, synthetic
 from mnist_cnn.images.notebook import mnist_glyph
+from mnist_cnn.inference import numbers
 from mnist_cnn.inference.numbers import WHOLE_DIGIT_CLASSES
 from mnist_cnn.models.checkpoint import WHOLE_DIGIT, save_checkpoint
 from mnist_cnn.runtime.environment import format_environment
+from mnist_cnn.training import parts
 from mnist_cnn.training.parts import part_fields
 
 SHIPPED = Path(__file__).resolve().parents[1] / "src" / "mnist_cnn" / WHOLE_DIGIT
 VAL_ROWS, SEED = 400, 0
+MAKERS = (parts, numbers, preprocess, notebook)  # the modules whose code makes the parts
 
 
 class TrainingGlyphs:
@@ -72,7 +75,9 @@ def make(split: str, rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def parts_of(split: str, rows: int, seed: int) -> Split:
     """The labelled parts of `rows` rows (two processes), cached: making them takes minutes."""
-    cache = Path(f"runs/whole-digit-{split}-{rows}-{seed}.npz")
+    # named by the code that makes them too: parts made by earlier code are made again
+    recipe = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in MAKERS)).hexdigest()[:8]
+    cache = Path(f"runs/whole-digit-{split}-{rows}-{seed}-{recipe}.npz")
     if not cache.is_file():
         with ProcessPoolExecutor(2) as pool:
             made = list(pool.map(make, [split] * 2, [rows // 2, rows - rows // 2],
@@ -87,13 +92,13 @@ def parts_of(split: str, rows: int, seed: int) -> Split:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="rebuild the shipped whole-digit check")
-    parser.add_argument("--rows", type=int, default=6000, help="photographed rows to train on")
+    parser.add_argument("--rows", type=int, default=12000, help="photographed rows to train on")
     args = parser.parse_args()
     print(format_environment(), "\n", flush=True)
     train_parts = parts_of("train", args.rows, SEED + 1)
     val_parts = parts_of("tune", VAL_ROWS, SEED + 11)
-    for name, parts in (("training", train_parts), ("validation", val_parts)):
-        print(f"{len(parts):,} {name} parts, {float(parts.labels.float().mean()):.1%} of them "
+    for name, made in (("training", train_parts), ("validation", val_parts)):
+        print(f"{len(made):,} {name} parts, {float(made.labels.float().mean()):.1%} of them "
               "one whole digit", flush=True)
     recipe = recipe_for("fast").replace(
         epochs=5, seed=0, label_smoothing=0.0, precision="fp32",

