@@ -482,10 +482,13 @@ def _faint_strokes(solid: np.ndarray, strong: np.ndarray, relative: np.ndarray,
     count, labels = cv2.connectedComponents(solid.astype(np.uint8), connectivity=8)
     if count <= 1:
         return strong
-    # each stroke's darkness: its 99th percentile (sorted by stroke, then by darkness)
-    order = np.lexsort((relative.ravel(), labels.ravel()))
-    sizes = np.bincount(labels.ravel(), minlength=count)
-    darkest = relative.ravel()[order][np.clip(np.cumsum(sizes) - 1 - sizes // 100, 0, None)]
+    # each stroke's darkness: its 99th percentile (its pixels sorted by stroke, then by darkness;
+    # the paper, most of the picture, is left out of the sort)
+    inside = np.flatnonzero(labels)
+    stroke, darkness = labels.ravel()[inside], relative.ravel()[inside]
+    sizes = np.bincount(stroke, minlength=count)
+    darkest = darkness[np.lexsort((darkness, stroke))][
+        np.clip(np.cumsum(sizes) - 1 - sizes // 100, 0, None)]
     level = (FAINT * darkest).astype(np.float32)
     level[0] = np.inf  # the paper
     return strong | ((relative > level[labels]) & (contrast >= _sure_contrast(noise)))
