@@ -22,6 +22,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import photos
 import torch
 from photos import Glyphs
 
@@ -39,7 +40,8 @@ from mnist_cnn.training.parts import part_fields
 
 SHIPPED = Path(__file__).resolve().parents[1] / "src" / "mnist_cnn" / WHOLE_DIGIT
 VAL_ROWS, SEED = 400, 0
-MAKERS = (parts, numbers, preprocess, notebook)  # the modules whose code makes the parts
+# the modules whose code makes the parts: the rows' glyphs and photos, the reader's cuts
+MAKERS = (parts, numbers, preprocess, notebook, synthetic, pen, photos)
 
 
 class TrainingGlyphs:

@@ -366,8 +366,7 @@ def extract_ink(gray: np.ndarray, source: str = "<image>"
     if not weak.any():  # the lines were all there is: keep what was found rather than nothing
         weak = kept
     strong, strong_level = _strong_ink(weak, relative, contrast, noise, source)
-    solid = _connected_to(weak, strong)
-    solid, strong = _lighter_digits(weak, solid, strong, relative, contrast, noise)
+    solid, strong = _ink_blobs(weak, strong, relative, contrast, noise)
     strong = _faint_strokes(solid, strong, relative, contrast, noise)
     ink = _stretched(relative, paper, solid, strong, strong_level, noise)
     return ink, solid & (ink > 0), inverted, float(threshold)
@@ -429,20 +428,21 @@ def _sure_contrast(noise: float) -> float:
     return min(VISIBLE, max(MIN_CONTRAST, NOISE_FACTOR * noise))
 
 
-def _lighter_digits(weak: np.ndarray, solid: np.ndarray, strong: np.ndarray,
-                    relative: np.ndarray, contrast: np.ndarray, noise: float
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """(solid, strong) with the digits written lighter than the rest of the row (another pen,
-    less pressure), which Otsu's split between the darkest ink and the faint marks put with the
-    marks: blobs of weak ink without a sure pixel, at least DIGIT_SIZED of the tallest ink's
-    height and no wider than WIDE_DIGIT times it, off the border (where rulings and a page's
-    edges run), whose darkest twentieth is visible ink and at least LIGHTER as dark, relative
-    to its paper, as the darkest ink."""
+def _ink_blobs(weak: np.ndarray, strong: np.ndarray, relative: np.ndarray,
+               contrast: np.ndarray, noise: float) -> tuple[np.ndarray, np.ndarray]:
+    """(solid, strong): hysteresis, the blobs of `weak` that hold a pixel of `strong`; and the
+    digits written lighter than the rest of the row (another pen, less pressure), which Otsu's
+    split between the darkest ink and the faint marks put with the marks: blobs of weak ink
+    without a sure pixel, at least DIGIT_SIZED of the tallest ink's height and no wider than
+    WIDE_DIGIT times it, off the border (where rulings and a page's edges run), whose darkest
+    twentieth is visible ink and at least LIGHTER as dark, relative to its paper, as the darkest
+    ink (their visible pixels become sure ink)."""
     count, labels, stats, _ = cv2.connectedComponentsWithStats(weak.astype(np.uint8),
                                                                 connectivity=8)
     inked = np.zeros(count, bool)
-    inked[labels[solid]] = True
+    inked[labels[strong & weak]] = True
     inked[0] = False
+    solid = inked[labels]
     if not inked.any():
         return solid, strong
     left, top = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
@@ -456,7 +456,7 @@ def _lighter_digits(weak: np.ndarray, solid: np.ndarray, strong: np.ndarray,
         return solid, strong
     darkest = float(np.quantile(relative[solid & strong], 0.99))
     sure = _sure_contrast(noise)
-    solid, strong = solid.copy(), strong.copy()
+    strong = strong.copy()
     for i in np.flatnonzero(maybe):
         box = (slice(top[i], top[i] + height[i]), slice(left[i], left[i] + width[i]))
         blob = labels[box] == i
@@ -586,15 +586,6 @@ def paper_level(work: np.ndarray) -> np.ndarray:
     if scale == 1.0:
         return opened.astype(np.float32)
     return cv2.resize(opened.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
-
-
-def _connected_to(weak: np.ndarray, strong: np.ndarray) -> np.ndarray:
-    """Hysteresis: the connected regions of `weak` that hold a pixel of `strong`."""
-    count, labels = cv2.connectedComponents(weak.astype(np.uint8), connectivity=8)
-    hit = np.zeros(count, bool)
-    hit[labels[strong & weak]] = True
-    hit[0] = False
-    return hit[labels]
 
 
 def _remove_lines(mask: np.ndarray, relative: np.ndarray) -> np.ndarray:
