@@ -171,7 +171,7 @@ def main() -> None:
     parser.add_argument("--conditions", default=",".join(CONDITIONS))
     parser.add_argument("--numbers", type=int, default=120, help="rows of 2-6 digits")
     parser.add_argument("--plot", type=Path, help="draw the reliability diagram to this PNG")
-    parser.add_argument("--save-failures", type=Path, help="write misread photos here")
+    parser.add_argument("--save-failures", type=Path, help="write misread photos (and numbers) here")
     parser.add_argument("--without-whole-digit", action="store_true",
                         help="cut touching digits by the digit network alone (to compare)")
     args = parser.parse_args()
@@ -236,26 +236,34 @@ def main() -> None:
     print(f"letters: {refused / len(letters):.1%} refused as not a digit (or blank), of "
           f"{len(letters)}")
 
-    exact = 0
+    exact, by_source = 0, {source: [0, 0] for source in sources}
     for _ in range(args.numbers):
         length = int(glyphs.rng.integers(2, 7))
         source = str(glyphs.rng.choice(sources))
         digits = [int(d) for d in glyphs.rng.integers(0, 10, length)]
         ink = row_ink([glyphs.digit(source, d) for d in digits], glyphs.rng)
         # a whole number under 60 px tall is too small to read by anyone; 12 MP is the digits' test
-        condition = condition_for(str(glyphs.rng.choice([c for c in conditions
-                                                         if c not in ("large", "small")])),
-                                  glyphs.rng)
+        name = str(glyphs.rng.choice([c for c in conditions if c not in ("large", "small")]))
+        condition = condition_for(name, glyphs.rng)
         condition.digit_share = glyphs.rng.uniform(0.3, 0.7)
         data = jpeg_bytes(photograph_page(ink, glyphs.rng, condition))
         try:
             reading = read_number(load_image(data), models, classes, digit_threshold=threshold,
                                   whole_digit=not args.without_whole_digit)
-            exact += reading.number == "".join(map(str, digits))
+            got = reading.number
         except ImageError:
-            pass
+            got = "refused"
+        truth = "".join(map(str, digits))
+        hit = got == truth
+        if not hit and args.save_failures:
+            (args.save_failures / f"number-{source}-{name}-{truth}-read-{got}.jpg").write_bytes(data)
+        exact += hit
+        by_source[source][0] += hit
+        by_source[source][1] += 1
     if args.numbers:
-        print(f"numbers of 2-6 digits: {exact / args.numbers:.1%} read exactly, of {args.numbers}")
+        print(f"numbers of 2-6 digits: {exact / args.numbers:.1%} read exactly, of {args.numbers} ("
+              + ", ".join(f"{source} {hits}/{count}" for source, (hits, count) in by_source.items())
+              + ")")
 
     probs, labels = torch.stack(all_probs), torch.tensor(all_labels)
     print(f"expected calibration error: {calibration_error(probs, labels):.2%} over "

@@ -73,6 +73,9 @@ MAX_CUTS = 24
 GRID = 8  # ... and this many columns evenly spaced across the piece: digits whose columns overlap
 # leave no minimum where they touch (tuned on the photos' tuning split with the whole-digit check)
 SURE_WHOLE = 0.9  # a piece the whole-digit check is this sure of is not cut (0.8-0.98 read alike)
+# a piece too narrow to hold touching digits is weighed as several all the same when the check
+# gives it less than this (a 1 touching its neighbour; 0.1 and 0.3 read 1,200 tuning rows alike)
+DOUBTFUL = 0.1
 NOT_WHOLE = 0.01  # a part the check gives less is no whole digit: the digit network skips it
 NO_DIGIT = 0.1  # ... and counts as read this surely (the least a best class of ten can be)
 MIN_WHOLE = 1e-4  # the whole-digit check's probability counts for at least this (log: -9.2)
@@ -387,10 +390,18 @@ def blobs(piece: Piece, solid: np.ndarray) -> list[np.ndarray]:
     return [nearest == big[k] for k in np.argsort([c[1] for c in centres], kind="stable")]
 
 
-def may_hold_several(piece: Piece, height: float) -> bool:
-    """Whether a piece is wide enough to hold touching digits (a solid block is no row of ones:
-    it stays whole, and no digit)."""
-    return piece.width > SPLIT_ASPECT * height and not is_block(piece)
+def may_hold_several(piece: Piece, height: float, solid: np.ndarray) -> bool:
+    """Whether a piece may hold more than one digit: it is wide enough to hold touching digits,
+    or it was joined from two blobs each nearly a digit tall (two 1s whose flags reach over each
+    other are narrower than most single digits). A solid block is no row of ones: it stays
+    whole, and no digit."""
+    if is_block(piece):
+        return False
+    if piece.width > SPLIT_ASPECT * height:
+        return True
+    tall = [group for group in blobs(piece, solid)
+            if np.count_nonzero(group.any(axis=1)) >= FRAGMENT * height]
+    return len(tall) >= 2
 
 
 @dataclass
@@ -428,10 +439,15 @@ def split_wide(piece: Piece, ink: np.ndarray, solid: np.ndarray, height: float,
     """The piece, or the digits it holds when they touch or nearly touch: of every way to cut
     it at the candidate columns, and of every way to group the blobs it was joined from, the
     one whose parts read best as whole digits (best_partition)."""
-    if not may_hold_several(piece, height):
+    several = may_hold_several(piece, height, solid)
+    if not several and (whole is None or is_block(piece)):
         return [piece]
-    if whole is not None and float(whole(field(ink, piece)[None])[0, 1]) >= SURE_WHOLE:
-        return [piece]  # most pieces of a row: weighing their cuts would change nothing
+    if whole is not None:
+        one = float(whole(field(ink, piece)[None])[0, 1])
+        if one >= SURE_WHOLE:
+            return [piece]  # most pieces of a row: weighing their cuts would change nothing
+        if not several and one >= DOUBTFUL:
+            return [piece]  # narrow, and the check does not doubt it
     ways = Partitions.of(piece, ink, solid, height, grid=whole is not None)
     cuts = len(ways.edges) - 1
     best = max(best_partition(ways.straight, cuts, ink, height, proba, whole),

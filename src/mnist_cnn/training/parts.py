@@ -86,7 +86,7 @@ def row_parts(photo: np.ndarray, owner: np.ndarray, count: int
     fields, labels = [], []
     for piece in pieces:
         parts = [piece]
-        if may_hold_several(piece, height):
+        if may_hold_several(piece, height, solid):
             ways = Partitions.of(piece, ink, solid, height)
             parts += [*ways.straight.values(), *ways.by_blobs.values(),
                       *ways.bent(ink, height).values()]
