@@ -35,7 +35,7 @@ def main() -> None:
     calibration = confidence(ensemble_proba(models, tune_fields(3000, seed=11))).numpy()
     glyphs = Glyphs("tune", 12)
     digits, labels = photographed(glyphs, args.digits, tuning_digit)
-    letters, _ = photographed(glyphs, args.letters, lambda g: (g.letter(), -1))
+    letters, _ = photographed(glyphs, args.letters, lambda g: (g.letter()[0], -1))
     digit_proba = ensemble_proba(models, digits)
     digit_scores, right = confidence(digit_proba), digit_proba.argmax(dim=1) == labels
     letter_scores = confidence(ensemble_proba(models, letters))

@@ -109,12 +109,13 @@ class Glyphs:
             return pen.draw(str(label), rng)
         return synthetic.written_glyph(str(label), self.fonts[rng.integers(len(self.fonts))], rng)
 
-    def letter(self) -> np.ndarray:
+    def letter(self) -> tuple[np.ndarray, str]:
+        """A letter's ink and its source ("pen" or "font")."""
         rng = self.rng
         if rng.random() < 0.5:
-            return pen.draw(str(rng.choice(list(pen.LETTERS))), rng)
+            return pen.draw(str(rng.choice(list(pen.LETTERS))), rng), "pen"
         return synthetic.letter(str(rng.choice(list(synthetic.NOT_DIGIT_LETTERS))),
-                                self.fonts[rng.integers(len(self.fonts))], rng)
+                                self.fonts[rng.integers(len(self.fonts))], rng), "font"
 
 
 def photographed(glyphs: Glyphs, count: int, draw: Callable[[Glyphs], tuple[np.ndarray, int]]
@@ -226,15 +227,19 @@ def main() -> None:
 
     # letters under one condition at a time ("mixed" too, when it is the only one asked for)
     single = [c for c in conditions if c != "mixed"] or conditions
-    letters = [jpeg_bytes(photograph_page(glyphs.letter(), glyphs.rng,
-                                          condition_for(str(glyphs.rng.choice(single)),
-                                                        glyphs.rng)))
-               for _ in range(args.per_cell * 4)]
+    letters, kinds = [], []
+    for _ in range(args.per_cell * 4):
+        ink, kind = glyphs.letter()
+        condition = condition_for(str(glyphs.rng.choice(single)), glyphs.rng)
+        letters.append(jpeg_bytes(photograph_page(ink, glyphs.rng, condition)))
+        kinds.append(kind)
     probs, ok = read_photos(letters, models)
-    refused = ok.count(False) + (0 if probs is None or threshold is None
-                                 else int((probs.max(dim=1).values < threshold).sum()))
-    print(f"letters: {refused / len(letters):.1%} refused as not a digit (or blank), of "
-          f"{len(letters)}")
+    sure = iter([] if probs is None else probs.max(dim=1).values.tolist())
+    refused = [not good or (threshold is not None and next(sure) < threshold) for good in ok]
+    by_kind = {kind: (sum(r for r, k in zip(refused, kinds) if k == kind), kinds.count(kind))
+               for kind in ("pen", "font")}
+    print(f"letters: {sum(refused) / len(letters):.1%} refused as not a digit (or blank), of "
+          f"{len(letters)} (" + ", ".join(f"{k} {r}/{n}" for k, (r, n) in by_kind.items()) + ")")
 
     exact, by_source = 0, {source: [0, 0] for source in sources}
     for _ in range(args.numbers):
