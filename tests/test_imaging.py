@@ -8,6 +8,7 @@ import time
 import zlib
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -22,6 +23,7 @@ from mnist_cnn.images.preprocess import (
     Preprocessed,
     TooManyPixels,
     collect_images,
+    extract_ink,
     load_and_preprocess,
     load_image,
     otsu_threshold,
@@ -488,3 +490,27 @@ def test_pillow_limit_is_not_quoted():
     with pytest.raises(TooManyPixels) as refused:
         load_image(png_with_size(20_000, 20_000), max_pixels=25_000_000)
     assert "25,000,000" in str(refused.value) and "178" not in str(refused.value)
+
+
+@pytest.mark.parametrize("paper", ["ruled", "squared"])
+@pytest.mark.parametrize("degrees", [0, 9, 18])
+def test_rulings_across_a_large_page_are_taken_out_and_the_digit_kept(paper, degrees):
+    # rulings 3 px thick every 40 px on a page 600x800, turned by up to LINE_SLOPE: long
+    # enough that they are sought squeezed along their length
+    page = np.full((600, 800), 225, np.uint8)
+    lines = np.zeros_like(page)
+    turn = np.tan(np.radians(degrees))
+    for offset in range(-400, 1200, 40):
+        cv2.line(lines, (0, offset), (799, offset + round(799 * turn)), 255, 3)
+        if paper == "squared":
+            cv2.line(lines, (offset, 0), (offset - round(599 * turn), 599), 255, 3)
+    page[lines > 0] = 165
+    digit = np.zeros_like(page)
+    cv2.line(digit, (330, 220), (470, 220), 255, 14)  # a 7
+    cv2.line(digit, (470, 220), (380, 400), 255, 14)
+    page[digit > 0] = 110  # a pencil: the rulings are not much lighter, and touch it
+    _, solid, inverted, _ = extract_ink(page)
+    assert inverted
+    assert solid[digit > 0].mean() > 0.95
+    away = (lines > 0) & (cv2.dilate(digit, np.ones((25, 25), np.uint8)) == 0)
+    assert solid[away].mean() < 0.02

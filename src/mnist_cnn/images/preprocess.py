@@ -63,6 +63,8 @@ PAPER_WINDOW = 0.3  # ... with a window this share of the image's shorter side: 
 LINE_SPAN = 0.8  # a straight line this long, as a share of the image's side, is a ruling
 LINE_SLOPE = 0.36  # tan(20 degrees): a page photographed turned by up to that
 LINE_MARGIN = 0.15  # ink on a ruling is at least this much darker than the ruling
+SQUEEZE = 8  # rulings are sought in their pixels squeezed along them up to this many times ...
+SQUEEZED_REACH = 32  # ... as long as a ruling stays this many pixels long
 BORDER_RUN = 0.2  # a filled blob touching this share of the border is a page's or desk's edge
 FILLED = 0.4  # ... when it fills this share of its box (a stroke fills far less)
 CONVEX = 0.85  # ... and this share of its convex hull
@@ -607,17 +609,17 @@ def _remove_lines(mask: np.ndarray, relative: np.ndarray) -> np.ndarray:
     # only pixels on horizontal or vertical runs vote: a notebook's lines, not the paper's grain
     run = max(5, round(0.02 * max(small.shape)))
     small = (small > 0).astype(np.uint8)
-    horizontal: np.ndarray = cv2.morphologyEx(small, cv2.MORPH_OPEN, np.ones((1, run), np.uint8))
-    vertical: np.ndarray = cv2.morphologyEx(small, cv2.MORPH_OPEN, np.ones((run, 1), np.uint8))
-    voters = horizontal | vertical
-    segments = cv2.HoughLinesP(voters, 1, np.pi / 180,
-                               threshold=round(0.6 * reach), minLineLength=reach,
-                               maxLineGap=max(3, round(0.1 * reach)))
-    if segments is None:
+    horizontal = cv2.morphologyEx(small, cv2.MORPH_OPEN, np.ones((1, run), np.uint8))
+    vertical = cv2.morphologyEx(small, cv2.MORPH_OPEN, np.ones((run, 1), np.uint8))
+    # a ruling across the page: sought among the horizontal runs, and among the vertical ones
+    # (transposed, so that they are horizontal too)
+    segments = np.concatenate([_long_segments(horizontal, reach),
+                               _long_segments(np.ascontiguousarray(vertical.T), reach)[:, [1, 0, 3, 2]]])
+    if not len(segments):
         return mask
     thickness = max(3, round(0.012 * max(height, width)) | 1)
     band = np.zeros_like(binary)
-    for x1, y1, x2, y2 in segments.reshape(-1, 4) / scale:
+    for x1, y1, x2, y2 in segments / scale:
         dx, dy = abs(x2 - x1), abs(y2 - y1)
         # a ruling runs across the page, within LINE_SLOPE of the horizontal or the vertical
         across = dx >= LINE_SPAN * width if dx >= dy else dy >= LINE_SPAN * height
@@ -636,6 +638,28 @@ def _remove_lines(mask: np.ndarray, relative: np.ndarray) -> np.ndarray:
     joined |= cv2.morphologyEx(kept.astype(np.uint8), cv2.MORPH_CLOSE,
                                np.ones((1, thickness + 2), np.uint8))
     return kept | ((joined > 0) & on_line)
+
+
+def _long_segments(voters: np.ndarray, reach: float) -> np.ndarray:
+    """The straight segments (x1, y1, x2, y2: float, N x 4) at least `reach` long among `voters`
+    (0 or 1), found by the probabilistic Hough transform. Its time grows with the pixels that
+    vote, and a near-horizontal ruling has many (a line several pixels thick, across the image):
+    so the voters are first squeezed along x by up to SQUEEZE times (a cell votes if any of its
+    pixels does). A ruling stays a line, only steeper, and its segments are stretched back."""
+    factor = int(min(SQUEEZE, max(1, reach // SQUEEZED_REACH)))
+    height, width = voters.shape
+    if factor > 1:
+        cells = voters[:, :width // factor * factor] * np.uint8(255)
+        voters = (cv2.resize(cells, (width // factor, height), interpolation=cv2.INTER_AREA) > 0
+                  ).astype(np.uint8)
+    squeezed = reach / factor
+    found = cv2.HoughLinesP(voters, 1, np.pi / 180, threshold=round(0.6 * squeezed),
+                            minLineLength=squeezed, maxLineGap=max(3, round(0.1 * squeezed)))
+    if found is None:
+        return np.zeros((0, 4))
+    segments = found.reshape(-1, 4).astype(np.float64)
+    segments[:, [0, 2]] = segments[:, [0, 2]] * factor + (factor - 1) / 2
+    return segments
 
 
 def _drop_border_edges(solid: np.ndarray) -> np.ndarray:
