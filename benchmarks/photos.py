@@ -37,8 +37,9 @@ from mnist_cnn.images.notebook import Condition, jpeg_bytes, mnist_glyph, photog
 from mnist_cnn.images.preprocess import ImageError, load_and_preprocess, load_image, to_tensor
 from mnist_cnn.inference.calibration import calibration_error
 from mnist_cnn.inference.ensemble import ensemble_proba
+from mnist_cnn.inference.novelty import is_digit
 from mnist_cnn.inference.numbers import read_number
-from mnist_cnn.inference.predict import load_predictor
+from mnist_cnn.inference.predict import ink_side, load_predictor
 from mnist_cnn.models.checkpoint import pretrained_path
 from mnist_cnn.runtime.environment import format_environment
 
@@ -149,18 +150,25 @@ def tune_fields(count: int, seed: int) -> torch.Tensor:
     return photographed(Glyphs("tune", seed), count, tuning_digit)[0]
 
 
-def read_photos(photos: list[bytes], models) -> tuple[torch.Tensor | None, list]:
-    """Probabilities for each photo that preprocesses (None rows for the refused), and which."""
-    tensors, ok = [], []
+def read_photos(photos: list[bytes], models, threshold: float | None
+                ) -> tuple[torch.Tensor | None, list, list]:
+    """Probabilities for each photo that preprocesses, whether it is a digit (as predict
+    decides it, by the ink's size too) and which photos preprocessed (the others are refused
+    as blank)."""
+    tensors, sides, ok = [], [], []
     for data in photos:
         try:
-            tensors.append(to_tensor(load_and_preprocess(data).final))
-            ok.append(True)
+            steps = load_and_preprocess(data)
         except ImageError:
             ok.append(False)
+            continue
+        tensors.append(to_tensor(steps.final))
+        sides.append(ink_side(steps))
+        ok.append(True)
     if not tensors:
-        return None, ok
-    return ensemble_proba(models, torch.stack(tensors)), ok
+        return None, [], ok
+    probs = ensemble_proba(models, torch.stack(tensors))
+    return probs, is_digit(probs, threshold, sides).tolist(), ok
 
 
 def main() -> None:
@@ -200,18 +208,19 @@ def main() -> None:
             photos = [jpeg_bytes(photograph_page(glyphs.digit(source, y), glyphs.rng,
                                                  condition_for(name, glyphs.rng)))
                       for y in labels]
-            probs, ok = read_photos(photos, models)
+            probs, digits, ok = read_photos(photos, models, threshold)
             right = accepted = 0
             rows = iter(range(len(photos)))
             for i, (label, good) in enumerate(zip(labels, ok)):
                 if not good:
                     continue
-                p = probs[next(rows)]
+                row = next(rows)
+                p = probs[row]
                 all_probs.append(p)
                 all_labels.append(label)
                 hit = int(p.argmax()) == label
                 right += hit
-                accepted += hit and (threshold is None or float(p.max()) >= threshold)
+                accepted += hit and digits[row]
                 if not hit and args.save_failures:
                     (args.save_failures / f"{source}-{name}-{i}-{label}.jpg").write_bytes(photos[i])
             blank = ok.count(False)
@@ -233,9 +242,9 @@ def main() -> None:
         condition = condition_for(str(glyphs.rng.choice(single)), glyphs.rng)
         letters.append(jpeg_bytes(photograph_page(ink, glyphs.rng, condition)))
         kinds.append(kind)
-    probs, ok = read_photos(letters, models)
-    sure = iter([] if probs is None else probs.max(dim=1).values.tolist())
-    refused = [not good or (threshold is not None and next(sure) < threshold) for good in ok]
+    _, digits, ok = read_photos(letters, models, threshold)
+    taken = iter(digits)
+    refused = [not good or not next(taken) for good in ok]
     by_kind = {kind: (sum(r for r, k in zip(refused, kinds) if k == kind), kinds.count(kind))
                for kind in ("pen", "font")}
     print(f"letters: {sum(refused) / len(letters):.1%} refused as not a digit (or blank), of "

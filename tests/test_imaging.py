@@ -509,8 +509,10 @@ def test_rulings_across_a_large_page_are_taken_out_and_the_digit_kept(paper, deg
     cv2.line(digit, (330, 220), (470, 220), 255, 14)  # a 7
     cv2.line(digit, (470, 220), (380, 400), 255, 14)
     page[digit > 0] = 110  # a pencil: the rulings are not much lighter, and touch it
-    _, solid, inverted, _ = extract_ink(page)
-    assert inverted
+    found = extract_ink(page)
+    solid = found.solid
+    assert found.inverted
     assert solid[digit > 0].mean() > 0.95
     away = (lines > 0) & (cv2.dilate(digit, np.ones((25, 25), np.uint8)) == 0)
     assert solid[away].mean() < 0.02
+    assert found.ruling_angle == pytest.approx(degrees, abs=1.0)  # the page's turn

@@ -13,7 +13,14 @@ from mnist_cnn.errors import MnistCnnError
 from mnist_cnn.images.preprocess import load_and_preprocess, to_tensor
 from mnist_cnn.images.synthetic import outlier_pool
 from mnist_cnn.inference.evaluation import predict_proba
-from mnist_cnn.inference.novelty import calibrate_threshold, confidence, ensemble_threshold, is_digit
+from mnist_cnn.inference.novelty import (
+    SMALL_INK,
+    SMALL_INK_SURE,
+    calibrate_threshold,
+    confidence,
+    ensemble_threshold,
+    is_digit,
+)
 from mnist_cnn.models.checkpoint import load_pretrained
 
 
@@ -23,6 +30,16 @@ def test_is_digit_compares_the_best_probability_with_the_threshold():
     assert is_digit(probs, 0.95).tolist() == [False, False, False]
     assert is_digit(probs, None).tolist() == [True, True, True]  # never calibrated: never refuse
     assert bool(is_digit(probs[0], 0.5))  # one image, one answer
+
+
+def test_small_ink_must_be_surer():
+    sure = (SMALL_INK_SURE + 0.5) / 1.5  # between SMALL_INK_SURE and 1
+    probs = torch.tensor([[0.8, 0.1, 0.1], [0.8, 0.1, 0.1], [sure, 1 - sure, 0.0]])
+    assert is_digit(probs, 0.5, [SMALL_INK, SMALL_INK - 1, 10]).tolist() == [True, False, True]
+    assert is_digit(probs, 0.5).tolist() == [True, True, True]  # size unknown: the threshold
+    assert is_digit(probs, 0.99, [100, 5, 5]).tolist() == [False, False, False]  # never lower
+    assert is_digit(probs, None, [1, 1, 1]).tolist() == [True, True, True]
+    assert not bool(is_digit(probs[0], 0.5, SMALL_INK - 1))  # one image, one answer
 
 
 def test_calibration_accepts_the_share_asked_for():

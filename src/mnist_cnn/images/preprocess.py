@@ -98,6 +98,17 @@ class Preprocessed:
     threshold: float  # Otsu threshold on the (possibly inverted) gray levels: ink is > threshold
 
 
+@dataclass
+class Ink:
+    """What extract_ink finds in a picture."""
+    ink: np.ndarray  # uint8 HxW: white ink on black, paper suppressed
+    solid: np.ndarray  # bool HxW: the pixels that are ink
+    inverted: bool  # True when dark ink on light paper was found (and the picture inverted)
+    threshold: float  # Otsu threshold on the picture's gray levels
+    ruling_angle: float | None  # the page's ruled lines' slope in degrees (positive: falling
+    # to the right), None where no ruling was found
+
+
 # --------------------------------------------------------------------------------------------
 # Loading
 
@@ -303,8 +314,8 @@ def ink_box(image: np.ndarray) -> tuple[slice, slice] | None:
 def preprocess(image: Image.Image | np.ndarray, source: str = "<image>") -> Preprocessed:
     """Turn a picture of one digit into the MNIST convention, keeping every step to look at."""
     gray = as_gray(image, source)
-    ink, _, inverted, threshold = extract_ink(gray, source)
-    ink = pick_digit(ink)
+    found = extract_ink(gray, source)
+    ink = pick_digit(found.ink)
 
     cropped = ink[ink_box(ink)]
     # scaled up to 20 px, a dot or a speck would be read as some digit ("0" for a single pixel)
@@ -317,7 +328,7 @@ def preprocess(image: Image.Image | np.ndarray, source: str = "<image>") -> Prep
 
     scaled = _scale_to_box(cropped)
     final = _paste_by_centre_of_mass(scaled)
-    return Preprocessed(gray, inverted, ink, cropped, scaled, final, float(threshold))
+    return Preprocessed(gray, found.inverted, ink, cropped, scaled, final, found.threshold)
 
 
 def smallest_ink(shape: tuple[int, ...]) -> int:
@@ -338,10 +349,9 @@ def as_gray(image: Image.Image | np.ndarray, source: str = "<image>") -> np.ndar
     return gray
 
 
-def extract_ink(gray: np.ndarray, source: str = "<image>"
-                ) -> tuple[np.ndarray, np.ndarray, bool, float]:
-    """Grayscale -> (ink: white on black, paper suppressed; solid: the pixels that are ink;
-    inverted; threshold), the steps every image goes through before its crop.
+def extract_ink(gray: np.ndarray, source: str = "<image>") -> Ink:
+    """Grayscale -> the ink, white on black (see Ink), by the steps every image goes through
+    before its crop.
 
     The paper is estimated locally and divided out, so that a shadow or a lighting gradient is
     not ink; ink is decided from each pixel's darkness relative to the paper around it; the ruled
@@ -364,14 +374,14 @@ def extract_ink(gray: np.ndarray, source: str = "<image>"
     if not kept.any():
         raise ImageError(f"{source}: no ink found apart from the edges of the picture (a page's "
                          "edge, a desk or a shadow); photograph the digit with paper around it")
-    weak = _remove_lines(kept, relative)
+    weak, ruling_angle = _remove_lines(kept, relative)
     if not weak.any():  # the lines were all there is: keep what was found rather than nothing
         weak = kept
     strong, strong_level = _strong_ink(weak, relative, contrast, noise, source)
     solid, strong = _ink_blobs(weak, strong, relative, contrast, noise)
     strong = _faint_strokes(solid, strong, relative, contrast, noise)
     ink = _stretched(relative, paper, solid, strong, strong_level, noise)
-    return ink, solid & (ink > 0), inverted, float(threshold)
+    return Ink(ink, solid & (ink > 0), inverted, float(threshold), ruling_angle)
 
 
 def _stand_out(work: np.ndarray, paper: np.ndarray, hist: np.ndarray, source: str
@@ -590,14 +600,15 @@ def paper_level(work: np.ndarray) -> np.ndarray:
     return cv2.resize(opened.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
 
 
-def _remove_lines(mask: np.ndarray, relative: np.ndarray) -> np.ndarray:
+def _remove_lines(mask: np.ndarray, relative: np.ndarray) -> tuple[np.ndarray, float | None]:
     """`mask` without the long straight lines that cross the image (a notebook's ruling or
     grid): segments of at least LINE_SPAN of the image's side. Where a stroke crosses a line, or
-    runs along it darker than the line, the stroke's pixels stay."""
+    runs along it darker than the line, the stroke's pixels stay. And the slope of the rulings
+    that run across, in degrees (their median), or None."""
     height, width = mask.shape
     shortest = LINE_SPAN * min(height, width)
     if shortest < 12:
-        return mask
+        return mask, None
     binary = mask.astype(np.uint8) * 255
     # found at most ANALYSIS_SIDE pixels across (the Hough transform's time grows with the
     # pixels it votes with), drawn back at full size
@@ -616,18 +627,22 @@ def _remove_lines(mask: np.ndarray, relative: np.ndarray) -> np.ndarray:
     segments = np.concatenate([_long_segments(horizontal, reach),
                                _long_segments(np.ascontiguousarray(vertical.T), reach)[:, [1, 0, 3, 2]]])
     if not len(segments):
-        return mask
+        return mask, None
     thickness = max(3, round(0.012 * max(height, width)) | 1)
     band = np.zeros_like(binary)
+    slopes = []
     for x1, y1, x2, y2 in segments / scale:
         dx, dy = abs(x2 - x1), abs(y2 - y1)
         # a ruling runs across the page, within LINE_SLOPE of the horizontal or the vertical
         across = dx >= LINE_SPAN * width if dx >= dy else dy >= LINE_SPAN * height
         if across and min(dx, dy) <= LINE_SLOPE * max(dx, dy):
             cv2.line(band, (round(x1), round(y1)), (round(x2), round(y2)), 255, thickness)
+            if dx >= dy:
+                slopes.append(math.degrees(math.atan((y2 - y1) / (x2 - x1))))
+    ruling_angle = float(np.median(slopes)) if slopes else None
     on_line = (band > 0) & mask
     if not on_line.any():
-        return mask
+        return mask, ruling_angle
     # a pen is darker than the ruling: those pixels are ink even on a line
     line_level = float(np.median(relative[on_line]))
     darker = relative > line_level + LINE_MARGIN
@@ -637,7 +652,7 @@ def _remove_lines(mask: np.ndarray, relative: np.ndarray) -> np.ndarray:
                                           np.ones((thickness + 2, 1), np.uint8))
     joined |= cv2.morphologyEx(kept.astype(np.uint8), cv2.MORPH_CLOSE,
                                np.ones((1, thickness + 2), np.uint8))
-    return kept | ((joined > 0) & on_line)
+    return kept | ((joined > 0) & on_line), ruling_angle
 
 
 def _long_segments(voters: np.ndarray, reach: float) -> np.ndarray:

@@ -460,10 +460,17 @@ def split_wide(piece: Piece, ink: np.ndarray, solid: np.ndarray, height: float,
     return best[1] or [piece]
 
 
-def row_angle(solid: np.ndarray) -> float:
-    """The row's slope in degrees (positive: falling to the right), from a line fitted through
-    the centre of each column's ink, weighted by its ink; 0 for a row too short to tell (its
-    digits' shapes would decide the fit) or turned by less than LEVEL or more than STEEP."""
+def row_angle(solid: np.ndarray, ruling_angle: float | None = None) -> float:
+    """The row's slope in degrees (positive: falling to the right): on a ruled or squared page
+    turned by LEVEL to STEEP degrees, the slope of its rulings (`ruling_angle`: a row is written
+    along them, and a short row's own slope would be decided by its digits' shapes); else from
+    a line fitted through the centre of each column's ink, weighted by its ink; 0 for a row too
+    short to tell, or turned by less than LEVEL or more than STEEP."""
+    def within(angle: float) -> float:
+        return angle if LEVEL <= abs(angle) <= STEEP else 0.0
+
+    if ruling_angle is not None and within(ruling_angle):
+        return ruling_angle
     columns = solid.sum(axis=0, dtype=np.float64)
     xs = np.flatnonzero(columns)
     if xs.size < 2:
@@ -477,8 +484,7 @@ def row_angle(solid: np.ndarray) -> float:
     dx = xs - np.average(xs, weights=weights)
     slope = np.average(dx * (centres - np.average(centres, weights=weights)), weights=weights) \
         / np.average(dx ** 2, weights=weights)
-    angle = math.degrees(math.atan(slope))
-    return angle if LEVEL <= abs(angle) <= STEEP else 0.0
+    return within(math.degrees(math.atan(slope)))
 
 
 def level_row(gray: np.ndarray, angle: float) -> tuple[np.ndarray, np.ndarray]:
@@ -512,16 +518,16 @@ def level_ink(gray: np.ndarray, source: str = "<image>"
     """The row's ink (extract_ink: ink, solid, inverted), found in the picture turned level when
     the row slopes, and then the matrix that takes the ink's pixels back to the picture's (None
     when it was not turned)."""
-    ink, solid, inverted, _ = extract_ink(gray, source)
-    angle = row_angle(solid)
+    found = extract_ink(gray, source)
+    angle = row_angle(found.solid, found.ruling_angle)
     if angle:  # a sloping row's digits are read upright, and its touching ones cut upright
         level, turned_back = level_row(gray, angle)
         try:
-            ink, solid, inverted, _ = extract_ink(level, source)
-            return ink, solid, inverted, turned_back
+            turned = extract_ink(level, source)
+            return turned.ink, turned.solid, turned.inverted, turned_back
         except ImageError:  # the corners filled in took the ink's place: read it as it is
             pass
-    return ink, solid, inverted, None
+    return found.ink, found.solid, found.inverted, None
 
 
 def row_pieces(ink: np.ndarray, solid: np.ndarray, shape: tuple[int, int],
@@ -606,8 +612,9 @@ def read_number(image: Image.Image | np.ndarray, models: Sequence[nn.Module],  #
     shape = (image.height, image.width) if isinstance(image, Image.Image) else image.shape[:2]
     probabilities = proba(torch.stack([field(ink, p) for p in pieces]))
     digits: list[dict[str, Any]] = []
+    sides = [max(piece.height, piece.width) for piece in pieces]
     looks_like_digits = [digit and not is_block(piece) for digit, piece in
-                         zip(is_digit(probabilities, digit_threshold).tolist(), pieces)]
+                         zip(is_digit(probabilities, digit_threshold, sides).tolist(), pieces)]
     for piece, p, looks_like_digit in zip(pieces, probabilities, looks_like_digits):
         best = int(p.argmax())
         digits.append({

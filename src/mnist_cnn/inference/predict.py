@@ -106,8 +106,9 @@ class Predictor:
         """Averaged class probabilities (N, classes) of uint8 28x28 images (N, 1, 28, 28)."""
         return ensemble_proba(self.models, images, batch_size, self.runtime)
 
-    def answer(self, probabilities: torch.Tensor, top_k: int) -> dict:
-        return answer(probabilities, self.classes, top_k, self.threshold)
+    def answer(self, probabilities: torch.Tensor, top_k: int, ink_side: int | None = None
+               ) -> dict:
+        return answer(probabilities, self.classes, top_k, self.threshold, ink_side)
 
     def read_digit(self, source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS,
                    name: str | None = None, work_pixels: int = WORK_PIXELS
@@ -115,7 +116,8 @@ class Predictor:
         """One image of one digit: its answer (all classes ranked), probabilities and steps."""
         steps = load_and_preprocess(source, max_pixels, name, work_pixels)
         probabilities = self.proba(to_tensor(steps.final)[None])[0]
-        return self.answer(probabilities, len(self.classes)), probabilities, steps
+        return (self.answer(probabilities, len(self.classes), ink_side(steps)), probabilities,
+                steps)
 
     def read_number(self, source: str | os.PathLike | bytes, top_k: int,
                     max_pixels: int = MAX_PIXELS, name: str | None = None,
@@ -163,6 +165,7 @@ def predict_images(predictor: Predictor, paths: Sequence[str | os.PathLike], top
     good: list[int] = []
     tensors: list[torch.Tensor] = []
     inverted: list[bool] = []
+    ink_sides: list[int] = []
     saved_names: set[str] = set()
     for i, path in enumerate(files):
         try:
@@ -174,6 +177,7 @@ def predict_images(predictor: Predictor, paths: Sequence[str | os.PathLike], top
         good.append(i)
         tensors.append(to_tensor(pre.final))
         inverted.append(pre.inverted)
+        ink_sides.append(ink_side(pre))
         if save_dir is not None:
             save_png(pre.final, Path(save_dir) / unique_name(path, saved_names))
 
@@ -181,18 +185,25 @@ def predict_images(predictor: Predictor, paths: Sequence[str | os.PathLike], top
         probs = predictor.proba(torch.stack(tensors), batch_size)
         for row, i in enumerate(good):
             results[i] = Prediction(display_name(files[i]), inverted=inverted[row],
-                                    **predictor.answer(probs[row], top_k))
+                                    **predictor.answer(probs[row], top_k, ink_sides[row]))
     return [r for r in results if r is not None]
 
 
+def ink_side(steps: Preprocessed) -> int:
+    """The longer side of the digit's ink, in pixels of the picture as read (novelty.is_digit)."""
+    return max(steps.cropped.shape)
+
+
 def answer(probabilities: torch.Tensor, classes: Sequence[str], top_k: int,
-           digit_threshold: float | None) -> dict:
+           digit_threshold: float | None, ink_side: int | None = None) -> dict:
     """One image's class probabilities as predict and the server answer them: the likeliest
-    class (its name and index), how sure, the top k, and whether it is a digit at all."""
+    class (its name and index), how sure, the top k, and whether it is a digit at all (its ink's
+    longer side, when known, asks more of small ink: novelty.is_digit)."""
     top = ranked(probabilities, classes, top_k)
+    sides = None if ink_side is None else [ink_side]
     return {"digit": top[0]["class"], "index": classes.index(top[0]["class"]),
             "probability": top[0]["probability"], "top_k": top,
-            "is_digit": bool(is_digit(probabilities[None], digit_threshold)[0])}
+            "is_digit": bool(is_digit(probabilities[None], digit_threshold, sides)[0])}
 
 
 def predict_numbers(predictor: Predictor, paths: Sequence[str | os.PathLike], top_k: int
