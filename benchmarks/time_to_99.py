@@ -43,7 +43,7 @@ def main() -> None:
         recipe = recipe.replace(precision=args.precision)
     runtime = setup(args.device, recipe.precision, args.threads, tune_allocator=True)
     print(f"{args.model}: {recipe.epochs} epoch(s), batch {recipe.batch_size}, {recipe.optimizer} "
-          f"{recipe.schedule} lr {recipe.lr}, {recipe.precision} on {runtime.device}")
+          f"{recipe.schedule} lr {recipe.lr}, {runtime.precision} on {runtime.device}")
     print(f"data loading (verify + decompress into memory): {load_seconds:.2f} s")
 
     # one short warm-up so the first seed does not pay for one-time kernel set-up
@@ -67,7 +67,7 @@ def main() -> None:
           f"{statistics.mean(accuracies):.4f}, min {min(accuracies):.4f}, max {max(accuracies):.4f}"
           f" over {args.seeds} seeds; {sum(a < 0.99 for a in accuracies)} of {args.seeds} seeds "
           f"below 99% ({'threads ' + str(args.threads) if args.threads else 'threads follow load'},"
-          f" {recipe.precision})")
+          f" {runtime.precision})")
 
     if args.process:
         cli = Path(sys.executable).with_name("mnist-cnn")

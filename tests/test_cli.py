@@ -93,6 +93,23 @@ def test_train_prints_the_lecture_log(trained):
     assert re.search(r"^Accuracy: 0\.\d{4} on the 10000 test images$", printed, re.M)
 
 
+def test_train_names_the_precision_it_trains_in(mnist_data_dir, tmp_path):
+    # bf16 asked for on a CPU without native bfloat16 (emulated, slower) trains in fp32 and says
+    # so, in the note and in the line that starts the run
+    import torch
+
+    from mnist_cnn.runtime.device import bf16_supported
+
+    code, printed, errors = run_main(
+        ["train", "--model", "simple", "--epochs", "0.01", "--precision", "bf16", "--out",
+         str(tmp_path / "run"), "--no-progress", "--data-dir", str(mnist_data_dir),
+         "--device", "cpu", "--threads", "1"])
+    assert code == 0, errors
+    used = "bf16" if bf16_supported(torch.device("cpu")) else "fp32"
+    assert re.search(rf"^training simple on mnist .* on cpu, {used}; ", printed, re.M), printed
+    assert ("using fp32" in errors) == (used == "fp32")
+
+
 def test_train_writes_the_run_folder(trained):
     code, _, _, out = trained
     assert code == 0

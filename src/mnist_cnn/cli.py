@@ -275,7 +275,7 @@ def train_and_test(args: argparse.Namespace, recipe: Recipe, runtime: Runtime,
     out = Path(args.out or f"runs/{recipe.model}")
     if runtime.is_main:  # under torchrun, rank 0 speaks for the group
         print(f"training {recipe.model} on {data.name} ({len(data.train)} train / "
-              f"{len(data.val)} validation images) on {runtime.device}, {recipe.precision}; "
+              f"{len(data.val)} validation images) on {runtime.device}, {runtime.precision}; "
               f"checkpoints in {out}")
         print("Learning started. It takes sometime.")
     model = build_model(recipe)
