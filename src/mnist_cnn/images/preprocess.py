@@ -725,6 +725,8 @@ def _edge_blobs(core: np.ndarray) -> np.ndarray:
         hull = cv2.contourArea(cv2.convexHull(np.vstack(contours)))
         drop[label] = stats[label, cv2.CC_STAT_AREA] >= CONVEX * hull
     drop[0] = False
+    if not drop.any():  # the usual case: no need to look up every pixel's label
+        return np.zeros(core.shape, bool)
     return drop[labels]
 
 
