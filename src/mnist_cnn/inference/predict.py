@@ -200,10 +200,9 @@ def answer(probabilities: torch.Tensor, classes: Sequence[str], top_k: int,
     class (its name and index), how sure, the top k, and whether it is a digit at all (its ink's
     longer side, when known, asks more of small ink: novelty.is_digit)."""
     top = ranked(probabilities, classes, top_k)
-    sides = None if ink_side is None else [ink_side]
     return {"digit": top[0]["class"], "index": classes.index(top[0]["class"]),
             "probability": top[0]["probability"], "top_k": top,
-            "is_digit": bool(is_digit(probabilities[None], digit_threshold, sides)[0])}
+            "is_digit": bool(is_digit(probabilities, digit_threshold, ink_side))}
 
 
 def predict_numbers(predictor: Predictor, paths: Sequence[str | os.PathLike], top_k: int
