@@ -121,20 +121,28 @@ def test_a_number_on_ruled_paper_is_read(shipped):
     assert exact >= len(numbers) - 1
 
 
-def test_shadowed_rows_keep_dark_ink_on_light_paper():
-    # A shadow's hard edge lengthens both tails of the flattened histogram; the side most pixels
+@pytest.mark.parametrize("shortest, longest, photos, allowed", [
+    # a shadow's hard edge lengthens both tails of the flattened histogram; the side most pixels
     # are on alone (the shadowed one, often) gave 4 of these 200 photos the wrong colour
+    (3, 3, 200, 1),
+    # a row of 4-6 digits makes a wide, low picture: a lighting blur as wide as a square
+    # picture's mixed the shadow's band with the lit paper (7 of these 400 photos got the wrong
+    # colour; 1 with the blur scaled to the picture's area)
+    (4, 6, 400, 2),
+])
+def test_shadowed_rows_keep_dark_ink_on_light_paper(shortest, longest, photos, allowed):
     wrong = []
-    for seed in range(200):
+    for seed in range(photos):
         rng = np.random.default_rng(seed)
-        number = "".join(str(d) for d in rng.integers(0, 10, 3))
+        length = shortest if shortest == longest else int(rng.integers(shortest, longest + 1))
+        number = "".join(str(d) for d in rng.integers(0, 10, length))
         ink = row_ink([pen.draw(d, rng) for d in number], rng)
         photo = photograph_page(ink, rng, Condition(
             paper="plain", pen="black", stroke=0.1, shadow=True, desk=False, tilt=0.0,
             height=int(rng.integers(40, 200)), digit_share=0.5))
         if not light_paper(as_gray(load_image(jpeg_bytes(photo)))):
             wrong.append(seed)
-    assert len(wrong) <= 1, f"light ink found on the photos of seeds {wrong}"
+    assert len(wrong) <= allowed, f"light ink found on the photos of seeds {wrong}"
 
 
 @settings(max_examples=150, deadline=None)
@@ -224,6 +232,24 @@ def test_an_underlined_number_is_read(shipped):
 
     exact = rows_read_exactly(shipped, underlined, 10, 5, seed=3, colour="blue")
     assert exact >= 6, f"{exact} of 10 underlined numbers read exactly"
+
+
+def test_a_mark_below_the_number_is_no_digit_of_it(shipped):
+    # a short stroke wholly below the row, near one end (a tick, the end of a desk's edge, a
+    # grid's stub), was read as a 1 beside the digits or merged into the digit above it (4 of
+    # these 10 read exactly; 10 once marks off the row are dropped)
+    def with_a_mark_below(glyphs, rng):
+        ink = row_ink(glyphs, rng)
+        height, width = ink.shape
+        ink = np.pad(ink, ((0, 3 * height // 4), (0, 0)))
+        mark = max(2, height // 12)
+        left = int(rng.choice([rng.integers(0, width // 6),
+                               rng.integers(5 * width // 6, width - mark)]))
+        ink[height + 2 * height // 5:height + 3 * height // 4, left:left + mark] = 255
+        return ink
+
+    exact = rows_read_exactly(shipped, with_a_mark_below, 10, 3, seed=4, colour="blue")
+    assert exact >= 8, f"{exact} of 10 numbers with a mark below them read exactly"
 
 
 def test_a_desk_in_a_corner_is_not_taken_for_ink(shipped):

@@ -55,7 +55,8 @@ SPECK_SHARE = 0.05  # a separate blob with less ink than this share of the large
 NEAR = 0.6  # blobs this share of the digit's size away from it still belong to it
 DARK_PAGE = 48  # a picture whose median is darker than this is a dark page
 TAIL = 1.5  # a tail of gray levels this many times longer than the other is the ink's
-MEDIAN_LIGHTING = 0.25  # ... else the lighting is also estimated by a median this share across
+ROW_SHAPE = 1.5  # a picture this many times wider than high is taken for a row of digits
+MEDIAN_LIGHTING = 0.25  # ... else also by a median this share of the lighting's scale across
 ANALYSIS_SIDE = 512  # the paper's level is estimated at most this many pixels across
 PAPER_WINDOW = 0.3  # ... with a window this share of the image's shorter side: wider than any
 # stroke, and no wider (in a long row of digits the paper still changes from top to bottom,
@@ -532,7 +533,13 @@ def light_paper(gray: np.ndarray) -> bool:
                        interpolation=cv2.INTER_AREA)
     work = small.astype(np.float32)
     dark_page = float(np.median(work)) < DARK_PAGE
-    blurred = cv2.GaussianBlur(work, (0, 0), 0.15 * max(small.shape))
+    # the lighting's scale: the picture's longer side, but in one far wider than high (a row of
+    # digits) the root of its area, since a blur wider than the row is high mixes a shadow's
+    # band with the lit paper (2,000 tuning rows and their negatives: 14 given the wrong colour,
+    # against 32). Other pictures keep the wider blur: a marker's thick strokes may fill them.
+    rows, columns = small.shape
+    across = math.sqrt(rows * columns) if columns > ROW_SHAPE * rows else max(rows, columns)
+    blurred = cv2.GaussianBlur(work, (0, 0), 0.15 * across)
     hist, paper, dark, bright = _tails(work, blurred, dark_page)
     # the ink is the long tail away from the paper: a few dark pixels far below it, or bright
     # ones far above
@@ -545,7 +552,7 @@ def light_paper(gray: np.ndarray) -> bool:
     # the longer tail; the paper as the majority's side; and both again against a median-filtered
     # lighting, which follows hard edges but takes thick strokes for paper
     votes = [dark > bright, _paper_is_majority(hist, paper)]
-    side = max(3, round(MEDIAN_LIGHTING * max(small.shape))) | 1
+    side = max(3, round(MEDIAN_LIGHTING * across)) | 1
     # (padded by reflection, as it was tuned: medianBlur itself only repeats the border's pixels)
     padded = cv2.copyMakeBorder(small, side // 2, side // 2, side // 2, side // 2,
                                 cv2.BORDER_REFLECT)

@@ -212,6 +212,18 @@ def digit_height(heights: Sequence[int] | np.ndarray) -> float:
     return float(np.median(heights[heights >= 0.5 * heights.max()]))
 
 
+def off_row_dropped(pieces: list[Piece], height: float) -> list[Piece]:
+    """The pieces that share some rows with the row of digits (between the median top and the
+    median bottom of its pieces a digit tall): a mark wholly above or below it (the end of a
+    desk's edge, a grid's stub) is no digit of the number."""
+    tall = [p for p in pieces if p.height >= FRAGMENT * height]
+    if len(pieces) < 2 or not tall:
+        return pieces
+    top = float(np.median([p.top for p in tall]))
+    bottom = float(np.median([p.bottom for p in tall]))
+    return [p for p in pieces if p.bottom > top and p.top < bottom] or pieces
+
+
 def merge_fragments(pieces: list[Piece], height: float) -> list[Piece]:
     """Pieces above one another (mostly the same columns, one of them short) become one."""
     pieces = sorted(pieces, key=lambda p: p.left)
@@ -545,7 +557,7 @@ def row_pieces(ink: np.ndarray, solid: np.ndarray, shape: tuple[int, int],
     if height < MIN_INK_SIDE:  # a line, a 1-pixel-high image: no digit is this flat
         raise ImageError(f"{source}: ink too flat to be digits ({height:.0f} px high, needed: "
                          f"{MIN_INK_SIDE} px)")
-    pieces = merge_fragments(pieces, height)
+    pieces = merge_fragments(off_row_dropped(pieces, height), height)
     pieces = [p for p in pieces if p.height >= SMALL * height]
     if len(pieces) > MAX_DIGITS:
         raise ImageError(f"{source}: {len(pieces)} pieces of ink; at most {MAX_DIGITS} digits "
