@@ -20,7 +20,13 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from mnist_cnn.errors import MnistCnnError
-from mnist_cnn.models.checkpoint import META_KEY, load_checkpoint, read_checkpoint, save_checkpoint
+from mnist_cnn.models.checkpoint import (
+    META_KEY,
+    RUN_CHECKPOINT,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
 from mnist_cnn.models.recipes import Recipe
 from mnist_cnn.models.registry import as_input, build_model, recipe_for
 from mnist_cnn.training.loop import CHECKPOINT_NAME, train
@@ -162,9 +168,19 @@ def test_missing_file(tmp_path):
         load_checkpoint(tmp_path / "absent.safetensors")
 
 
-def test_a_directory_is_not_a_checkpoint(tmp_path):
-    with pytest.raises(MnistCnnError, match="no such checkpoint file"):
+def test_a_folder_without_a_runs_checkpoint_is_refused(tmp_path):
+    with pytest.raises(MnistCnnError, match="a folder without a training run's checkpoint"):
         load_checkpoint(tmp_path)
+
+
+def test_a_training_runs_folder_names_its_checkpoint(tmp_path, batch):
+    # `train --out runs/x` says "checkpoints in runs/x": that folder is what users name next
+    model = perturbed().eval()
+    save_checkpoint(tmp_path / RUN_CHECKPOINT, model,
+                    {"recipe": recipe_for("simple").to_dict(), "epoch": 1})
+    loaded, meta = load_checkpoint(tmp_path)
+    assert meta.epoch == 1
+    assert torch.equal(loaded.eval()(batch), model(batch))
 
 
 @pytest.mark.parametrize("content", [b"", b"\x00" * 7, os.urandom(1000),

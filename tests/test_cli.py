@@ -135,7 +135,8 @@ def test_evaluate_prints_the_confusion_matrix(trained, mnist_data_dir, capsys):
 
 
 def test_evaluate_shows_chosen_digits(trained, mnist_data_dir, capsys):
-    code = main(["evaluate", str(trained[3] / "last.safetensors"), "--data-dir",
+    # the run's folder (what train names at its start) stands for its checkpoint
+    code = main(["evaluate", str(trained[3]), "--data-dir",
                  str(mnist_data_dir), "--show", "2", "--seed", "4", "--device", "cpu",
                  "--threads", "1"])
     printed = capsys.readouterr().out

@@ -442,7 +442,8 @@ def format_ensemble(report: EnsembleReport) -> str:
 def evaluate_command(sub) -> None:
     p = sub.add_parser("evaluate", help="test accuracy, per-class accuracy, confusion matrix")
     p.add_argument("checkpoint", nargs="?",
-                   help="a .safetensors checkpoint (default: the model shipped with mnist-cnn)")
+                   help="a .safetensors checkpoint or a training run's folder (default: the "
+                        "model shipped with mnist-cnn)")
     p.add_argument("--show", type=COUNT, default=1, help="random test digits to show")
     p.add_argument("--seed", type=SEED, default=0, help="which random digits to show")
     add_evaluation_args(p)
@@ -526,7 +527,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 def export_command(sub) -> None:
     p = sub.add_parser("export", help="write a checkpoint as ONNX (softmax outputs) + JSON sidecar")
-    p.add_argument("checkpoint", help="a .safetensors checkpoint written by train")
+    p.add_argument("checkpoint", help="a .safetensors checkpoint written by train, or its "
+                   "run's folder")
     p.add_argument("--onnx", required=True, metavar="PATH", help="where to write the ONNX model")
     p.add_argument("--opset", type=OPSET, default=17, help="ONNX opset (default: %(default)s)")
     p.add_argument("--no-check", action="store_true",
@@ -539,19 +541,20 @@ def export_command(sub) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from .files import ensure_writable_folder
     from .inference import export  # imported here: onnx and onnxruntime load slowly
-    from .models.checkpoint import load_checkpoint
+    from .models.checkpoint import checkpoint_file, load_checkpoint
     from .runtime.device import setup
 
     runtime = setup("cpu", "fp32", args.threads)
-    model, meta = load_checkpoint(args.checkpoint, device=runtime.device)
+    checkpoint = checkpoint_file(args.checkpoint)
+    model, meta = load_checkpoint(checkpoint, device=runtime.device)
     # checked before the slow export and parity check, which would otherwise be lost; the
     # checkpoint (weights and optimizer state) is larger than the ONNX file it becomes
-    ensure_writable_folder(Path(args.onnx).parent, Path(args.checkpoint).stat().st_size,
+    ensure_writable_folder(Path(args.onnx).parent, checkpoint.stat().st_size,
                            what="folder of --onnx")
     if Path(args.onnx).is_dir():
         raise MnistCnnError(f"{args.onnx}: is a folder; --onnx names the file to write")
     test = None if args.no_check else data_for(args, meta).test
-    sidecar = export.export_checkpoint(model, meta, args.checkpoint, args.onnx, args.opset, test)
+    sidecar = export.export_checkpoint(model, meta, checkpoint, args.onnx, args.opset, test)
     size = Path(args.onnx).stat().st_size
     print(f"wrote {args.onnx} ({size / 1024:,.0f} KiB, opset {args.opset}) and {sidecar}")
 
@@ -559,7 +562,8 @@ def cmd_export(args: argparse.Namespace) -> None:
 def plot_command(sub) -> None:
     p = sub.add_parser("plot", help="draw training curves, confusion matrix, mistakes, filters, "
                        "feature maps (and a photo's preprocessing) as PNG files")
-    p.add_argument("checkpoint", help="a .safetensors checkpoint written by train")
+    p.add_argument("checkpoint", help="a .safetensors checkpoint written by train, or its "
+                   "run's folder")
     p.add_argument("--out", help="folder for the PNG files (default: plots/ beside the checkpoint)")
     p.add_argument("--image", metavar="PHOTO", help="also show how this photo is read")
     add_evaluation_args(p)
@@ -570,13 +574,14 @@ def cmd_plot(args: argparse.Namespace) -> None:
     from .files import ensure_writable_folder
     from .images.preprocess import load_and_preprocess
     from .inference import plots  # imported here: matplotlib loads slowly
-    from .models.checkpoint import load_checkpoint
+    from .models.checkpoint import checkpoint_file, load_checkpoint
     from .runtime.device import setup
 
     runtime = setup(args.device, "fp32", args.threads)
-    model, meta = load_checkpoint(args.checkpoint, device=runtime.device)
+    checkpoint = checkpoint_file(args.checkpoint)
+    model, meta = load_checkpoint(checkpoint, device=runtime.device)
     photo = load_and_preprocess(args.image) if args.image else None
-    out = Path(args.out or Path(args.checkpoint).parent / "plots")
+    out = Path(args.out or checkpoint.parent / "plots")
     ensure_writable_folder(out, what="folder of the plots")  # before the slow drawing
     data = data_for(args, meta)
     for path in plots.write_report(model, meta, data.test, data.classes, out, runtime,

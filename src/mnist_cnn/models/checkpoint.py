@@ -50,6 +50,7 @@ class Optimizer(Protocol):
 FORMAT = "mnist-cnn-checkpoint"
 VERSION = 1
 META_KEY = "mnist_cnn"
+RUN_CHECKPOINT = "last.safetensors"  # the checkpoint a training run keeps in its folder
 # The largest real checkpoint (`best` with its optimizer state) is a few MB; anything this big is
 # not one, and is refused before it is read.
 MAX_BYTES = 256 * 1024 * 1024
@@ -293,10 +294,26 @@ def read_bytes(path: Path) -> bytes:
     return raw
 
 
-def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], CheckpointMeta]:
-    """The tensors and metadata of a checkpoint, checked as a whole: every way of being wrong is
-    reported as one line naming the file."""
+def checkpoint_file(path: str | os.PathLike) -> Path:
+    """The checkpoint a path names: a file as it is, a training run's folder (what `train
+    --out` names) by the checkpoint it keeps there."""
     path = Path(path)
+    try:
+        is_dir = path.is_dir()
+    except OSError:
+        return path  # read_bytes says what is wrong with it
+    if not is_dir:
+        return path
+    if (path / RUN_CHECKPOINT).is_file():
+        return path / RUN_CHECKPOINT
+    raise MnistCnnError(f"{path}: a folder without a training run's checkpoint ({RUN_CHECKPOINT}) "
+                        "in it; name a .safetensors file")
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], CheckpointMeta]:
+    """The tensors and metadata of a checkpoint (a file, or a training run's folder), checked as
+    a whole: every way of being wrong is reported as one line naming the file."""
+    path = checkpoint_file(path)
     raw = read_bytes(path)
     pinned = shipped_pin(path)
     if pinned is not None:
