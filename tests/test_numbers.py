@@ -20,6 +20,7 @@ from mnist_cnn.inference.numbers import (
     Piece,
     bent_cuts,
     blobs,
+    off_row_dropped,
     parts_between,
     read_number,
     row_angle,
@@ -421,3 +422,14 @@ def test_a_sloping_row_is_levelled_and_its_boxes_are_in_the_images_pixels(test_d
         box = digit["box"]
         assert abs((box[0] + box[2]) / 2 - x) < 0.25 * height
         assert abs((box[1] + box[3]) / 2 - y) < 0.25 * height
+
+
+@pytest.mark.parametrize("slope", [0.0, 0.6])
+def test_marks_off_the_row_are_dropped_and_a_sloping_rows_ends_kept(slope):
+    # six digits 40 px tall, 30 px apart, each `slope` * 30 px lower than the last (a row turned
+    # by 31 degrees drifts by more than a digit's height), and a stub wholly below the third
+    digits = [Piece(round(100 + slope * 30 * i), 30 * i, np.ones((40, 20), bool))
+              for i in range(6)]
+    stub = Piece(round(100 + slope * 60) + 55, 62, np.ones((14, 3), bool))
+    kept = off_row_dropped([*digits, stub], 40.0)
+    assert len(kept) == len(digits) and all(k is d for k, d in zip(kept, digits))

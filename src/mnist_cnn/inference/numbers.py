@@ -213,15 +213,23 @@ def digit_height(heights: Sequence[int] | np.ndarray) -> float:
 
 
 def off_row_dropped(pieces: list[Piece], height: float) -> list[Piece]:
-    """The pieces that share some rows with the row of digits (between the median top and the
-    median bottom of its pieces a digit tall): a mark wholly above or below it (the end of a
-    desk's edge, a grid's stub) is no digit of the number."""
+    """The pieces that share some rows with the row of digits (the band between the lines
+    fitted through the tops and through the bottoms of its pieces a digit tall, so that a
+    sloping row keeps its ends): a mark wholly above or below it (the end of a desk's edge, a
+    grid's stub) is no digit of the number."""
     tall = [p for p in pieces if p.height >= FRAGMENT * height]
     if len(pieces) < 2 or not tall:
         return pieces
-    top = float(np.median([p.top for p in tall]))
-    bottom = float(np.median([p.bottom for p in tall]))
-    return [p for p in pieces if p.bottom > top and p.top < bottom] or pieces
+    centres = np.array([(p.left + p.right) / 2 for p in tall])
+    tops, bottoms = np.array([p.top for p in tall]), np.array([p.bottom for p in tall])
+    degree = 1 if np.ptp(centres) > 0 else 0
+    top, bottom = np.polyfit(centres, tops, degree), np.polyfit(centres, bottoms, degree)
+
+    def on_row(piece: Piece) -> bool:
+        x = (piece.left + piece.right) / 2
+        return bool(piece.bottom > np.polyval(top, x) and piece.top < np.polyval(bottom, x))
+
+    return [p for p in pieces if on_row(p)] or pieces
 
 
 def merge_fragments(pieces: list[Piece], height: float) -> list[Piece]:
