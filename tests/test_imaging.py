@@ -26,6 +26,7 @@ from mnist_cnn.images.preprocess import (
     extract_ink,
     load_and_preprocess,
     load_image,
+    mnist_field,
     otsu_threshold,
     preprocess,
     to_tensor,
@@ -516,3 +517,12 @@ def test_rulings_across_a_large_page_are_taken_out_and_the_digit_kept(paper, deg
     away = (lines > 0) & (cv2.dilate(digit, np.ones((25, 25), np.uint8)) == 0)
     assert solid[away].mean() < 0.02
     assert found.ruling_angle == pytest.approx(degrees, abs=1.0)  # the page's turn
+
+
+def test_a_sliver_too_faint_to_survive_scaling_is_an_empty_field():
+    # two faint pixels at the ends of a 1 px wide part cut off a row's piece round away when
+    # scaled to MNIST's 20 px box: it was a division by zero where their centre was sought
+    sliver = np.zeros((66, 1), np.uint8)
+    sliver[[0, -1]] = 1
+    field = mnist_field(sliver)
+    assert field.shape == (28, 28) and not field.any()

@@ -834,6 +834,8 @@ def mnist_field(cropped: np.ndarray) -> np.ndarray:
 def _paste_by_centre_of_mass(scaled: np.ndarray) -> np.ndarray:
     height, width = scaled.shape
     moments = cv2.moments(scaled)  # ink-weighted, as MNIST's centre of mass
+    if moments["m00"] == 0:  # a faint sliver that scaling rounded away: nothing to place
+        return np.zeros((FIELD, FIELD), dtype=np.uint8)
     row, col = moments["m01"] / moments["m00"], moments["m10"] / moments["m00"]
     # Whole-pixel shift, as MNIST did; clamped so that no ink leaves the field
     top = int(np.clip(np.floor(MNIST_CENTRE - row + 0.5), 0, FIELD - height))

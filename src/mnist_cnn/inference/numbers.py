@@ -36,6 +36,7 @@ from torch import nn
 from ..images.preprocess import (
     MIN_INK_SIDE,
     SPECK_SHARE,
+    WORK_PIXELS,
     ImageError,
     as_gray,
     extract_ink,
@@ -80,6 +81,8 @@ NOT_WHOLE = 0.01  # a part the check gives less is no whole digit: the digit net
 NO_DIGIT = 0.1  # ... and counts as read this surely (the least a best class of ten can be)
 MIN_WHOLE = 1e-4  # the whole-digit check's probability counts for at least this (log: -9.2)
 JOIN = 0.6  # blobs closer than this many stroke widths are one piece
+ENLARGED_HEIGHT = 160  # a picture lower than this is enlarged to it before its ink is found...
+MAX_ENLARGEMENT = 4.0  # ... at most this many times
 LONG_ROW = 2.5  # a row this many times longer than its ink is high may be levelled...
 LEVEL, STEEP = 4.0, 20.0  # ... when it slopes by this many degrees or more, up to these
 MAX_BLOBS = 8  # a wide piece joined from more blobs than this is cut at columns only
@@ -550,21 +553,23 @@ def level_ink(gray: np.ndarray, source: str = "<image>"
     return found.ink, found.solid, found.inverted, None
 
 
-def row_pieces(ink: np.ndarray, solid: np.ndarray, shape: tuple[int, int],
-               source: str = "<image>") -> tuple[list[Piece], float]:
+def row_pieces(ink: np.ndarray, solid: np.ndarray, shape: tuple[int, int],  # noqa: PLR0913
+               source: str = "<image>", enlarged: float = 1.0) -> tuple[list[Piece], float]:
     """The row's pieces of ink, before the wide ones are split (components, fragments merged,
-    dots and dashes dropped), and its digit height. `shape`: the picture's."""
+    dots and dashes dropped), and its digit height. `shape`: the picture's, `enlarged` times
+    its own (sizes are judged and told in its own pixels)."""
     pieces = components(ink, solid, source)
     span = max(max(p.bottom for p in pieces) - min(p.top for p in pieces),
-               max(p.right for p in pieces) - min(p.left for p in pieces))
-    smallest = smallest_ink(shape)
+               max(p.right for p in pieces) - min(p.left for p in pieces)) / enlarged
+    own = (round(shape[0] / enlarged), round(shape[1] / enlarged))
+    smallest = smallest_ink(own)
     if span < smallest:
-        raise ImageError(f"{source}: ink too small to be digits ({span} px in a "
-                         f"{shape[1]}x{shape[0]} image, needed: {smallest:.0f} px)")
+        raise ImageError(f"{source}: ink too small to be digits ({span:.0f} px in a "
+                         f"{own[1]}x{own[0]} image, needed: {smallest:.0f} px)")
     height = digit_height([p.height for p in pieces])
-    if height < MIN_INK_SIDE:  # a line, a 1-pixel-high image: no digit is this flat
-        raise ImageError(f"{source}: ink too flat to be digits ({height:.0f} px high, needed: "
-                         f"{MIN_INK_SIDE} px)")
+    if height / enlarged < MIN_INK_SIDE:  # a line, a 1-pixel-high image: no digit is this flat
+        raise ImageError(f"{source}: ink too flat to be digits ({height / enlarged:.0f} px high, "
+                         f"needed: {MIN_INK_SIDE} px)")
     pieces = merge_fragments(off_row_dropped(pieces, height), height)
     pieces = [p for p in pieces if p.height >= SMALL * height]
     if len(pieces) > MAX_DIGITS:
@@ -573,21 +578,33 @@ def row_pieces(ink: np.ndarray, solid: np.ndarray, shape: tuple[int, int],
     return pieces, height
 
 
-def segment(image: Image.Image | np.ndarray, proba: Proba, source: str = "<image>",
-            whole: Proba | None = None
+def segment(image: Image.Image | np.ndarray, proba: Proba, source: str = "<image>",  # noqa: PLR0913
+            whole: Proba | None = None, enlarge: bool = False
             ) -> tuple[list[Piece], np.ndarray, bool, np.ndarray | None]:
     """The digits' pieces, left to right; the ink (white on black) they cover; whether the
-    image was inverted; and, when a sloping row was levelled first, the matrix that takes the
-    ink's pixels back to the image's (image_box). `proba` reads 28x28 images, and `whole` (the
-    whole-digit check, when given) tells whether each holds one whole digit, to choose where
-    touching digits are cut."""
+    image was inverted; and, when a sloping row was levelled first or a low picture enlarged
+    (`enlarge`), the matrix that takes the ink's pixels back to the image's (image_box). `proba`
+    reads 28x28 images, and `whole` (the whole-digit check, when given) tells whether each holds
+    one whole digit, to choose where touching digits are cut."""
     gray = as_gray(image, source)
     # a strip this low has no paper above or below its marks (a uniform one has no ink: below)
     if gray.shape[0] < MIN_INK_SIDE and gray.min() != gray.max():
         raise ImageError(f"{source}: image too flat to hold digits ({gray.shape[0]} px high, "
                          f"needed: {MIN_INK_SIDE} px)")
+    shape = gray.shape
+    # (to at most the pixels a picture is worked on at: a long strip stays as fast to read)
+    factor = min(MAX_ENLARGEMENT, ENLARGED_HEIGHT / shape[0],
+                 math.sqrt(WORK_PIXELS / (shape[0] * shape[1]))) if enlarge else 1.0
+    if factor > 1:
+        # a low picture's ink is found and cut enlarged: its few-pixel sizes (the soft edges
+        # kept, how near blobs join, whose edge a pixel is) stay small beside its strokes
+        gray = cv2.resize(gray, (round(shape[1] * factor), round(shape[0] * factor)),
+                          interpolation=cv2.INTER_CUBIC)
     ink, solid, inverted, back = level_ink(gray, source)
-    pieces, height = row_pieces(ink, solid, gray.shape, source)
+    if factor > 1:  # the ink's pixels back to the picture's: levelled back, then shrunk
+        shrink = np.array([[shape[1] / gray.shape[1]], [shape[0] / gray.shape[0]]])
+        back = (np.eye(2, 3) if back is None else back) * shrink
+    pieces, height = row_pieces(ink, solid, gray.shape, source, factor)
     found: list[Piece] = []
     for piece in pieces:
         found.extend(split_wide(piece, ink, solid, height, proba, whole))
@@ -628,7 +645,7 @@ def read_number(image: Image.Image | np.ndarray, models: Sequence[nn.Module],  #
     def cut_proba(images: torch.Tensor) -> torch.Tensor:
         return ensemble_proba(cutting, images, runtime=runtime)
 
-    pieces, ink, inverted, back = segment(image, cut_proba, source, whole)
+    pieces, ink, inverted, back = segment(image, cut_proba, source, whole, enlarge=True)
     shape = (image.height, image.width) if isinstance(image, Image.Image) else image.shape[:2]
     probabilities = proba(torch.stack([field(ink, p) for p in pieces]))
     digits: list[dict[str, Any]] = []
