@@ -21,15 +21,15 @@ from safetensors.torch import save as save_tensors
 
 from mnist_cnn.errors import MnistCnnError
 from mnist_cnn.models.checkpoint import (
+    CHECKPOINT_NAME,
     META_KEY,
-    RUN_CHECKPOINT,
     load_checkpoint,
     read_checkpoint,
     save_checkpoint,
 )
 from mnist_cnn.models.recipes import Recipe
 from mnist_cnn.models.registry import as_input, build_model, recipe_for
-from mnist_cnn.training.loop import CHECKPOINT_NAME, train
+from mnist_cnn.training.loop import train
 
 
 def perturbed(name: str = "simple"):
@@ -176,7 +176,7 @@ def test_a_folder_without_a_runs_checkpoint_is_refused(tmp_path):
 def test_a_training_runs_folder_names_its_checkpoint(tmp_path, batch):
     # `train --out runs/x` says "checkpoints in runs/x": that folder is what users name next
     model = perturbed().eval()
-    save_checkpoint(tmp_path / RUN_CHECKPOINT, model,
+    save_checkpoint(tmp_path / CHECKPOINT_NAME, model,
                     {"recipe": recipe_for("simple").to_dict(), "epoch": 1})
     loaded, meta = load_checkpoint(tmp_path)
     assert meta.epoch == 1

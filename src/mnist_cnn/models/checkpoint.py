@@ -50,7 +50,7 @@ class Optimizer(Protocol):
 FORMAT = "mnist-cnn-checkpoint"
 VERSION = 1
 META_KEY = "mnist_cnn"
-RUN_CHECKPOINT = "last.safetensors"  # the checkpoint a training run keeps in its folder
+CHECKPOINT_NAME = "last.safetensors"  # the checkpoint a training run keeps in its folder
 # The largest real checkpoint (`best` with its optimizer state) is a few MB; anything this big is
 # not one, and is refused before it is read.
 MAX_BYTES = 256 * 1024 * 1024
@@ -304,9 +304,9 @@ def checkpoint_file(path: str | os.PathLike) -> Path:
         return path  # read_bytes says what is wrong with it
     if not is_dir:
         return path
-    if (path / RUN_CHECKPOINT).is_file():
-        return path / RUN_CHECKPOINT
-    raise MnistCnnError(f"{path}: a folder without a training run's checkpoint ({RUN_CHECKPOINT}) "
+    if (path / CHECKPOINT_NAME).is_file():
+        return path / CHECKPOINT_NAME
+    raise MnistCnnError(f"{path}: a folder without a training run's checkpoint ({CHECKPOINT_NAME}) "
                         "in it; name a .safetensors file")
 
 

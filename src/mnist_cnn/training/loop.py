@@ -30,8 +30,8 @@ from ..errors import MnistCnnError
 from ..files import claim_run_folder, write_atomically
 from ..inference.evaluation import evaluate
 from ..models.checkpoint import (
+    CHECKPOINT_NAME,
     RNG_KEY,
-    RUN_CHECKPOINT,
     CheckpointMeta,
     encode_checkpoint,
     load_optimizer_state,
@@ -45,7 +45,6 @@ from ..runtime import distributed
 from ..runtime.device import Runtime
 from .optim import SGD, Adam, AdamW, Optimizer
 
-CHECKPOINT_NAME = RUN_CHECKPOINT
 METRICS_NAME = "metrics.jsonl"
 # Recipe fields that may change when a run is resumed (training longer is a normal thing to do).
 RESUMABLE_CHANGES = {"epochs", "eval_batch_size"}
