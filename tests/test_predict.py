@@ -228,6 +228,17 @@ def test_cli_exit_status_is_0_when_every_image_is_read(models, photos):
     assert len(out.splitlines()) == 4 and "alternatives" not in out
 
 
+def test_cli_takes_a_training_runs_folder_for_its_checkpoint(models, photos):
+    # a run's folder names its checkpoint, as for evaluate: it is not searched for images
+    # (which left the shipped model answering in its place)
+    files = [str(f) for f in photos[0][:3]]
+    by_file = run_main(["predict", str(models.checkpoint), *files, "--json", *ONE_CPU])
+    by_folder = run_main(["predict", str(models.checkpoint.parent), *files, "--json", *ONE_CPU])
+    shipped = run_main(["predict", *files, "--json", *ONE_CPU])
+    assert by_file[0] == by_folder[0] == 0
+    assert by_folder[1] == by_file[1] != shipped[1]
+
+
 def test_cli_json(models, mixed_folder):
     code, out, _ = run_main(["predict", str(models.checkpoint), str(mixed_folder), "--json",
                              "--top-k", "4", *ONE_CPU])

@@ -486,7 +486,8 @@ def predict_command(sub) -> None:
     p = sub.add_parser("predict", help="read digits from photos (one checkpoint, or several: an "
                        "ensemble)")
     p.add_argument("inputs", nargs="+", metavar="CHECKPOINT_OR_IMAGE",
-                   help="checkpoints (*.safetensors; none: the model shipped with mnist-cnn), "
+                   help="checkpoints (*.safetensors, or a training run's folder; none: the model "
+                   "shipped with mnist-cnn), "
                    "then image files or folders of images")
     p.add_argument("--top-k", type=int, default=3, help="classes to show per image "
                    "(default: %(default)s)")

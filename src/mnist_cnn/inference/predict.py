@@ -33,7 +33,7 @@ from ..images.preprocess import (
     source_name,
     to_tensor,
 )
-from ..models.checkpoint import CheckpointMeta, pretrained_path
+from ..models.checkpoint import CHECKPOINT_NAME, CheckpointMeta, pretrained_path
 from ..runtime.device import Runtime
 from .ensemble import ensemble_proba, load_members
 from .evaluation import CPU, ranked
@@ -71,11 +71,22 @@ class Failure:
     error: str  # why, without the file name
 
 
+def names_checkpoint(argument: str) -> bool:
+    """Whether a positional argument is a checkpoint: a .safetensors file, or a training run's
+    folder (what `train --out` names), which stands for the checkpoint kept in it."""
+    if argument.lower().endswith(CHECKPOINT_SUFFIX):
+        return True
+    try:
+        return (Path(argument) / CHECKPOINT_NAME).is_file()
+    except OSError:
+        return False  # collect_images says what is wrong with it
+
+
 def split_arguments(arguments: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Positional arguments -> (checkpoints, images or folders), told apart by the suffix; with
-    no checkpoint, the one shipped with mnist-cnn."""
-    checkpoints = [a for a in arguments if a.lower().endswith(CHECKPOINT_SUFFIX)]
-    images = [a for a in arguments if not a.lower().endswith(CHECKPOINT_SUFFIX)]
+    """Positional arguments -> (checkpoints, images or folders of images); with no checkpoint,
+    the one shipped with mnist-cnn."""
+    checkpoints = [a for a in arguments if names_checkpoint(a)]
+    images = [a for a in arguments if not names_checkpoint(a)]
     if not checkpoints:  # the network shipped with mnist-cnn answers
         checkpoints = [str(pretrained_path())]
     if not images:
