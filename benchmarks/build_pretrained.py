@@ -1,6 +1,6 @@
 """Rebuild the model shipped inside the package (src/mnist_cnn/pretrained/mnist-best.safetensors).
 
-A fixed recipe and seed, so that anyone can rebuild it: the `best` network's own recipe, seed 0,
+A fixed recipe and seed, so that anyone can rebuild it: the `best` network's own recipe, seed 1,
 trained on MNIST's 55,000 training images (checkpoints in runs/pretrained-best; an interrupted
 build continues where it stopped). The shipped file keeps the weights, the recipe, the data
 checksums and the training history, and adds the test accuracy measured here in fp32, which
@@ -11,8 +11,9 @@ Then photos and "not a digit": PHOTO_EPOCHS more epochs from those weights on th
 training digits plus PHOTOS photos of training digits on notebook pages (mnist_cnn.images.notebook:
 ruled and squared paper, shadows, desks, pencil, ink colours, stroke widths, tilts, sizes),
 each through the same decoding and preprocessing as `mnist-cnn predict`, so that training sees
-what use sees; and FONT_DIGITS digits in the training third of the fonts, as they are and
-photographed (MNIST's writers close a 6's loop and open a 0 less often than print does); with
+what use sees; and FONT_DIGITS digits (all ten) in the training third of the fonts, as they are
+and photographed (MNIST's writers close a 6's loop, open a 0 and close a 4's top less often than
+print does); with
 outlier exposure (synthetic non-digits, photographed the same ways, pushed towards a uniform
 answer; runs/pretrained-best-photos).
 
@@ -25,7 +26,7 @@ SHA-256, to pin as PRETRAINED_SHA256 in src/mnist_cnn/models/checkpoint.py.
 
 Usage: .venv/bin/python benchmarks/build_pretrained.py [--start CHECKPOINT]
   --start: fine-tune for photos from this checkpoint's weights instead of training the base
-  network first (the shipped model was built from the previous shipped model this way).
+  network first. The shipped model was built from nothing (about 18 minutes on 2 cores).
 
 MNIST comes from $MNIST_DATA_DIR, the cache or a download, as for every command.
 """
@@ -61,20 +62,23 @@ RUN = Path("runs/pretrained-best")
 RUN_PHOTOS = Path("runs/pretrained-best-photos")
 PHOTOS = 30_000  # photos of training digits added to the 55,000
 PHOTO_EPOCHS = 2
-# half the rate the network before was fine-tuned at (5e-4), as this fine-tune starts from it:
-# at 5e-4 it scored 99.55% on MNIST's test digits, at 2.5e-4 99.57% (both with font 4s)
+# fine-tuning an earlier shipped network, 5e-4 scored 99.55% on MNIST's test digits and 2.5e-4
+# 99.57%
 PHOTO_LR = 2.5e-4
 # digits in the training third of the fonts (the others calibrate and report), each drawn once as
 # is and FONT_PHOTOS times photographed: about a tenth of the fine-tune's digits
 FONT_DIGITS = 4000
 FONT_PHOTOS = 4000
-# ... but no 4s: print closes a 4's top, and trained on such 4s the network read 10 more of MNIST's
-# test 9s as 4s (99.55% against 99.65%)
-FONT_LABELS = np.array([0, 1, 2, 3, 5, 6, 7, 8, 9])
+# ... 4s included: print closes a 4's top, and without such 4s closed 4s were read as 9s (on the
+# photos' tuning split, seed 1: 2,809 of 3,000 numbers read exactly against 2,795 without, MNIST's
+# test digits 99.61% against 99.64%; a network fine-tuned from an earlier one lost more, 99.55%
+# against 99.65%)
+FONT_LABELS = np.arange(10)
 # the share of calibration digits the threshold accepts: chosen on the photos' tuning split
-# (benchmarks/photos.py --split tune), where 99% refused 83% of the letters on notebook pages and
-# 97.5% refused 89% while accepting 96% of the digits read right
-ACCEPT = 0.975
+# (benchmarks/digit_threshold.py): the most digits accepted while refusing at least as many
+# letters as the network before did at its 97.5% (95.2%). For this network 98% refuses 97.2% of
+# the letters and accepts and reads 97.7% of the digits right; 99% refuses only 90.3%
+ACCEPT = 0.98
 CALIBRATION_PHOTOS, CALIBRATION_SEED = 3000, 11
 SHIPPED = Path(__file__).resolve().parents[1] / "src" / "mnist_cnn" / PRETRAINED
 
@@ -82,7 +86,13 @@ SHIPPED = Path(__file__).resolve().parents[1] / "src" / "mnist_cnn" / PRETRAINED
 def photos_of(images: Sequence[np.ndarray], labels: np.ndarray, count: int, seed: int,
               cache: Path, glyph: Callable[[np.ndarray], np.ndarray] = mnist_glyph) -> Split:
     """`count` photos of `images` (their ink: `glyph`) through predict's preprocessing (two
-    processes), cached: making them takes minutes."""
+    processes), cached: making them takes minutes. The cache's name holds a digest of what it
+    is made from, so that other digits, counts or seeds make it again."""
+    digest = hashlib.sha256()
+    for part in (*images, np.asarray(labels), np.array([count, seed])):
+        digest.update(np.ascontiguousarray(part).tobytes())
+    digest.update(getattr(glyph, "__name__", repr(glyph)).encode())
+    cache = cache.with_name(f"{cache.stem}-{digest.hexdigest()[:12]}{cache.suffix}")
     if cache.is_file():
         saved = np.load(cache)
         return Split(torch.from_numpy(saved["images"])[:, None], torch.from_numpy(saved["labels"]))
@@ -134,7 +144,7 @@ def main() -> None:
     args = parser.parse_args()
     print(format_environment(), "\n", flush=True)
     data = load_dataset("mnist")
-    recipe = recipe_for("best").replace(seed=0)
+    recipe = recipe_for("best").replace(seed=1)
     if args.start is None:
         runtime = setup("auto", recipe.precision, tune_allocator=True)
         train(build_model(recipe), data, recipe, runtime, RUN,

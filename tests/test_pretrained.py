@@ -25,7 +25,7 @@ from mnist_cnn.training.parts import part_fields
 
 def test_shipped_weights_score_what_their_metadata_says(mnist):
     model, meta = load_pretrained()
-    assert meta.recipe.model == "best" and meta.recipe.seed == 0 and meta.dataset == "mnist"
+    assert meta.recipe.model == "best" and meta.recipe.seed == 1 and meta.dataset == "mnist"
     assert meta.checksums == mnist.checksums  # trained on these very files
     assert pretrained_path().stat().st_size < 4 * 2**20
     measured = evaluate(model, mnist.test).accuracy
@@ -84,10 +84,10 @@ def test_a_fresh_install_reads_a_drawn_digit_without_any_data(tmp_path):
 
 def test_the_shipped_model_says_how_long_it_trained():
     _, meta = load_pretrained()
-    # 15 epochs of the `best` recipe, 2 on notebook photos with outlier exposure, then 2 more
-    # with font digits too (benchmarks/build_pretrained.py --start, from the network before)
-    assert meta.earlier_epochs == 17 and meta.epoch == 2 and meta.recipe.outlier_exposure > 0
-    assert meta.trained_for() == "after 19 epochs (17, then 2 with the recipe recorded)"
+    # 15 epochs of the `best` recipe, then 2 on notebook photos and font digits with outlier
+    # exposure (benchmarks/build_pretrained.py)
+    assert meta.earlier_epochs == 15 and meta.epoch == 2 and meta.recipe.outlier_exposure > 0
+    assert meta.trained_for() == "after 17 epochs (15, then 2 with the recipe recorded)"
     assert meta.temperature is not None and meta.digit_threshold is not None  # calibrated
 
 
@@ -95,7 +95,7 @@ def test_evaluate_needs_no_checkpoint(mnist_data_dir):
     code, out, err = run_main(["evaluate", "--data-dir", str(mnist_data_dir), "--show", "0",
                                "--threads", "1"])
     assert code == 0, err
-    assert out.startswith("the model shipped with mnist-cnn: best after 19 epochs")
+    assert out.startswith("the model shipped with mnist-cnn: best after 17 epochs")
 
 
 def test_the_shipped_file_is_the_one_pinned():
