@@ -33,7 +33,7 @@ from ..images.preprocess import (
     source_name,
     to_tensor,
 )
-from ..models.checkpoint import CHECKPOINT_NAME, CheckpointMeta, pretrained_path
+from ..models.checkpoint import CheckpointMeta, pretrained_path, run_checkpoint
 from ..runtime.device import Runtime
 from .ensemble import ensemble_proba, load_members
 from .evaluation import CPU, ranked
@@ -73,20 +73,16 @@ class Failure:
 
 def names_checkpoint(argument: str) -> bool:
     """Whether a positional argument is a checkpoint: a .safetensors file, or a training run's
-    folder (what `train --out` names), which stands for the checkpoint kept in it."""
-    if argument.lower().endswith(CHECKPOINT_SUFFIX):
-        return True
-    try:
-        return (Path(argument) / CHECKPOINT_NAME).is_file()
-    except OSError:
-        return False  # collect_images says what is wrong with it
+    folder, which stands for the checkpoint kept in it."""
+    return argument.lower().endswith(CHECKPOINT_SUFFIX) or run_checkpoint(argument) is not None
 
 
 def split_arguments(arguments: Sequence[str]) -> tuple[list[str], list[str]]:
     """Positional arguments -> (checkpoints, images or folders of images); with no checkpoint,
     the one shipped with mnist-cnn."""
-    checkpoints = [a for a in arguments if names_checkpoint(a)]
-    images = [a for a in arguments if not names_checkpoint(a)]
+    checkpoint = [names_checkpoint(a) for a in arguments]  # one look at each path
+    checkpoints = [a for a, c in zip(arguments, checkpoint) if c]
+    images = [a for a, c in zip(arguments, checkpoint) if not c]
     if not checkpoints:  # the network shipped with mnist-cnn answers
         checkpoints = [str(pretrained_path())]
     if not images:

@@ -294,20 +294,31 @@ def read_bytes(path: Path) -> bytes:
     return raw
 
 
+def run_checkpoint(path: str | os.PathLike) -> Path | None:
+    """The checkpoint a training run's folder (what `train --out` names) keeps, or None when
+    `path` is no such folder."""
+    inside = Path(path) / CHECKPOINT_NAME
+    try:
+        return inside if inside.is_file() else None
+    except OSError:
+        return None  # reading the path itself says what is wrong with it
+
+
 def checkpoint_file(path: str | os.PathLike) -> Path:
-    """The checkpoint a path names: a file as it is, a training run's folder (what `train
-    --out` names) by the checkpoint it keeps there."""
+    """The checkpoint a path names: a file as it is, a training run's folder by the checkpoint
+    it keeps there."""
+    found = run_checkpoint(path)
+    if found is not None:
+        return found
     path = Path(path)
     try:
         is_dir = path.is_dir()
     except OSError:
         return path  # read_bytes says what is wrong with it
-    if not is_dir:
-        return path
-    if (path / CHECKPOINT_NAME).is_file():
-        return path / CHECKPOINT_NAME
-    raise MnistCnnError(f"{path}: a folder without a training run's checkpoint ({CHECKPOINT_NAME}) "
-                        "in it; name a .safetensors file")
+    if is_dir:
+        raise MnistCnnError(f"{path}: a folder without a training run's checkpoint "
+                            f"({CHECKPOINT_NAME}) in it; name a .safetensors file")
+    return path
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], CheckpointMeta]:
